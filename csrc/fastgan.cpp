@@ -1,0 +1,46 @@
+// The one place where fastgan's op schemas are defined. Backends register their kernels with
+// TORCH_LIBRARY_IMPL(fastgan, CPU|CUDA, m) in csrc/cpu and csrc/cuda; fake kernels and autograd
+// formulas are registered from Python (fastgan/ops).
+#include <torch/extension.h>
+
+#ifndef FASTGAN_VERSION
+#error "FASTGAN_VERSION must be defined by the build"
+#endif
+
+#define FASTGAN_STRINGIFY_(x) #x
+#define FASTGAN_STRINGIFY(x) FASTGAN_STRINGIFY_(x)
+
+TORCH_LIBRARY(fastgan, m) {
+  // Fused BatchNorm + LeakyReLU. `mean`/`var` are the batch statistics of `input` when
+  // `training`, otherwise the running statistics; the backward ops then differentiate through the
+  // batch statistics. Running statistics are updated by the Python wrapper from
+  // batch_norm_stats' results.
+  m.def("batch_norm_stats(Tensor input) -> (Tensor mean, Tensor var)");
+  m.def(
+      "batch_norm_leaky_relu(Tensor input, Tensor mean, Tensor var, Tensor? weight, "
+      "Tensor? bias, bool training, float eps, float negative_slope) -> Tensor");
+  m.def(
+      "batch_norm_leaky_relu_backward(Tensor grad_output, Tensor input, Tensor mean, "
+      "Tensor var, Tensor? weight, Tensor? bias, bool training, float eps, "
+      "float negative_slope, bool[3] output_mask) -> (Tensor grad_input, Tensor grad_weight, "
+      "Tensor grad_bias)");
+  m.def(
+      "batch_norm_leaky_relu_double_backward(Tensor? grad_grad_input, "
+      "Tensor? grad_grad_weight, Tensor? grad_grad_bias, Tensor grad_output, Tensor input, "
+      "Tensor mean, Tensor var, Tensor? weight, Tensor? bias, bool training, float eps, "
+      "float negative_slope, bool[3] output_mask) -> (Tensor grad_grad_output, "
+      "Tensor grad_input, Tensor grad_weight)");
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
+  module.doc() = "fastgan's compiled kernels; the ops are torch.ops.fastgan.*";
+  module.attr("__version__") = FASTGAN_STRINGIFY(FASTGAN_VERSION);
+#ifdef FASTGAN_WITH_CUDA
+  module.attr("cuda") = true;
+#else
+  module.attr("cuda") = false;
+#endif
+  // The at::vec instruction set the CPU kernels were compiled for (see setup.py).
+  module.attr("cpu_capability") = FASTGAN_STRINGIFY(CPU_CAPABILITY);
+  module.attr("torch_version") = FASTGAN_STRINGIFY(FASTGAN_TORCH_VERSION);
+}

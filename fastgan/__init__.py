@@ -1,0 +1,11 @@
+"""fastgan: fast GAN training for PyTorch.
+
+Hand-written CPU and CUDA kernels (fused BatchNorm+LeakyReLU, ...) behind drop-in `nn` modules and
+a functional API. If the compiled extension cannot be loaded, fastgan warns once and runs its
+pure-PyTorch reference implementations; `backend_info()` says which path is active and why.
+"""
+from fastgan._version import __version__
+from fastgan._backend import backend_info
+from fastgan import ops, nn
+
+__all__ = ["__version__", "backend_info", "ops", "nn"]

@@ -1,0 +1,10 @@
+"""Pure-PyTorch implementations of fastgan's ops: the test oracle and the fallback when the
+compiled extension is unavailable. Each has the signature of its fastgan.ops counterpart."""
+import torch.nn.functional as F
+
+
+def batch_norm_leaky_relu(input, running_mean, running_var, weight=None, bias=None,
+                          training=False, momentum=0.1, eps=1e-5, negative_slope=0.2):
+    normalized = F.batch_norm(input, running_mean, running_var, weight, bias, training, momentum,
+                              eps)
+    return F.leaky_relu(normalized, negative_slope)

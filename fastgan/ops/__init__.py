@@ -1,0 +1,5 @@
+"""fastgan's functional API: each op matches its torch.nn.functional counterpart and is
+differentiable twice."""
+from fastgan.ops.batch_norm_leaky_relu import batch_norm_leaky_relu
+
+__all__ = ["batch_norm_leaky_relu"]

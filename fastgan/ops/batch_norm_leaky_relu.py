@@ -1,0 +1,146 @@
+"""Fused BatchNorm + LeakyReLU: `leaky_relu(batch_norm(input), negative_slope)` in one kernel,
+with fused first- and second-order backward ops (torch.ops.fastgan.batch_norm_leaky_relu*)."""
+import math
+
+import torch
+
+from fastgan import _backend, _reference
+from fastgan.ops._checks import check_channel_vector, check_number, check_tensor
+
+_ops = torch.ops.fastgan if _backend.extension is not None else None
+
+
+def batch_norm_leaky_relu(input, running_mean, running_var, weight=None, bias=None,
+                          training=False, momentum=0.1, eps=1e-5, negative_slope=0.2):
+    """`F.leaky_relu(F.batch_norm(input, running_mean, running_var, weight, bias, training,
+    momentum, eps), negative_slope)`, fused: same arguments, same results, same running-statistics
+    update. negative_slope=0 is BatchNorm+ReLU, negative_slope=1 plain BatchNorm."""
+    check_tensor("input", input, min_dim=2)
+    channels = input.shape[1]
+    for name, value in (("running_mean", running_mean), ("running_var", running_var),
+                        ("weight", weight), ("bias", bias)):
+        check_channel_vector(name, value, channels, input)
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must be given together")
+    if not training and running_mean is None:
+        raise ValueError("running_mean and running_var are required when training=False")
+    check_number("momentum", momentum, minimum=0.0, maximum=1.0)
+    check_number("eps", eps, positive=True)
+    check_number("negative_slope", negative_slope)
+    per_channel = input.shape[0] * math.prod(input.shape[2:])
+    if training and per_channel == 1:
+        raise ValueError("Expected more than 1 value per channel when training, got input size "
+                         f"{input.size()}")
+
+    if _backend.use_reference(input):
+        return _reference.batch_norm_leaky_relu(input, running_mean, running_var, weight, bias,
+                                                training, momentum, eps, negative_slope)
+
+    stats_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
+    if training:
+        mean, var = _ops.batch_norm_stats(input.detach())
+        if running_mean is not None and per_channel > 0:
+            with torch.no_grad():
+                unbiased = var * (per_channel / (per_channel - 1))
+                running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
+                running_var.mul_(1 - momentum).add_(unbiased.to(running_var.dtype),
+                                                    alpha=momentum)
+    else:
+        mean, var = running_mean.to(stats_dtype), running_var.to(stats_dtype)
+    if weight is not None:
+        weight = weight.to(stats_dtype)
+    if bias is not None:
+        bias = bias.to(stats_dtype)
+    return _ops.batch_norm_leaky_relu(input, mean, var, weight, bias, training, float(eps),
+                                      float(negative_slope))
+
+
+# --- fake kernels: output metadata for torch.compile and meta tensors -------------------------
+
+def _empty_like_kernel_output(input):
+    """What the kernels allocate: input's own layout if dense channels-first or channels-last,
+    else channels-first (csrc/cpu/per_channel.h, choose_layout)."""
+    order = [0, *range(2, input.dim()), 1]
+    if input.is_contiguous() or input.permute(order).is_contiguous():
+        return torch.empty_like(input)
+    return torch.empty_like(input, memory_format=torch.contiguous_format)
+
+
+def _empty_or(present, make, input):
+    """Outputs that were not asked for are empty tensors."""
+    return make() if present else input.new_empty((0,))
+
+
+def _register():
+    lib = "fastgan::"
+
+    @torch.library.register_fake(lib + "batch_norm_stats")
+    def _(input):
+        dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
+        return input.new_empty(input.shape[1], dtype=dtype), input.new_empty(input.shape[1],
+                                                                              dtype=dtype)
+
+    @torch.library.register_fake(lib + "batch_norm_leaky_relu")
+    def _(input, mean, var, weight, bias, training, eps, negative_slope):
+        return _empty_like_kernel_output(input)
+
+    @torch.library.register_fake(lib + "batch_norm_leaky_relu_backward")
+    def _(grad_output, input, mean, var, weight, bias, training, eps, negative_slope, output_mask):
+        return (_empty_or(output_mask[0], lambda: _empty_like_kernel_output(input), input),
+                _empty_or(output_mask[1] and weight is not None,
+                          lambda: torch.empty_like(weight), input),
+                _empty_or(output_mask[2] and bias is not None, lambda: torch.empty_like(bias),
+                          input))
+
+    @torch.library.register_fake(lib + "batch_norm_leaky_relu_double_backward")
+    def _(grad_grad_input, grad_grad_weight, grad_grad_bias, grad_output, input, mean, var, weight,
+          bias, training, eps, negative_slope, output_mask):
+        return (_empty_or(output_mask[0], lambda: _empty_like_kernel_output(input), input),
+                _empty_or(output_mask[1], lambda: _empty_like_kernel_output(input), input),
+                _empty_or(output_mask[2] and weight is not None,
+                          lambda: torch.empty_like(weight), input))
+
+    # --- autograd: forward -> backward op -> double backward op -----------------------------
+
+    def setup_forward(ctx, inputs, output):
+        input, mean, var, weight, bias, training, eps, negative_slope = inputs
+        ctx.save_for_backward(input, mean, var, weight, bias)
+        ctx.config = (training, eps, negative_slope)
+
+    def backward_forward(ctx, grad_output):
+        input, mean, var, weight, bias = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        mask = [needs[0], weight is not None and needs[3], bias is not None and needs[4]]
+        grad_input, grad_weight, grad_bias = _ops.batch_norm_leaky_relu_backward(
+            grad_output, input, mean, var, weight, bias, *ctx.config, mask)
+        return (grad_input if mask[0] else None, None, None,
+                grad_weight if mask[1] else None, grad_bias if mask[2] else None,
+                None, None, None)
+
+    torch.library.register_autograd(lib + "batch_norm_leaky_relu", backward_forward,
+                                    setup_context=setup_forward)
+
+    def setup_backward(ctx, inputs, output):
+        grad_output, input, mean, var, weight, bias, training, eps, negative_slope, mask = inputs
+        ctx.save_for_backward(grad_output, input, mean, var, weight, bias)
+        ctx.config = (training, eps, negative_slope)
+        ctx.mask = mask
+
+    def backward_backward(ctx, grad_grad_input, grad_grad_weight, grad_grad_bias):
+        grad_output, input, mean, var, weight, bias = ctx.saved_tensors
+        # Gradients of outputs the backward did not compute (empty) carry nothing.
+        upstream = [g if present else None for g, present in
+                    zip((grad_grad_input, grad_grad_weight, grad_grad_bias), ctx.mask)]
+        needs = ctx.needs_input_grad
+        mask = [needs[0], needs[1], weight is not None and needs[4]]
+        grad_grad_output, grad_input, grad_weight = _ops.batch_norm_leaky_relu_double_backward(
+            *upstream, grad_output, input, mean, var, weight, bias, *ctx.config, mask)
+        return (grad_grad_output if mask[0] else None, grad_input if mask[1] else None, None,
+                None, grad_weight if mask[2] else None, None, None, None, None, None)
+
+    torch.library.register_autograd(lib + "batch_norm_leaky_relu_backward", backward_backward,
+                                    setup_context=setup_backward)
+
+
+if _ops is not None:
+    _register()
