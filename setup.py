@@ -62,7 +62,7 @@ def extension():
         ("CPU_CAPABILITY", capability),
         (f"CPU_CAPABILITY_{capability}", None),
     ]
-    cxx_flags = ["-O3", f"-march={march}"]
+    cxx_flags = ["-O3", f"-march={march}", "-Wno-unknown-pragmas"]
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     if not cuda_wanted():
         return CppExtension(

@@ -135,11 +135,25 @@ def _register():
         mask = [needs[0], needs[1], weight is not None and needs[4]]
         grad_grad_output, grad_input, grad_weight = _ops.batch_norm_leaky_relu_double_backward(
             *upstream, grad_output, input, mean, var, weight, bias, *ctx.config, mask)
+        # The bias only moves the activation's kink: its gradient is zero, given as torch does.
+        grad_bias = torch.zeros_like(bias) if bias is not None and needs[5] else None
         return (grad_grad_output if mask[0] else None, grad_input if mask[1] else None, None,
-                None, grad_weight if mask[2] else None, None, None, None, None, None)
+                None, grad_weight if mask[2] else None, grad_bias, None, None, None, None)
 
     torch.library.register_autograd(lib + "batch_norm_leaky_relu_backward", backward_backward,
                                     setup_context=setup_backward)
+
+    def not_differentiable(message):
+        def backward(ctx, *grads):
+            raise NotImplementedError(message)
+        return backward
+
+    torch.library.register_autograd(lib + "batch_norm_stats", not_differentiable(
+        "fastgan::batch_norm_stats is not differentiable: differentiate "
+        "fastgan.ops.batch_norm_leaky_relu, whose gradients include the batch statistics'"))
+    torch.library.register_autograd(
+        lib + "batch_norm_leaky_relu_double_backward",
+        not_differentiable("third-order gradients of batch_norm_leaky_relu are not implemented"))
 
 
 if _ops is not None:

@@ -1,0 +1,53 @@
+"""Shared test helpers: devices, dtype-aware comparison, float64 gradient checks."""
+import os
+
+import pytest
+import torch
+
+import fastgan
+
+HAS_CUDA_KERNELS = torch.cuda.is_available() and fastgan.backend_info()["cuda_kernels"]
+
+# Every device fastgan's kernels can run on here; CUDA entries are marked and skip cleanly.
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
+
+# (rtol, atol) for comparing against a float64 reference computed from the same inputs.
+TOLERANCES = {
+    torch.float64: (1e-10, 1e-10),
+    torch.float32: (1e-4, 1e-5),
+    torch.float16: (1e-2, 1e-2),
+    torch.bfloat16: (5e-2, 5e-2),
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    skip = pytest.mark.skip(reason="needs a CUDA device and fastgan's CUDA kernels")
+    for item in items:
+        if "cuda" in item.keywords and not HAS_CUDA_KERNELS:
+            item.add_marker(skip)
+
+
+def require_extension():
+    """FASTGAN_REQUIRE_EXT=1 (as in CI) turns a missing extension into a failure."""
+    return os.environ.get("FASTGAN_REQUIRE_EXT") == "1"
+
+
+def assert_close(actual, expected, dtype=None, scale=1.0):
+    """Compares within the tolerance of `dtype` (default: actual's), loosened by `scale`."""
+    rtol, atol = TOLERANCES[dtype or actual.dtype]
+    torch.testing.assert_close(actual.to(expected.dtype), expected, rtol=rtol * scale,
+                               atol=atol * scale)
+
+
+def make_input(shape, dtype=torch.float64, device="cpu", layout="contiguous", seed=0):
+    """Random input in one of the layouts the kernels meet: contiguous, channels_last (4D),
+    non_contiguous (a strided view)."""
+    generator = torch.Generator().manual_seed(seed)
+    if layout == "non_contiguous":
+        wide = list(shape)
+        wide[-1] *= 2
+        return torch.randn(wide, generator=generator, dtype=dtype)[..., ::2].to(device)
+    x = torch.randn(shape, generator=generator, dtype=dtype).to(device)
+    if layout == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    return x

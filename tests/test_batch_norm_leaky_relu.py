@@ -1,0 +1,298 @@
+"""fastgan.ops.batch_norm_leaky_relu and the BatchNormLeakyReLU modules against torch."""
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.autograd import gradcheck, gradgradcheck
+
+import fastgan
+from fastgan.nn import BatchNormLeakyReLU1d, BatchNormLeakyReLU2d
+from conftest import DEVICES, assert_close, make_input
+
+bn_lrelu = fastgan.ops.batch_norm_leaky_relu
+
+
+def torch_bn_lrelu(x, running_mean, running_var, weight, bias, training, momentum, eps, slope):
+    return F.leaky_relu(F.batch_norm(x, running_mean, running_var, weight, bias, training,
+                                     momentum, eps), slope)
+
+
+def params(channels, dtype, device, affine=True, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    running_mean = torch.randn(channels, generator=g, dtype=dtype).to(device)
+    running_var = (torch.rand(channels, generator=g, dtype=dtype) + 0.5).to(device)
+    if not affine:
+        return running_mean, running_var, None, None
+    weight = torch.randn(channels, generator=g, dtype=dtype).to(device)
+    bias = torch.randn(channels, generator=g, dtype=dtype).to(device)
+    return running_mean, running_var, weight, bias
+
+
+def run(fn, x, running_mean, running_var, weight, bias, training, slope, upstream):
+    """Output, gradients of (input, weight, bias) and the updated running statistics."""
+    x = x.detach().clone().requires_grad_()
+    leaves = [t.detach().clone().requires_grad_() if t is not None else None
+              for t in (weight, bias)]
+    stats = [t.clone() if t is not None else None for t in (running_mean, running_var)]
+    out = fn(x, stats[0], stats[1], leaves[0], leaves[1], training, 0.1, 1e-5, slope)
+    wrt = [x] + [t for t in leaves if t is not None]
+    grads = torch.autograd.grad(out, wrt, upstream) if out.numel() else [torch.zeros_like(t) for t in wrt]
+    return out, grads, stats
+
+
+SHAPES = [(16, 5), (4, 3, 7), (4, 3, 5, 6), (3, 5, 7, 9), (1, 4, 3, 3), (2, 8, 1, 1)]
+SHAPE_LAYOUTS = [(shape, layout) for shape in SHAPES
+                 for layout in ("contiguous", "channels_last", "non_contiguous")
+                 if layout != "channels_last" or len(shape) == 4]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("shape, layout", SHAPE_LAYOUTS, ids=str)
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("slope", [0.0, 0.2, 1.0])
+def test_matches_torch(device, dtype, shape, layout, training, slope):
+    x = make_input(shape, dtype, device, layout)
+    upstream = make_input(shape, dtype, device, layout, seed=2)
+    p = params(shape[1], dtype, device)
+    actual = run(bn_lrelu, x, *p, training, slope, upstream)
+    # Reference in float64 from the same values.
+    p64 = [t.double() for t in p]
+    expected = run(torch_bn_lrelu, x.double(), *p64, training, slope, upstream.double())
+    assert actual[0].dtype == dtype
+    assert_close(actual[0], expected[0], dtype)
+    for a, e in zip(actual[1], expected[1]):
+        assert_close(a, e, dtype, scale=10)
+    for a, e in zip(actual[2], expected[2]):
+        assert_close(a, e, dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_layout_is_preserved(device, training):
+    x = make_input((4, 6, 5, 5), torch.float32, device, "channels_last")
+    out = bn_lrelu(x, *params(6, torch.float32, device), training=training)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert bn_lrelu(x.contiguous(), *params(6, torch.float32, device), training=training) \
+        .is_contiguous()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("track, training", [(True, True), (False, True), (True, False)],
+                         ids=["train", "train_no_running_stats", "eval"])
+@pytest.mark.parametrize("shape, layout", [((3, 4, 5, 6), "contiguous"),
+                                           ((3, 4, 5, 6), "channels_last"),
+                                           ((5, 4), "contiguous"), ((3, 4, 7), "non_contiguous")],
+                         ids=str)
+def test_gradcheck_and_gradgradcheck(device, affine, track, training, shape, layout):
+    x = make_input(shape, torch.float64, device, layout).requires_grad_()
+    running_mean, running_var, weight, bias = params(shape[1], torch.float64, device, affine)
+    leaves = [t.requires_grad_() for t in (weight, bias) if t is not None]
+
+    def fn(x, *wb):
+        w, b = wb if wb else (None, None)
+        stats = (running_mean.clone(), running_var.clone()) if track else (None, None)
+        return bn_lrelu(x, *stats, w, b, training=training, negative_slope=0.2)
+
+    assert gradcheck(fn, (x, *leaves))
+    assert gradgradcheck(fn, (x, *leaves))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("slope", [0.0, 0.2])
+def test_r1_pattern_matches_torch(device, layout, slope):
+    """Input gradient with create_graph=True, then backward through its squared norm: what the
+    R1 penalty does. All parameter gradients must match torch's."""
+    def penalty_grads(fn):
+        x = make_input((6, 4, 5, 5), torch.float64, device, layout).requires_grad_()
+        weight, bias = [t.requires_grad_() for t in params(4, torch.float64, device)[2:]]
+        out = fn(x, None, None, weight, bias, True, 0.1, 1e-5, slope)
+        score = (out * make_input(out.shape, torch.float64, device, seed=3)).sum()
+        (grad_x,) = torch.autograd.grad(score, x, create_graph=True)
+        grad_x.square().sum().backward()
+        return weight.grad, bias.grad, x.grad
+
+    for actual, expected in zip(penalty_grads(bn_lrelu), penalty_grads(torch_bn_lrelu)):
+        assert_close(actual, expected)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_empty_batch(device, training):
+    x = torch.randn(0, 3, 4, 4, device=device, requires_grad=True)
+    running_mean, running_var, weight, bias = params(3, torch.float32, device)
+    weight.requires_grad_()
+    before = running_mean.clone(), running_var.clone()
+    out = bn_lrelu(x, running_mean, running_var, weight, bias, training=training)
+    assert out.shape == x.shape
+    out.sum().backward()
+    assert torch.equal(weight.grad, torch.zeros_like(weight))
+    assert torch.equal(running_mean, before[0]) and torch.equal(running_var, before[1])
+
+
+def test_large_mean_does_not_cancel():
+    """mean/std = 1e4 in float32 over many elements: a naive sum-of-squares variance fails."""
+    g = torch.Generator().manual_seed(0)
+    x = 1e4 + torch.randn(32, 4, 64, 64, generator=g)
+    mean, var = torch.ops.fastgan.batch_norm_stats(x)
+    x64 = x.double()
+    torch.testing.assert_close(var.double(), x64.var(dim=(0, 2, 3), unbiased=False),
+                               rtol=1e-4, atol=0)
+    torch.testing.assert_close(mean.double(), x64.mean(dim=(0, 2, 3)), rtol=1e-7, atol=0)
+
+
+def test_constant_channel_has_zero_variance():
+    x = torch.full((8, 3, 4, 4), 2.5)
+    mean, var = torch.ops.fastgan.batch_norm_stats(x)
+    assert torch.equal(var, torch.zeros(3)) and torch.equal(mean, torch.full((3,), 2.5))
+
+
+def test_deterministic():
+    x = make_input((16, 8, 9, 9), torch.float32, "cpu", "channels_last")
+    p = params(8, torch.float32, "cpu")
+    first = run(bn_lrelu, x, *p, True, 0.2, torch.ones_like(x))
+    second = run(bn_lrelu, x, *p, True, 0.2, torch.ones_like(x))
+    assert torch.equal(first[0], second[0])
+    assert all(torch.equal(a, b) for a, b in zip(first[1], second[1]))
+
+
+# --- modules --------------------------------------------------------------------------------
+
+def torch_pair(cls, num_features, slope, **kwargs):
+    return nn.Sequential(cls(num_features, **kwargs), nn.LeakyReLU(slope))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kwargs", [{}, {"momentum": None}, {"affine": False},
+                                    {"track_running_stats": False}, {"momentum": 0.3, "eps": 1e-3}],
+                         ids=str)
+@pytest.mark.parametrize("fused_cls, torch_cls, shape", [
+    (BatchNormLeakyReLU2d, nn.BatchNorm2d, (6, 4, 5, 5)),
+    (BatchNormLeakyReLU1d, nn.BatchNorm1d, (10, 4)),
+    (BatchNormLeakyReLU1d, nn.BatchNorm1d, (6, 4, 9)),
+])
+def test_module_matches_torch_over_steps(device, kwargs, fused_cls, torch_cls, shape):
+    torch.manual_seed(0)
+    reference = torch_pair(torch_cls, 4, 0.2, **kwargs).double().to(device)
+    fused = fused_cls(4, negative_slope=0.2, **kwargs).double().to(device)
+    fused.load_state_dict(reference[0].state_dict())
+    for step in range(3):
+        x = torch.randn(shape, dtype=torch.float64, device=device)
+        x_ref, x_fused = x.clone().requires_grad_(), x.clone().requires_grad_()
+        for module in (reference, fused):
+            module.zero_grad()
+        out_ref, out = reference(x_ref), fused(x_fused)
+        out_ref.square().sum().backward()
+        out.square().sum().backward()
+        torch.testing.assert_close(out, out_ref)
+        torch.testing.assert_close(x_fused.grad, x_ref.grad)
+        if kwargs.get("affine", True):
+            torch.testing.assert_close(fused.weight.grad, reference[0].weight.grad)
+            torch.testing.assert_close(fused.bias.grad, reference[0].bias.grad)
+    for (name, buffer), (_, expected) in zip(fused.named_buffers(), reference[0].named_buffers()):
+        torch.testing.assert_close(buffer, expected, msg=name)
+    reference.eval(), fused.eval()
+    x = torch.randn(shape, dtype=torch.float64, device=device)
+    torch.testing.assert_close(fused(x), reference(x))
+
+
+def test_module_state_dict_is_torch_compatible():
+    torch_bn = nn.BatchNorm2d(8)
+    torch_bn(torch.randn(4, 8, 3, 3))
+    fused = BatchNormLeakyReLU2d(8, negative_slope=0.0)
+    assert fused.state_dict().keys() == torch_bn.state_dict().keys()
+    fused.load_state_dict(torch_bn.state_dict())
+    assert torch.equal(fused.num_batches_tracked, torch_bn.num_batches_tracked)
+    back = nn.BatchNorm2d(8)
+    back.load_state_dict(fused.state_dict())
+    assert "negative_slope=0.0" in repr(fused)
+    clone = copy.deepcopy(fused)
+    assert torch.equal(clone.running_mean, fused.running_mean)
+
+
+def test_module_rejects_wrong_rank():
+    with pytest.raises(ValueError, match="4D"):
+        BatchNormLeakyReLU2d(3)(torch.randn(2, 3, 4))
+    with pytest.raises(ValueError, match="2D or 3D"):
+        BatchNormLeakyReLU1d(3)(torch.randn(2, 3, 4, 4))
+
+
+# --- bad input ------------------------------------------------------------------------------
+
+def test_errors_name_the_argument():
+    x = torch.randn(4, 3, 5, 5)
+    stats = torch.zeros(3), torch.ones(3)
+    with pytest.raises(TypeError, match="input"):
+        bn_lrelu(x.long(), *stats)
+    with pytest.raises(TypeError, match="input"):
+        bn_lrelu(x.numpy(), *stats)
+    with pytest.raises(ValueError, match="input"):
+        bn_lrelu(torch.randn(3), *stats)
+    with pytest.raises(ValueError, match="weight"):
+        bn_lrelu(x, *stats, weight=torch.ones(4))
+    with pytest.raises(ValueError, match="running_mean"):
+        bn_lrelu(x, torch.zeros(5), stats[1])
+    with pytest.raises(ValueError, match="running_mean"):
+        bn_lrelu(x, None, None, training=False)
+    with pytest.raises(ValueError, match="eps"):
+        bn_lrelu(x, *stats, eps=0.0)
+    with pytest.raises(ValueError, match="momentum"):
+        bn_lrelu(x, *stats, training=True, momentum=2.0)
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        bn_lrelu(torch.randn(1, 3), *stats, training=True)
+
+
+def test_cpu_kernel_rejects_half_with_a_clear_error():
+    with pytest.raises(RuntimeError, match="float32 and float64"):
+        bn_lrelu(torch.randn(4, 3, 2, 2).half(), None, None, training=True)
+
+
+def test_ops_check_their_arguments():
+    x = torch.randn(4, 3, 5, 5)
+    with pytest.raises(RuntimeError, match="weight must have shape"):
+        torch.ops.fastgan.batch_norm_leaky_relu(x, torch.zeros(3), torch.ones(3),
+                                                torch.ones(2), None, True, 1e-5, 0.2)
+    with pytest.raises(RuntimeError, match="grad_output must have the shape"):
+        torch.ops.fastgan.batch_norm_leaky_relu_backward(
+            torch.ones(4, 3, 5, 4), x, torch.zeros(3), torch.ones(3), None, None, True, 1e-5,
+            0.2, [True, True, True])
+
+
+# --- torch.library ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "non_contiguous"])
+def test_opcheck(device, layout):
+    x = make_input((3, 4, 5, 5), torch.float64, device, layout)
+    go = make_input((3, 4, 5, 5), torch.float64, device, layout, seed=4)
+    mean, var, weight, bias = params(4, torch.float64, device)
+    ops = torch.ops.fastgan
+    grad_x, grad_weight = x.clone().requires_grad_(), weight.clone().requires_grad_()
+    cases = [
+        (ops.batch_norm_stats, (x,)),
+        (ops.batch_norm_leaky_relu, (grad_x, mean, var, grad_weight, bias, True, 1e-5, 0.2)),
+        (ops.batch_norm_leaky_relu_backward, (go.clone().requires_grad_(), grad_x, mean, var,
+                                              grad_weight, bias, True, 1e-5, 0.2,
+                                              [True, True, True])),
+        (ops.batch_norm_leaky_relu_double_backward, (go, None, torch.ones_like(mean), go, x, mean,
+                                                     var, weight, bias, True, 1e-5, 0.2,
+                                                     [True, True, True])),
+    ]
+    for op, args in cases:
+        torch.library.opcheck(op, args)
+
+
+def test_unsupported_derivatives_raise():
+    x = torch.randn(4, 3, requires_grad=True)
+    mean, var = torch.ops.fastgan.batch_norm_stats(x)
+    with pytest.raises(NotImplementedError, match="batch_norm_stats is not differentiable"):
+        mean.sum().backward()
+    out = bn_lrelu(x, None, None, training=True)
+    (g,) = torch.autograd.grad(out.square().sum(), x, create_graph=True)
+    (gg,) = torch.autograd.grad(g.square().sum(), x, create_graph=True)
+    with pytest.raises(NotImplementedError, match="third-order"):
+        gg.sum().backward()
