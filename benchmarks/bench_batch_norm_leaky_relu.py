@@ -1,0 +1,77 @@
+"""Fused BatchNorm+LeakyReLU against PyTorch eager (F.batch_norm + F.leaky_relu) and
+torch.compile of the same two calls: forward+backward, and the R1 pattern (input gradient with
+create_graph=True, then backward through it; torch.compile cannot compile a double backward)."""
+import torch
+import torch.nn.functional as F
+
+import fastgan
+from common import copy_bandwidth, median_seconds, table
+
+SHAPES = [(64, 128, 16, 16), (64, 64, 32, 32), (64, 256, 8, 8)]
+
+
+def eager(x, running_mean, running_var, weight, bias):
+    return F.leaky_relu(F.batch_norm(x, running_mean, running_var, weight, bias, True), 0.2)
+
+
+def fused(x, running_mean, running_var, weight, bias):
+    return fastgan.ops.batch_norm_leaky_relu(x, running_mean, running_var, weight, bias, True)
+
+
+def make_inputs(shape, memory_format, device, dtype):
+    x = torch.randn(shape, device=device, dtype=dtype).to(memory_format=memory_format)
+    x.requires_grad_()
+    channels = shape[1]
+    weight = torch.rand(channels, device=device, requires_grad=True)
+    bias = torch.randn(channels, device=device, requires_grad=True)
+    stats = torch.zeros(channels, device=device), torch.ones(channels, device=device)
+    grad = torch.randn_like(x)
+    return x, stats, weight, bias, grad
+
+
+def forward_backward(fn, x, stats, weight, bias, grad):
+    def step():
+        out = fn(x, *stats, weight, bias)
+        torch.autograd.grad(out, (x, weight, bias), grad)
+    return step
+
+
+def r1_pattern(fn, x, stats, weight, bias, grad):
+    def step():
+        out = fn(x, *stats, weight, bias)
+        (grad_x,) = torch.autograd.grad(out, x, grad, create_graph=True)
+        torch.autograd.grad(grad_x.square().sum(), (x, weight, bias))
+    return step
+
+
+def run(device="cpu", dtype=torch.float32, min_run_time=1.0):
+    device = torch.device(device)
+    compiled = torch.compile(eager)
+    rows = []
+    for shape in SHAPES:
+        numel = torch.Size(shape).numel()
+        copy_gbs = copy_bandwidth(numel, dtype, device)
+        for memory_format, layout in ((torch.contiguous_format, "NCHW"),
+                                      (torch.channels_last, "NHWC")):
+            inputs = make_inputs(shape, memory_format, device, dtype)
+            t = {name: median_seconds(forward_backward(fn, *inputs), device, min_run_time)
+                 for name, fn in (("eager", eager), ("compile", compiled), ("fastgan", fused))}
+            r1 = {name: median_seconds(r1_pattern(fn, *inputs), device, min_run_time)
+                  for name, fn in (("eager", eager), ("fastgan", fused))}
+            # Least traffic of any forward+backward: read x, write out, read x and grad_out,
+            # write grad_input.
+            gbs = 5 * numel * inputs[0].element_size() / t["fastgan"] / 1e9
+            rows.append([
+                "x".join(map(str, shape)), layout,
+                f"{t['eager'] * 1e3:.2f}", f"{t['compile'] * 1e3:.2f}",
+                f"{t['fastgan'] * 1e3:.2f}",
+                f"**{t['eager'] / t['fastgan']:.2f}x**", f"**{t['compile'] / t['fastgan']:.2f}x**",
+                f"{gbs:.0f} ({100 * gbs / copy_gbs:.0f}% of {copy_gbs:.0f})",
+                f"{r1['eager'] * 1e3:.2f}", f"{r1['fastgan'] * 1e3:.2f}",
+                f"**{r1['eager'] / r1['fastgan']:.2f}x**",
+            ])
+    header = ["shape", "layout", "eager ms", "compile ms", "fastgan ms", "vs eager",
+              "vs compile", "fastgan GB/s (% of copy)", "R1 eager ms", "R1 fastgan ms",
+              "R1 vs eager"]
+    return ("### BatchNorm+LeakyReLU(0.2), training, forward+backward and R1 pattern\n\n"
+            + table(header, rows))

@@ -1,0 +1,44 @@
+"""Runs fastgan's benchmarks and prints Markdown tables (python benchmarks/run.py --help)."""
+import argparse
+import datetime
+import os
+import platform
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import torch  # noqa: E402
+
+import fastgan  # noqa: E402
+import bench_batch_norm_leaky_relu  # noqa: E402
+from common import copy_bandwidth, matmul_rate  # noqa: E402
+
+SUITES = {"bn": bench_batch_norm_leaky_relu}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (default: 2)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--only", nargs="*", choices=sorted(SUITES), default=sorted(SUITES))
+    parser.add_argument("--min-run-time", type=float, default=1.0,
+                        help="seconds of timing per measurement")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+    print(f"## {datetime.date.today()} — {name or platform.machine()}, {args.device}, "
+          f"{args.threads} threads, {args.dtype}")
+    print(f"torch {torch.__version__}, fastgan {fastgan.__version__}, "
+          f"backend {fastgan.backend_info()}")
+    print(f"copy bandwidth {copy_bandwidth(1 << 24, torch.float32, device):.1f} GB/s, "
+          f"float32 matmul {matmul_rate(device):.0f} GFLOP/s\n")
+    for suite in args.only:
+        print(SUITES[suite].run(device, dtype, args.min_run_time))
+        print()
+
+
+if __name__ == "__main__":
+    main()
