@@ -153,12 +153,21 @@ inline void check_like_input(const char* op, const char* name, const at::Tensor&
               " but input is on ", input.device());
 }
 
-// input is (N, C, *); statistics are in `stats_dtype`, weight and bias in `param_dtype`.
+// input is (N, C, *); statistics are in `stats_dtype`, weight and bias in `param_dtype`. An op that
+// computes the batch statistics takes no mean/var; the others require them.
 inline void check_inputs(const char* op, const at::Tensor& input, const at::Tensor& mean,
                          const at::Tensor& var, const at::Tensor& weight, const at::Tensor& bias,
-                         at::ScalarType stats_dtype, at::ScalarType param_dtype, double eps) {
+                         bool computes_batch_stats, at::ScalarType stats_dtype,
+                         at::ScalarType param_dtype, double eps) {
   TORCH_CHECK(input.dim() >= 2, op, ": input must have shape (N, C, *), got ", input.sizes());
   TORCH_CHECK(eps > 0, op, ": eps must be positive, got ", eps);
+  if (computes_batch_stats) {
+    TORCH_CHECK(!mean.defined() && !var.defined(), op,
+                ": mean and var must be None when training (the batch statistics are used)");
+  } else {
+    TORCH_CHECK(mean.defined() && var.defined(), op,
+                ": mean and var are required when not training");
+  }
   check_channel_tensor(op, "mean", mean, input, stats_dtype);
   check_channel_tensor(op, "var", var, input, stats_dtype);
   check_channel_tensor(op, "weight", weight, input, param_dtype);

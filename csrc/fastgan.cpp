@@ -11,14 +11,15 @@
 #define FASTGAN_STRINGIFY(x) FASTGAN_STRINGIFY_(x)
 
 TORCH_LIBRARY(fastgan, m) {
-  // Fused BatchNorm + LeakyReLU. `mean`/`var` are the batch statistics of `input` when
-  // `training`, otherwise the running statistics; the backward ops then differentiate through the
-  // batch statistics. Running statistics are updated by the Python wrapper from
-  // batch_norm_stats' results.
-  m.def("batch_norm_stats(Tensor input) -> (Tensor mean, Tensor var)");
+  // Fused BatchNorm + LeakyReLU. When `training`, the op computes the batch statistics (mean and
+  // var are None) and returns them (mean, biased var) for the running-statistics update, which
+  // the Python wrapper does; otherwise it normalizes with the given mean and var and returns two
+  // empty tensors. The backward ops take the statistics that were used, and when `training`
+  // differentiate through them.
   m.def(
-      "batch_norm_leaky_relu(Tensor input, Tensor mean, Tensor var, Tensor? weight, "
-      "Tensor? bias, bool training, float eps, float negative_slope) -> Tensor");
+      "batch_norm_leaky_relu(Tensor input, Tensor? mean, Tensor? var, Tensor? weight, "
+      "Tensor? bias, bool training, float eps, float negative_slope) -> (Tensor output, "
+      "Tensor batch_mean, Tensor batch_var)");
   m.def(
       "batch_norm_leaky_relu_backward(Tensor grad_output, Tensor input, Tensor mean, "
       "Tensor var, Tensor? weight, Tensor? bias, bool training, float eps, "

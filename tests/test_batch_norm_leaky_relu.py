@@ -138,7 +138,8 @@ def test_large_mean_does_not_cancel():
     """mean/std = 1e4 in float32 over many elements: a naive sum-of-squares variance fails."""
     g = torch.Generator().manual_seed(0)
     x = 1e4 + torch.randn(32, 4, 64, 64, generator=g)
-    mean, var = torch.ops.fastgan.batch_norm_stats(x)
+    _, mean, var = torch.ops.fastgan.batch_norm_leaky_relu(x, None, None, None, None, True,
+                                                           1e-5, 0.2)
     x64 = x.double()
     torch.testing.assert_close(var.double(), x64.var(dim=(0, 2, 3), unbiased=False),
                                rtol=1e-4, atol=0)
@@ -147,7 +148,8 @@ def test_large_mean_does_not_cancel():
 
 def test_constant_channel_has_zero_variance():
     x = torch.full((8, 3, 4, 4), 2.5)
-    mean, var = torch.ops.fastgan.batch_norm_stats(x)
+    _, mean, var = torch.ops.fastgan.batch_norm_leaky_relu(x, None, None, None, None, True,
+                                                           1e-5, 0.2)
     assert torch.equal(var, torch.zeros(3)) and torch.equal(mean, torch.full((3,), 2.5))
 
 
@@ -255,7 +257,10 @@ def test_ops_check_their_arguments():
     x = torch.randn(4, 3, 5, 5)
     with pytest.raises(RuntimeError, match="weight must have shape"):
         torch.ops.fastgan.batch_norm_leaky_relu(x, torch.zeros(3), torch.ones(3),
-                                                torch.ones(2), None, True, 1e-5, 0.2)
+                                                torch.ones(2), None, False, 1e-5, 0.2)
+    with pytest.raises(RuntimeError, match="mean and var must be None when training"):
+        torch.ops.fastgan.batch_norm_leaky_relu(x, torch.zeros(3), torch.ones(3), None, None,
+                                                True, 1e-5, 0.2)
     with pytest.raises(RuntimeError, match="grad_output must have the shape"):
         torch.ops.fastgan.batch_norm_leaky_relu_backward(
             torch.ones(4, 3, 5, 4), x, torch.zeros(3), torch.ones(3), None, None, True, 1e-5,
@@ -273,24 +278,26 @@ def test_opcheck(device, layout):
     ops = torch.ops.fastgan
     grad_x, grad_weight = x.clone().requires_grad_(), weight.clone().requires_grad_()
     cases = [
-        (ops.batch_norm_stats, (x,)),
-        (ops.batch_norm_leaky_relu, (grad_x, mean, var, grad_weight, bias, True, 1e-5, 0.2)),
+        (ops.batch_norm_leaky_relu, (grad_x, None, None, grad_weight, bias, True, 1e-5, 0.2)),
+        (ops.batch_norm_leaky_relu, (grad_x, mean, var, grad_weight, bias, False, 1e-5, 0.2)),
         (ops.batch_norm_leaky_relu_backward, (go.clone().requires_grad_(), grad_x, mean, var,
                                               grad_weight, bias, True, 1e-5, 0.2,
                                               [True, True, True])),
+        (ops.batch_norm_leaky_relu_backward, (go, x, mean, var, weight, bias, False, 1e-5, 0.2,
+                                              [True, False, False])),
         (ops.batch_norm_leaky_relu_double_backward, (go, None, torch.ones_like(mean), go, x, mean,
                                                      var, weight, bias, True, 1e-5, 0.2,
                                                      [True, True, True])),
+        (ops.batch_norm_leaky_relu_double_backward, (go, None, None, go, x, mean, var, weight,
+                                                     bias, False, 1e-5, 0.2,
+                                                     [False, True, False])),
     ]
     for op, args in cases:
         torch.library.opcheck(op, args)
 
 
-def test_unsupported_derivatives_raise():
+def test_third_order_raises():
     x = torch.randn(4, 3, requires_grad=True)
-    mean, var = torch.ops.fastgan.batch_norm_stats(x)
-    with pytest.raises(NotImplementedError, match="batch_norm_stats is not differentiable"):
-        mean.sum().backward()
     out = bn_lrelu(x, None, None, training=True)
     (g,) = torch.autograd.grad(out.square().sum(), x, create_graph=True)
     (gg,) = torch.autograd.grad(g.square().sum(), x, create_graph=True)

@@ -36,23 +36,23 @@ def batch_norm_leaky_relu(input, running_mean, running_var, weight=None, bias=No
         return _reference.batch_norm_leaky_relu(input, running_mean, running_var, weight, bias,
                                                 training, momentum, eps, negative_slope)
 
+    # The kernels take statistics, weight and bias in the input's accumulation dtype.
     stats_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
-    if training:
-        mean, var = _ops.batch_norm_stats(input.detach())
-        if running_mean is not None and per_channel > 0:
-            with torch.no_grad():
-                unbiased = var * (per_channel / (per_channel - 1))
-                running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
-                running_var.mul_(1 - momentum).add_(unbiased.to(running_var.dtype),
-                                                    alpha=momentum)
-    else:
-        mean, var = running_mean.to(stats_dtype), running_var.to(stats_dtype)
+    mean, var = (None, None) if training else (running_mean.to(stats_dtype),
+                                               running_var.to(stats_dtype))
     if weight is not None:
         weight = weight.to(stats_dtype)
     if bias is not None:
         bias = bias.to(stats_dtype)
-    return _ops.batch_norm_leaky_relu(input, mean, var, weight, bias, training, float(eps),
-                                      float(negative_slope))
+    output, batch_mean, batch_var = _ops.batch_norm_leaky_relu(
+        input, mean, var, weight, bias, training, float(eps), float(negative_slope))
+    if training and running_mean is not None and per_channel > 0:
+        with torch.no_grad():  # as torch: the running variance is unbiased
+            unbiased = batch_var * (per_channel / (per_channel - 1))
+            running_mean.mul_(1 - momentum).add_(batch_mean.to(running_mean.dtype),
+                                                 alpha=momentum)
+            running_var.mul_(1 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
+    return output
 
 
 # --- fake kernels: output metadata for torch.compile and meta tensors -------------------------
@@ -74,15 +74,12 @@ def _empty_or(present, make, input):
 def _register():
     lib = "fastgan::"
 
-    @torch.library.register_fake(lib + "batch_norm_stats")
-    def _(input):
-        dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
-        return input.new_empty(input.shape[1], dtype=dtype), input.new_empty(input.shape[1],
-                                                                              dtype=dtype)
-
     @torch.library.register_fake(lib + "batch_norm_leaky_relu")
     def _(input, mean, var, weight, bias, training, eps, negative_slope):
-        return _empty_like_kernel_output(input)
+        stats_shape = (input.shape[1],) if training else (0,)
+        dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
+        return (_empty_like_kernel_output(input), input.new_empty(stats_shape, dtype=dtype),
+                input.new_empty(stats_shape, dtype=dtype))
 
     @torch.library.register_fake(lib + "batch_norm_leaky_relu_backward")
     def _(grad_output, input, mean, var, weight, bias, training, eps, negative_slope, output_mask):
@@ -104,10 +101,13 @@ def _register():
 
     def setup_forward(ctx, inputs, output):
         input, mean, var, weight, bias, training, eps, negative_slope = inputs
-        ctx.save_for_backward(input, mean, var, weight, bias)
+        _, batch_mean, batch_var = output
+        ctx.mark_non_differentiable(batch_mean, batch_var)
+        ctx.save_for_backward(input, *((batch_mean, batch_var) if training else (mean, var)),
+                              weight, bias)
         ctx.config = (training, eps, negative_slope)
 
-    def backward_forward(ctx, grad_output):
+    def backward_forward(ctx, grad_output, _grad_batch_mean, _grad_batch_var):
         input, mean, var, weight, bias = ctx.saved_tensors
         needs = ctx.needs_input_grad
         mask = [needs[0], weight is not None and needs[3], bias is not None and needs[4]]
@@ -148,9 +148,6 @@ def _register():
             raise NotImplementedError(message)
         return backward
 
-    torch.library.register_autograd(lib + "batch_norm_stats", not_differentiable(
-        "fastgan::batch_norm_stats is not differentiable: differentiate "
-        "fastgan.ops.batch_norm_leaky_relu, whose gradients include the batch statistics'"))
     torch.library.register_autograd(
         lib + "batch_norm_leaky_relu_double_backward",
         not_differentiable("third-order gradients of batch_norm_leaky_relu are not implemented"))
