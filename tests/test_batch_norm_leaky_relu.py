@@ -285,6 +285,8 @@ def test_opcheck(device, layout):
                                               [True, True, True])),
         (ops.batch_norm_leaky_relu_backward, (go, x, mean, var, weight, bias, False, 1e-5, 0.2,
                                               [True, False, False])),
+        (ops.batch_norm_leaky_relu_backward, (go, x, mean, var, weight, bias, True, 1e-5, 0.2,
+                                              [False, False, False])),
         (ops.batch_norm_leaky_relu_double_backward, (go, None, torch.ones_like(mean), go, x, mean,
                                                      var, weight, bias, True, 1e-5, 0.2,
                                                      [True, True, True])),

@@ -196,7 +196,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu_backward(
     } else if (need_sums) {
       reduce_then_map<scalar_t, 2, 2, 6, 0>(layout, data, coef.pointers(), {}, accumulate, finish,
                                             apply);
-    } else {  // evaluation, grad_input only: no sums needed
+    } else if (output_mask[0]) {  // evaluation, grad_input only: no sums needed
       reduce_then_map<scalar_t, 0, 2, 6, 1>(layout, data, coef.pointers(),
                                             {grad_input.mutable_data_ptr<scalar_t>()}, accumulate,
                                             finish, apply);

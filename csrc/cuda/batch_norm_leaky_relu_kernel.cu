@@ -14,9 +14,9 @@
 #include <cstdint>
 #include <limits>
 #include <type_traits>
-#include <vector>
 
 #include "../batch_norm_leaky_relu.h"
+#include "../channel_layout.h"
 
 namespace fastgan {
 namespace cuda {
@@ -26,49 +26,6 @@ using namespace fastgan::bn_lrelu;
 
 constexpr int kThreads = 256;  // threads per block, for every kernel
 constexpr int kWarp = 32;
-
-// ------------------------------------------------------------------------------------------------
-// Layout (mirrors choose_layout / to_layout of csrc/cpu/per_channel.h)
-
-// An (N, C, S...) tensor seen as N x C x S, stored densely channels-first or channels-last.
-struct Layout {
-  int64_t batch, channels, spatial;
-  bool channels_last;
-  int64_t per_channel() const { return batch * spatial; }
-};
-
-std::vector<int64_t> channels_last_order(int64_t dim) {
-  std::vector<int64_t> order{0};
-  for (int64_t d = 2; d < dim; ++d) order.push_back(d);
-  order.push_back(1);
-  return order;
-}
-
-// The input's own storage order when it is dense in either order, else the one PyTorch suggests.
-Layout choose_layout(const at::Tensor& input) {
-  const int64_t batch = input.size(0), channels = input.size(1);
-  const int64_t spatial = batch * channels == 0 ? 0 : input.numel() / (batch * channels);
-  bool channels_last;
-  if (spatial == 1) {
-    channels_last = true;  // (N, C): both orders are the same memory; threads run along C
-  } else if (input.is_contiguous()) {
-    channels_last = false;
-  } else if (input.permute(channels_last_order(input.dim())).is_contiguous()) {
-    channels_last = true;
-  } else {
-    channels_last = input.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
-  }
-  return {batch, channels, spatial, channels_last};
-}
-
-// `t` (shaped like the input) stored densely in `layout`'s order; no copy when it already is.
-at::Tensor to_layout(const at::Tensor& t, const Layout& layout) {
-  if (!layout.channels_last) return t.contiguous();
-  const auto order = channels_last_order(t.dim());
-  std::vector<int64_t> inverse(order.size());
-  for (size_t i = 0; i < order.size(); ++i) inverse[order[i]] = static_cast<int64_t>(i);
-  return t.permute(order).contiguous().permute(inverse);
-}
 
 // ------------------------------------------------------------------------------------------------
 // Device helpers
@@ -173,7 +130,7 @@ __device__ __forceinline__ T activation_grad(T x, T scale, T shift, T slope) {
 // Reductions. An op has K sums over I inputs: channel(c) gives the per-channel constants, and
 // accumulate(constants, elements, sums) adds one element of each input.
 
-// Shifted sums of x and x^2, shifted by the channel's first element (see moments_from_shifted_sums).
+// Sums of d and d^2, d = x minus the channel's first element (see moments_from_shifted_sums).
 template <typename scalar_t>
 struct StatsReduce {
   using T = at::opmath_type<scalar_t>;
@@ -246,7 +203,9 @@ __device__ void store_block_sums(const RunningSum<T> (&acc)[K], T* partial, int6
   }
   if (threadIdx.y == 0 && c < channels) {
 #pragma unroll
-    for (int k = 0; k < K; ++k) partial[(k * channels + c) * splits + split] = shared[k][threadIdx.x];
+    for (int k = 0; k < K; ++k) {
+      partial[(k * channels + c) * splits + split] = shared[k][threadIdx.x];
+    }
   }
 }
 
@@ -322,9 +281,10 @@ __global__ void __launch_bounds__(kThreads)
       T values[U][I][1];
 #pragma unroll
       for (int u = 0; u < U; ++u) {
-        if (r + u * step < rows) {
+        const int64_t row = r + u * step;
+        if (row < rows) {
 #pragma unroll
-          for (int i = 0; i < I; ++i) load<1>(in.value[i], (r + u * step) * channels + c, values[u][i]);
+          for (int i = 0; i < I; ++i) load<1>(in.value[i], row * channels + c, values[u][i]);
         }
       }
 #pragma unroll
@@ -352,12 +312,13 @@ __global__ void __launch_bounds__(kThreads)
   const int lane = threadIdx.x % kWarp;
   const int64_t c = static_cast<int64_t>(blockIdx.x) * (kThreads / kWarp) + threadIdx.x / kWarp;
   if (c >= channels) return;  // whole warps leave: the shuffles below see full warps
-  T sums[K > 0 ? K : 1] = {};
+  T sums[K] = {};
 #pragma unroll
   for (int k = 0; k < K; ++k) {
     RunningSum<T> sum;
     if (partial != nullptr) {
-      for (int64_t j = lane; j < splits; j += kWarp) sum.add(partial[(k * channels + c) * splits + j]);
+      const T* channel_partial = partial + (k * channels + c) * splits;
+      for (int64_t j = lane; j < splits; j += kWarp) sum.add(channel_partial[j]);
     }
     T value = sum.value();
 #pragma unroll
@@ -369,31 +330,28 @@ __global__ void __launch_bounds__(kThreads)
   if (lane == 0) op(c, sums);
 }
 
+// coefficients (2, C): scale, shift. In training the statistics come first, from the shifted sums:
+// they are written to batch_mean / batch_var, which params.mean / params.var then point to.
 template <typename scalar_t>
-struct StatsFinalize {
+struct ForwardFinalize {
   using T = at::opmath_type<scalar_t>;
   static constexpr int K = 2;
-  const scalar_t* x;
-  int64_t channel_stride;  // as in StatsReduce: the shift is the channel's first element
-  T count;
-  T* mean;
-  T* var;
-  __device__ void operator()(int64_t c, const T* sums) const {
-    const T shift = static_cast<T>(x[c * channel_stride]);
-    const Moments<T> m = moments_from_shifted_sums(count, shift, sums[0], sums[1]);
-    mean[c] = m.mean;
-    var[c] = m.var;
-  }
-};
-
-// coefficients (2, C): scale, shift.
-template <typename T>
-struct ForwardFinalize {
-  static constexpr int K = 0;
   ChannelParams<T> params;
   T* coefficients;
   int64_t channels;
-  __device__ void operator()(int64_t c, const T*) const {
+  // Training only (null otherwise).
+  T* batch_mean;
+  T* batch_var;
+  const scalar_t* x;
+  int64_t channel_stride;  // as in StatsReduce: the shift is the channel's first element
+  T count;
+  __device__ void operator()(int64_t c, const T* sums) const {
+    if (batch_mean != nullptr) {
+      const T shift = static_cast<T>(x[c * channel_stride]);
+      const Moments<T> m = moments_from_shifted_sums(count, shift, sums[0], sums[1]);
+      batch_mean[c] = m.mean;
+      batch_var[c] = m.var;
+    }
     const ChannelState<T> st = channel_state(params, c);
     coefficients[c] = st.scale;
     coefficients[channels + c] = st.shift;
@@ -590,7 +548,7 @@ struct Partials {
 template <typename Op, typename scalar_t, int V>
 Partials<at::opmath_type<scalar_t>> reduce_channels_first(const Op& op,
                                                          const Pointers<const scalar_t*, Op::I>& in,
-                                                         const Layout& layout,
+                                                         const ChannelLayout& layout,
                                                          const at::TensorOptions& options,
                                                          const Launch& launch) {
   using T = at::opmath_type<scalar_t>;
@@ -611,7 +569,7 @@ Partials<at::opmath_type<scalar_t>> reduce_channels_first(const Op& op,
 template <typename Op, typename scalar_t>
 Partials<at::opmath_type<scalar_t>> reduce_channels_last(const Op& op,
                                                         const Pointers<const scalar_t*, Op::I>& in,
-                                                        const Layout& layout,
+                                                        const ChannelLayout& layout,
                                                         const at::TensorOptions& options,
                                                         const Launch& launch) {
   using T = at::opmath_type<scalar_t>;
@@ -632,11 +590,13 @@ Partials<at::opmath_type<scalar_t>> reduce_channels_last(const Op& op,
   return partials;
 }
 
-// Per-channel sums of the reduction `op` over inputs `in` (laid out as `layout`, N * S > 0).
+// Per-channel sums of the reduction `op` over inputs `in` (laid out as `layout`, numel > 0).
 template <typename Op, typename scalar_t>
-Partials<at::opmath_type<scalar_t>> reduce_per_channel(const Op& op, const Pointers<const scalar_t*, Op::I>& in,
-                                          const Layout& layout, const at::TensorOptions& options,
-                                          const Launch& launch) {
+Partials<at::opmath_type<scalar_t>> reduce_per_channel(const Op& op,
+                                                       const Pointers<const scalar_t*, Op::I>& in,
+                                                       const ChannelLayout& layout,
+                                                       const at::TensorOptions& options,
+                                                       const Launch& launch) {
   if (layout.channels_last) return reduce_channels_last(op, in, layout, options, launch);
   constexpr int W = kPackWidth<scalar_t>;
   if (layout.spatial % W == 0 && aligned(in, W * sizeof(scalar_t))) {
@@ -646,7 +606,8 @@ Partials<at::opmath_type<scalar_t>> reduce_per_channel(const Op& op, const Point
 }
 
 template <typename Op, typename T>
-void finalize_per_channel(const Op& op, const Partials<T>& partials, int64_t channels, const Launch& launch) {
+void finalize_per_channel(const Op& op, const Partials<T>& partials, int64_t channels,
+                          const Launch& launch) {
   if (channels == 0) return;
   constexpr int64_t warps = kThreads / kWarp;
   finalize_kernel<<<static_cast<unsigned>(ceil_div(channels, warps)), kThreads, 0,
@@ -657,7 +618,7 @@ void finalize_per_channel(const Op& op, const Partials<T>& partials, int64_t cha
 template <typename Op, typename scalar_t, int V>
 void map_packs(const Op& op, const Pointers<const scalar_t*, Op::I>& in,
                const Pointers<scalar_t*, Op::O>& out, const at::opmath_type<scalar_t>* coefficients,
-               const Layout& layout, const Launch& launch) {
+               const ChannelLayout& layout, const Launch& launch) {
   MapShape shape;
   shape.channels = layout.channels;
   shape.packs = layout.batch * layout.channels * layout.spatial / V;
@@ -678,8 +639,9 @@ void map_packs(const Op& op, const Pointers<const scalar_t*, Op::I>& in,
 // packs of kPackWidth elements never straddle a channel boundary and every pointer is aligned.
 template <typename Op, typename scalar_t>
 void map_per_channel(const Op& op, const Pointers<const scalar_t*, Op::I>& in,
-         const Pointers<scalar_t*, Op::O>& out, const at::opmath_type<scalar_t>* coefficients,
-         const Layout& layout, const Launch& launch) {
+                     const Pointers<scalar_t*, Op::O>& out,
+                     const at::opmath_type<scalar_t>* coefficients, const ChannelLayout& layout,
+                     const Launch& launch) {
   constexpr int W = kPackWidth<scalar_t>;
   const int64_t run = layout.channels_last ? layout.channels : layout.spatial;
   const size_t bytes = W * sizeof(scalar_t);
@@ -702,7 +664,7 @@ void check_cuda(const char* op, const at::Tensor& input) {
 }
 
 // Checked once here so that grid dimensions (channels on gridDim.x) cannot overflow.
-void check_channels(const char* op, const Layout& layout) {
+void check_channels(const char* op, const ChannelLayout& layout) {
   TORCH_CHECK(layout.channels <= std::numeric_limits<int32_t>::max(), op,
               ": at most 2^31 - 1 channels are supported, got ", layout.channels);
 }
@@ -727,65 +689,61 @@ ChannelParams<T> channel_params(const at::Tensor& mean, const at::Tensor& var,
           data_or_null<T>(bias), static_cast<T>(eps)};
 }
 
-std::tuple<at::Tensor, at::Tensor> batch_norm_stats(const at::Tensor& input) {
-  constexpr const char* op = "fastgan::batch_norm_stats";
-  TORCH_CHECK(input.dim() >= 2, op, ": input must have shape (N, C, *), got ", input.sizes());
-  check_cuda(op, input);
-  c10::cuda::CUDAGuard guard(input.device());
-  const Layout layout = choose_layout(input);
-  check_channels(op, layout);
-  const auto options = input.options().dtype(at::toOpMathType(input.scalar_type()));
-  const int64_t C = layout.channels;
-  if (layout.per_channel() == 0) return {at::zeros({C}, options), at::zeros({C}, options)};
-  const at::Tensor x = to_layout(input, layout);
-  at::Tensor mean = at::empty({C}, options), var = at::empty({C}, options);
-  const Launch launch = current_launch(input);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(),
-                                  "fastgan_batch_norm_stats_cuda", [&] {
-    using T = at::opmath_type<scalar_t>;
-    const scalar_t* data = x.const_data_ptr<scalar_t>();
-    const int64_t channel_stride = layout.channels_last ? 1 : layout.spatial;
-    const StatsReduce<scalar_t> reduction{data, channel_stride};
-    const auto partials = reduce_per_channel(reduction, Pointers<const scalar_t*, 1>{{data}}, layout, options,
-                                 launch);
-    const StatsFinalize<scalar_t> finalization{data, channel_stride,
-                                               static_cast<T>(layout.per_channel()),
-                                               mean.mutable_data_ptr<T>(), var.mutable_data_ptr<T>()};
-    finalize_per_channel(finalization, partials, C, launch);
-  });
-  return {mean, var};
-}
-
-at::Tensor batch_norm_leaky_relu(const at::Tensor& input, const at::Tensor& mean,
-                                 const at::Tensor& var, const std::optional<at::Tensor>& weight,
-                                 const std::optional<at::Tensor>& bias, bool training, double eps,
-                                 double negative_slope) {
+// Training computes and returns the batch statistics (mean, biased var; zeros for an empty batch);
+// evaluation normalizes with the given ones and returns two empty tensors.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu(
+    const at::Tensor& input, const std::optional<at::Tensor>& mean,
+    const std::optional<at::Tensor>& var, const std::optional<at::Tensor>& weight,
+    const std::optional<at::Tensor>& bias, bool training, double eps, double negative_slope) {
   constexpr const char* op = "fastgan::batch_norm_leaky_relu";
   const at::Tensor w = weight.value_or(at::Tensor()), b = bias.value_or(at::Tensor());
+  const at::Tensor m = mean.value_or(at::Tensor()), v = var.value_or(at::Tensor());
   check_cuda(op, input);
   const auto opmath = at::toOpMathType(input.scalar_type());
-  check_inputs(op, input, mean, var, w, b, opmath, opmath, eps);
+  check_inputs(op, input, m, v, w, b, training, opmath, opmath, eps);
   c10::cuda::CUDAGuard guard(input.device());
-  const Layout layout = choose_layout(input);
+  const ChannelLayout layout = choose_layout(input);
   check_channels(op, layout);
+  const int64_t C = layout.channels;
+  const auto options = input.options().dtype(opmath);
   const at::Tensor x = to_layout(input, layout);
   at::Tensor out = at::empty_like(x);
-  if (x.numel() == 0) return out;
-  const at::Tensor mean_d = dense(mean), var_d = dense(var), w_d = dense(w), b_d = dense(b);
-  const int64_t C = layout.channels;
-  at::Tensor coefficients = at::empty({2, C}, input.options().dtype(opmath));
+  if (x.numel() == 0) {
+    if (!training) return {out, at::empty({0}, options), at::empty({0}, options)};
+    return {out, at::zeros({C}, options), at::zeros({C}, options)};
+  }
+  at::Tensor batch_mean = at::empty({training ? C : 0}, options);
+  at::Tensor batch_var = at::empty({training ? C : 0}, options);
+  const at::Tensor mean_d = training ? batch_mean : dense(m);
+  const at::Tensor var_d = training ? batch_var : dense(v);
+  const at::Tensor w_d = dense(w), b_d = dense(b);
+  at::Tensor coefficients = at::empty({2, C}, options);
   const Launch launch = current_launch(input);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(),
                                   "fastgan_batch_norm_leaky_relu_cuda", [&] {
     using T = at::opmath_type<scalar_t>;
+    const scalar_t* data = x.const_data_ptr<scalar_t>();
     T* coef = coefficients.mutable_data_ptr<T>();
-    finalize_per_channel(ForwardFinalize<T>{channel_params<T>(mean_d, var_d, w_d, b_d, eps), coef, C},
-             Partials<T>{}, C, launch);
+    ForwardFinalize<scalar_t> finalization{channel_params<T>(mean_d, var_d, w_d, b_d, eps), coef, C,
+                                           nullptr, nullptr, nullptr, 0, T(0)};
+    Partials<T> partials;
+    if (training) {
+      const int64_t channel_stride = layout.channels_last ? 1 : layout.spatial;
+      partials = reduce_per_channel(StatsReduce<scalar_t>{data, channel_stride},
+                                    Pointers<const scalar_t*, 1>{{data}}, layout, options, launch);
+      finalization.batch_mean = batch_mean.mutable_data_ptr<T>();
+      finalization.batch_var = batch_var.mutable_data_ptr<T>();
+      finalization.x = data;
+      finalization.channel_stride = channel_stride;
+      finalization.count = static_cast<T>(layout.per_channel());
+    }
+    finalize_per_channel(finalization, partials, C, launch);
     map_per_channel(ForwardMap<T>{static_cast<T>(negative_slope)},
-        Pointers<const scalar_t*, 1>{{x.const_data_ptr<scalar_t>()}},
-        Pointers<scalar_t*, 1>{{out.mutable_data_ptr<scalar_t>()}}, coef, layout, launch);
+                    Pointers<const scalar_t*, 1>{{data}},
+                    Pointers<scalar_t*, 1>{{out.mutable_data_ptr<scalar_t>()}}, coef, layout,
+                    launch);
   });
-  return out;
+  return {out, batch_mean, batch_var};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu_backward(
@@ -797,16 +755,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu_backward(
   const at::Tensor w = weight.value_or(at::Tensor()), b = bias.value_or(at::Tensor());
   check_cuda(op, input);
   const auto opmath = at::toOpMathType(input.scalar_type());
-  check_inputs(op, input, mean, var, w, b, opmath, opmath, eps);
+  check_inputs(op, input, mean, var, w, b, false, opmath, opmath, eps);
   check_like_input(op, "grad_output", grad_output, input);
   c10::cuda::CUDAGuard guard(input.device());
   // As on the CPU: grad_weight / grad_bias only exist for a defined weight / bias, and outputs not
   // asked for are returned empty.
   const bool want_input = output_mask[0];
   const bool want_weight = output_mask[1] && w.defined(), want_bias = output_mask[2] && b.defined();
-  const at::Tensor empty = input.new_empty({0});
-  if (!want_input && !want_weight && !want_bias) return {empty, empty, empty};
-  const Layout layout = choose_layout(input);
+  // Separate empty tensors: outputs of an op must not alias each other.
+  auto empty = [&] { return input.new_empty({0}); };
+  if (!want_input && !want_weight && !want_bias) return {empty(), empty(), empty()};
+  const ChannelLayout layout = choose_layout(input);
   check_channels(op, layout);
   const int64_t C = layout.channels;
   const at::Tensor x = to_layout(input, layout), go = to_layout(grad_output, layout);
@@ -818,7 +777,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu_backward(
   at::Tensor coefficients = at::empty({5, C}, options);
   // grad_input needs the sums only in training, where the statistics depend on the input.
   const bool need_sums =
-      (want_weight || want_bias || (training && want_input)) && layout.per_channel() > 0;
+      (want_weight || want_bias || (training && want_input)) && input.numel() > 0;
   const Launch launch = current_launch(input);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(),
                                   "fastgan_batch_norm_leaky_relu_backward_cuda", [&] {
@@ -827,22 +786,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu_backward(
     const T slope = static_cast<T>(negative_slope);
     const Pointers<const scalar_t*, 2> in{{x.const_data_ptr<scalar_t>(),
                                            go.const_data_ptr<scalar_t>()}};
-    const auto partials = need_sums
-                              ? reduce_per_channel(BackwardReduce<scalar_t>{params, slope}, in, layout, options,
-                                       launch)
-                              : Partials<T>{};
+    const T count = static_cast<T>(layout.per_channel());
+    const auto partials =
+        need_sums ? reduce_per_channel(BackwardReduce<scalar_t>{params, slope}, in, layout,
+                                       options, launch)
+                  : Partials<T>{};
     T* coef = coefficients.mutable_data_ptr<T>();
-    finalize_per_channel(BackwardFinalize<T>{params, training, static_cast<T>(layout.per_channel()), coef, C,
-                                 mutable_data_or_null<T>(grad_weight),
-                                 mutable_data_or_null<T>(grad_bias)},
-             partials, C, launch);
+    finalize_per_channel(
+        BackwardFinalize<T>{params, training, count, coef, C, mutable_data_or_null<T>(grad_weight),
+                            mutable_data_or_null<T>(grad_bias)},
+        partials, C, launch);
     if (want_input && x.numel() > 0) {
       map_per_channel(BackwardMap<T>{slope}, in,
-          Pointers<scalar_t*, 1>{{grad_input.mutable_data_ptr<scalar_t>()}}, coef, layout,
-          launch);
+                      Pointers<scalar_t*, 1>{{grad_input.mutable_data_ptr<scalar_t>()}}, coef,
+                      layout, launch);
     }
   });
-  auto or_empty = [&](const at::Tensor& t) { return t.defined() ? t : empty; };
+  auto or_empty = [&](const at::Tensor& t) { return t.defined() ? t : empty(); };
   return {or_empty(grad_input), or_empty(grad_weight), or_empty(grad_bias)};
 }
 
@@ -857,7 +817,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu_double_back
   const at::Tensor w = weight.value_or(at::Tensor()), b = bias.value_or(at::Tensor());
   check_cuda(op, input);
   const auto opmath = at::toOpMathType(input.scalar_type());
-  check_inputs(op, input, mean, var, w, b, opmath, opmath, eps);
+  check_inputs(op, input, mean, var, w, b, false, opmath, opmath, eps);
   check_like_input(op, "grad_output", grad_output, input);
   const at::Tensor ggi_in = grad_grad_input.value_or(at::Tensor());
   if (ggi_in.defined()) check_like_input(op, "grad_grad_input", ggi_in, input);
@@ -869,9 +829,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu_double_back
   // As on the CPU: grad_weight only exists for a defined weight; outputs not asked for are empty.
   const bool want_grad_output = output_mask[0], want_input = output_mask[1];
   const bool want_weight = output_mask[2] && w.defined();
-  const at::Tensor empty = input.new_empty({0});
-  if (!want_grad_output && !want_input && !want_weight) return {empty, empty, empty};
-  const Layout layout = choose_layout(input);
+  // Separate empty tensors: outputs of an op must not alias each other.
+  auto empty = [&] { return input.new_empty({0}); };
+  if (!want_grad_output && !want_input && !want_weight) return {empty(), empty(), empty()};
+  const ChannelLayout layout = choose_layout(input);
   check_channels(op, layout);
   const int64_t C = layout.channels;
   const at::Tensor x = to_layout(input, layout), go = to_layout(grad_output, layout);
@@ -886,7 +847,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu_double_back
   at::Tensor coefficients = at::empty({9, C}, options);
   // In evaluation only grad_weight depends on the sums (see double_backward_coefficients).
   const bool need_sums =
-      (want_weight || (training && (want_grad_output || want_input))) && layout.per_channel() > 0;
+      (want_weight || (training && (want_grad_output || want_input))) && input.numel() > 0;
   const Launch launch = current_launch(input);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(),
                                   "fastgan_batch_norm_leaky_relu_double_backward_cuda", [&] {
@@ -896,29 +857,31 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu_double_back
     const Pointers<const scalar_t*, 3> in{{x.const_data_ptr<scalar_t>(),
                                            go.const_data_ptr<scalar_t>(),
                                            data_or_null<scalar_t>(ggi)}};
-    const auto partials = need_sums ? reduce_per_channel(DoubleBackwardReduce<scalar_t>{params, slope}, in,
-                                             layout, options, launch)
-                                    : Partials<T>{};
+    const T count = static_cast<T>(layout.per_channel());
+    const auto partials =
+        need_sums ? reduce_per_channel(DoubleBackwardReduce<scalar_t>{params, slope}, in, layout,
+                                       options, launch)
+                  : Partials<T>{};
     T* coef = coefficients.mutable_data_ptr<T>();
-    finalize_per_channel(DoubleBackwardFinalize<T>{params, training, static_cast<T>(layout.per_channel()),
-                                       data_or_null<T>(ggw), data_or_null<T>(ggb), coef, C,
-                                       mutable_data_or_null<T>(grad_weight)},
-             partials, C, launch);
+    finalize_per_channel(
+        DoubleBackwardFinalize<T>{params, training, count, data_or_null<T>(ggw),
+                                  data_or_null<T>(ggb), coef, C,
+                                  mutable_data_or_null<T>(grad_weight)},
+        partials, C, launch);
     if ((want_grad_output || want_input) && x.numel() > 0) {
       map_per_channel(DoubleBackwardMap<T>{slope}, in,
-          Pointers<scalar_t*, 2>{{mutable_data_or_null<scalar_t>(grad_grad_out),
-                                  mutable_data_or_null<scalar_t>(grad_input)}},
-          coef, layout, launch);
+                      Pointers<scalar_t*, 2>{{mutable_data_or_null<scalar_t>(grad_grad_out),
+                                              mutable_data_or_null<scalar_t>(grad_input)}},
+                      coef, layout, launch);
     }
   });
-  auto or_empty = [&](const at::Tensor& t) { return t.defined() ? t : empty; };
+  auto or_empty = [&](const at::Tensor& t) { return t.defined() ? t : empty(); };
   return {or_empty(grad_grad_out), or_empty(grad_input), or_empty(grad_weight)};
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastgan, CUDA, m) {
-  m.impl("batch_norm_stats", &batch_norm_stats);
   m.impl("batch_norm_leaky_relu", &batch_norm_leaky_relu);
   m.impl("batch_norm_leaky_relu_backward", &batch_norm_leaky_relu_backward);
   m.impl("batch_norm_leaky_relu_double_backward", &batch_norm_leaky_relu_double_backward);
