@@ -1,8 +1,8 @@
 // Per-channel "reduce, then map" passes over (N, C, *) tensors on the CPU, native for channels-first
-// and channels-last storage, parallel over channels and vectorized with at::vec. Each channel (or
-// block of channels) is reduced and then mapped by one thread right away, so the second read of
-// its elements comes from that core's cache rather than memory. Ops supply the per-element math as
-// functors on Vectorized values.
+// and channels-last storage, parallel and vectorized with at::vec. Channels-first: one task per
+// channel reduces it and maps it right away, so the second read comes from that core's cache.
+// Channels-last: a channel is a column, so whole rows are streamed twice (reduce, then map). Ops
+// supply the per-element math as functors on Vectorized values.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <array>
+#include <vector>
 
 #include "../channel_layout.h"
 
@@ -24,7 +25,10 @@ using Vec = at::vec::Vectorized<scalar_t>;
 // double: fast and accurate for any N * S.
 constexpr int64_t kFlushElements = 1024;
 
-// For each channel c, in one task:
+// Channels-last reductions split the rows into this many blocks.
+constexpr int64_t kRowBlocks = 16;
+
+// For each channel c:
 //   1. K sums over its elements of accumulate(Vec acc[K], const Vec in[I], const Vec coef[P]),
 //   2. finish(c, const double sums[K]) sets the channel's coefficients (coefficients[p][c],
 //      including those that the map reads),
@@ -42,8 +46,16 @@ void reduce_then_map(const ChannelLayout& layout, const std::array<const scalar_
   constexpr int64_t width = V::size();
   const int64_t C = layout.channels, per_channel = layout.per_channel();
 
+  // Channels-first passes walk a channel's rows, one per sample, a stride apart: the hardware
+  // prefetcher restarts at each row, so fetch the next sample's row explicitly.
+  const int64_t ahead = layout.channels_last ? 0 : C * layout.spatial;
+  auto prefetch = [&](int64_t offset) {
+    if (ahead == 0) return;
+    for (int i = 0; i < I; ++i) __builtin_prefetch(inputs[i] + offset + ahead);
+  };
   // One vector of `count` (<= width) elements at `offset`: reduction lanes past `count` are kept.
   auto accumulate_at = [&](V* acc, int64_t offset, const V* coef, int64_t count) {
+    prefetch(offset);
     V in[I];
     for (int i = 0; i < I; ++i) in[i] = V::loadu(inputs[i] + offset, count);
     if (count == width) {
@@ -56,6 +68,7 @@ void reduce_then_map(const ChannelLayout& layout, const std::array<const scalar_
     for (int k = 0; k < K; ++k) acc[k] = V::set(acc[k], updated[k], count);
   };
   auto map_at = [&](int64_t offset, const V* coef, int64_t count) {
+    prefetch(offset);
     V in[I], out[O > 0 ? O : 1];
     for (int i = 0; i < I; ++i) in[i] = V::loadu(inputs[i] + offset, count);
     map(in, coef, out);
@@ -112,32 +125,64 @@ void reduce_then_map(const ChannelLayout& layout, const std::array<const scalar_
     return;
   }
 
-  // Channels-last: rows of C channels, one per sample and position. A task owns a block of `width`
-  // channels, one per vector lane, and walks down all rows.
-  const int64_t blocks = (C + width - 1) / width;
-  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t block = begin; block < end; ++block) {
-      const int64_t c0 = block * width, count = std::min(width, C - c0);
-      V coef[P];
-      for (int p = 0; p < P; ++p) coef[p] = V::loadu(coefficients[p] + c0, count);
-      double totals[K > 0 ? K : 1][width] = {};
-      if (K > 0 && per_channel > 0) {
-        V acc[K > 0 ? K : 1];
-        for (int k = 0; k < K; ++k) acc[k] = V(scalar_t(0));
-        for (int64_t r = 0; r < per_channel; ++r) {
-          accumulate_at(acc, r * C + c0, coef, count);
-          if ((r + 1) % kFlushElements == 0) flush(acc, totals);
+  // Channels-last: rows of C channels, one per sample and position. A channel's elements are a
+  // column, so both passes stream whole rows instead: the reduction in a fixed number of row blocks
+  // (for a result independent of the thread count) with K x C partial sums each, added up in block
+  // order, then `finish` for every channel, then the map.
+  const int64_t rows = per_channel;
+  const int64_t padded = (C + width - 1) / width * width;
+  auto for_each_vector = [&](auto&& body) {
+    for (int64_t c = 0; c < C; c += width) body(c, std::min(width, C - c));
+  };
+  auto load_coefficients = [&](V* coef, int64_t c, int64_t count) {
+    for (int p = 0; p < P; ++p) coef[p] = V::loadu(coefficients[p] + c, count);
+  };
+  std::vector<double> sums(std::max<int64_t>(K, 1) * C, 0.0);
+  if (K > 0 && rows > 0) {
+    const int64_t blocks = std::min<int64_t>(rows, kRowBlocks);
+    const int64_t rows_per_block = (rows + blocks - 1) / blocks;
+    std::vector<double> partial(blocks * K * C, 0.0);
+    at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> acc_buffer(std::max<int64_t>(K, 1) * padded);
+      for (int64_t block = begin; block < end; ++block) {
+        double* block_sums = partial.data() + block * K * C;
+        const int64_t first = block * rows_per_block, last = std::min(rows, first + rows_per_block);
+        std::fill(acc_buffer.begin(), acc_buffer.end(), scalar_t(0));
+        for (int64_t r = first; r < last; ++r) {
+          for_each_vector([&](int64_t c, int64_t count) {
+            V coef[P], acc[K > 0 ? K : 1];
+            load_coefficients(coef, c, count);
+            for (int k = 0; k < K; ++k) acc[k] = V::loadu(acc_buffer.data() + k * padded + c);
+            accumulate_at(acc, r * C + c, coef, count);
+            for (int k = 0; k < K; ++k) acc[k].store(acc_buffer.data() + k * padded + c);
+          });
+          if ((r - first + 1) % kFlushElements == 0 || r + 1 == last) {
+            for (int k = 0; k < K; ++k) {
+              for (int64_t c = 0; c < C; ++c) block_sums[k * C + c] += acc_buffer[k * padded + c];
+            }
+            std::fill(acc_buffer.begin(), acc_buffer.end(), scalar_t(0));
+          }
         }
-        flush(acc, totals);
       }
-      for (int64_t l = 0; l < count; ++l) {
-        double sums[K > 0 ? K : 1];
-        for (int k = 0; k < K; ++k) sums[k] = totals[k][l];
-        finish(c0 + l, sums);
-      }
-      if (O == 0) continue;
-      for (int p = 0; p < P; ++p) coef[p] = V::loadu(coefficients[p] + c0, count);
-      for (int64_t r = 0; r < per_channel; ++r) map_at(r * C + c0, coef, count);
+    });
+    for (int64_t block = 0; block < blocks; ++block) {
+      for (int64_t j = 0; j < K * C; ++j) sums[j] += partial[block * K * C + j];
+    }
+  }
+  for (int64_t c = 0; c < C; ++c) {
+    double channel_sums[K > 0 ? K : 1];
+    for (int k = 0; k < K; ++k) channel_sums[k] = sums[k * C + c];
+    finish(c, channel_sums);
+  }
+  if (O == 0 || rows == 0) return;
+  const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(C, 1));
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      for_each_vector([&](int64_t c, int64_t count) {
+        V coef[P];
+        load_coefficients(coef, c, count);
+        map_at(r * C + c, coef, count);
+      });
     }
   });
 }
