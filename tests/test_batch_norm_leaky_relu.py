@@ -305,3 +305,21 @@ def test_third_order_raises():
     (gg,) = torch.autograd.grad(g.square().sum(), x, create_graph=True)
     with pytest.raises(NotImplementedError, match="third-order"):
         gg.sum().backward()
+
+
+def test_torch_compile_fullgraph_matches_eager():
+    """The fake kernels and autograd registrations let a model compile without graph breaks."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), BatchNormLeakyReLU2d(8),
+                          nn.Conv2d(8, 4, 3), BatchNormLeakyReLU2d(4, negative_slope=0.0))
+    reference = copy.deepcopy(model)
+    compiled = torch.compile(model, fullgraph=True)
+    x = torch.randn(4, 3, 10, 10)
+    out, expected = compiled(x), reference(x)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+    out.square().sum().backward()
+    expected.square().sum().backward()
+    for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)
+    for (name, b), c in zip(model.named_buffers(), reference.buffers()):
+        torch.testing.assert_close(b, c, msg=name)
