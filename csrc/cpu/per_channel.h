@@ -25,8 +25,9 @@ using Vec = at::vec::Vectorized<scalar_t>;
 // double: fast and accurate for any N * S.
 constexpr int64_t kFlushElements = 1024;
 
-// Channels-last reductions split the rows into this many blocks.
+// Channels-last reductions split the rows into this many blocks, walked in tiles of rows.
 constexpr int64_t kRowBlocks = 16;
+constexpr int64_t kTileRows = 32;
 
 // For each channel c:
 //   1. K sums over its elements of accumulate(Vec acc[K], const Vec in[I], const Vec coef[P]),
@@ -148,15 +149,18 @@ void reduce_then_map(const ChannelLayout& layout, const std::array<const scalar_
         double* block_sums = partial.data() + block * K * C;
         const int64_t first = block * rows_per_block, last = std::min(rows, first + rows_per_block);
         std::fill(acc_buffer.begin(), acc_buffer.end(), scalar_t(0));
-        for (int64_t r = first; r < last; ++r) {
+        // Tiles of rows small enough for L1: each channel vector's accumulators stay in registers
+        // down a tile, and the tile's other channels are then read from cache.
+        for (int64_t tile = first; tile < last; tile += kTileRows) {
+          const int64_t tile_end = std::min(last, tile + kTileRows);
           for_each_vector([&](int64_t c, int64_t count) {
             V coef[P], acc[K > 0 ? K : 1];
             load_coefficients(coef, c, count);
             for (int k = 0; k < K; ++k) acc[k] = V::loadu(acc_buffer.data() + k * padded + c);
-            accumulate_at(acc, r * C + c, coef, count);
+            for (int64_t r = tile; r < tile_end; ++r) accumulate_at(acc, r * C + c, coef, count);
             for (int k = 0; k < K; ++k) acc[k].store(acc_buffer.data() + k * padded + c);
           });
-          if ((r - first + 1) % kFlushElements == 0 || r + 1 == last) {
+          if ((tile_end - first) % kFlushElements == 0 || tile_end == last) {
             for (int k = 0; k < K; ++k) {
               for (int64_t c = 0; c < C; ++c) block_sums[k * C + c] += acc_buffer[k * padded + c];
             }
