@@ -308,7 +308,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose2d_backward(
   if (activation != Activation::kNone) check_output_like(op, "result", result, input, g);
 
   const bool want_input = output_mask[0], want_weight = output_mask[1], want_bias = output_mask[2];
-  const at::Tensor empty = input.new_empty({0});
   const bool channels_last = stored_channels_last(input);
   const int64_t C = g.out_channels, Cg = g.out_per_group(), Cin_g = g.in_per_group();
   const int64_t T = g.taps(), pixels = g.in_h * g.in_w, out_pixels = g.out_h * g.out_w;
@@ -407,7 +406,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose2d_backward(
     });
   }
 
-  at::Tensor grad_input = empty, grad_weight = empty, grad_bias = empty;
+  // Outputs not asked for are distinct empty tensors (outputs must not alias).
+  at::Tensor grad_input = input.new_empty({0}), grad_weight = input.new_empty({0}),
+             grad_bias = input.new_empty({0});
   if (want_input) grad_input = from_nhwc(grad_input_nhwc, channels_last);
   if (want_weight) {
     at::Tensor sum = at::zeros({g.groups, Cin_g, T * Cg}, input.options());
@@ -450,9 +451,8 @@ std::tuple<at::Tensor, at::Tensor> conv_transpose2d_activation_double_backward(
   const at::Tensor gp = grad_preactivation.contiguous(format);
   const at::Tensor go = grad_output.contiguous(format);
   const at::Tensor res = result.contiguous(format);
-  const at::Tensor empty = result.new_empty({0});
-  at::Tensor grad_grad_output = output_mask[0] ? at::empty_like(res) : empty;
-  at::Tensor grad_result = output_mask[1] ? at::empty_like(res) : empty;
+  at::Tensor grad_grad_output = output_mask[0] ? at::empty_like(res) : result.new_empty({0});
+  at::Tensor grad_result = output_mask[1] ? at::empty_like(res) : result.new_empty({0});
   const int64_t count = res.numel();
   AT_DISPATCH_FLOATING_TYPES(result.scalar_type(), "conv_transpose2d_activation_double_backward",
                              [&] {

@@ -137,10 +137,11 @@ def _register():
     @torch.library.register_fake(lib + "conv_transpose2d_backward")
     def _(grad_output, input, weight, result, stride, padding, output_padding, groups, dilation,
           activation, negative_slope, output_mask):
-        empty = input.new_empty((0,))
-        return (_empty_in_layout_of(input, input.shape) if output_mask[0] else empty,
-                weight.new_empty(weight.shape) if output_mask[1] else empty,
-                input.new_empty((grad_output.shape[1],)) if output_mask[2] else empty)
+        return (_empty_in_layout_of(input, input.shape) if output_mask[0]
+                else input.new_empty((0,)),
+                weight.new_empty(weight.shape) if output_mask[1] else input.new_empty((0,)),
+                input.new_empty((grad_output.shape[1],)) if output_mask[2]
+                else input.new_empty((0,)))
 
     @torch.library.register_fake(lib + "conv_transpose2d_activation_double_backward")
     def _(grad_preactivation, grad_output, result, activation, negative_slope, output_mask):
