@@ -5,7 +5,9 @@ import os
 import platform
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+# The benchmark modules, then the checkout they belong to (ahead of any installed fastgan).
+sys.path[:0] = [HERE, os.path.dirname(HERE)]
 
 import torch  # noqa: E402
 

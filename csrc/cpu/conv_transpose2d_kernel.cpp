@@ -12,9 +12,10 @@
 //   grad_input = G_col @ P^T,  grad_weight = X^T @ G_col,  grad_bias = sum of g,
 // with g = grad_output * activation'(result).
 //
-// The batch is processed in blocks of whole images so that Z and G_col stay in cache; blocks are
-// spread over threads and each GEMM (at::mm) runs on one thread. Inputs of either NCHW or
-// channels-last layout are read natively; outputs take the input's layout.
+// The batch runs in blocks of whole images, one after another, each step of a block on all threads
+// (the GEMMs through at::mm's own threading). A block has enough rows for efficient GEMMs (grad_weight
+// accumulates over them) while its Z or G_col stays small. NCHW tensors are transposed to rows a
+// block at a time, in cache; channels-last ones are used in place. Results take the input's layout.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
@@ -44,14 +45,95 @@ bool stored_channels_last(const at::Tensor& t) {
   return !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast);
 }
 
-// A dense (N, H, W, C) copy of an (N, C, H, W) tensor; no copy when it is stored channels-last.
-at::Tensor to_nhwc(const at::Tensor& t) { return t.permute({0, 2, 3, 1}).contiguous(); }
+// An (N, C, H, W) tensor as the kernels read it: dense, channels-last or NCHW.
+struct Dense {
+  at::Tensor tensor;
+  bool channels_last;
+  explicit Dense(const at::Tensor& t)
+      : tensor(stored_channels_last(t) ? t : t.contiguous()), channels_last(stored_channels_last(t)) {}
+  int64_t channels() const { return tensor.size(1); }
+  int64_t pixels() const { return tensor.size(2) * tensor.size(3); }
+};
 
-// An (N, C, H, W) tensor from a dense (N, H, W, C) one, stored channels-last or contiguous.
-at::Tensor from_nhwc(const at::Tensor& nhwc, bool channels_last) {
-  const at::Tensor nchw = nhwc.permute({0, 3, 1, 2});
-  return channels_last ? nchw : nchw.contiguous();
+// dst[c][r] = src[r][c] for a rows x cols plane (vectorized in 16 x 16 tiles for float).
+template <typename scalar_t>
+void transpose_plane(const scalar_t* src, scalar_t* dst, int64_t rows, int64_t cols) {
+  at::vec::transpose_mxn<scalar_t>(src, cols, dst, rows, static_cast<int>(rows),
+                                   static_cast<int>(cols));
 }
+
+// Parallel over tasks of about `work` elements each.
+template <typename Fn>
+void parallel_tasks(int64_t count, int64_t work, const Fn& fn) {
+  const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, work));
+  at::parallel_for(0, count, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) fn(task);
+  });
+}
+
+// Image n of `t` as dense rows (h, w) of C values: in place when t is stored channels-last, else
+// transposed into `buffer`.
+template <typename scalar_t>
+const scalar_t* image_rows(const Dense& t, int64_t n, scalar_t* buffer) {
+  const int64_t C = t.channels(), pixels = t.pixels();
+  const scalar_t* data = t.tensor.const_data_ptr<scalar_t>() + n * C * pixels;
+  if (t.channels_last) return data;
+  transpose_plane(data, buffer, C, pixels);
+  return buffer;
+}
+
+// Images [first, last) of `t` as dense rows (n, h, w) of C values, the same way.
+template <typename scalar_t>
+const scalar_t* rows_of(const Dense& t, int64_t first, int64_t last, scalar_t* buffer) {
+  if (t.channels_last) return image_rows(t, first, buffer);
+  const int64_t size = t.channels() * t.pixels();
+  parallel_tasks(last - first, size, [&](int64_t n) {
+    image_rows(t, first + n, buffer + n * size);
+  });
+  return buffer;
+}
+
+// NCHW images with at least this many pixels are GEMM operands in place (see RowMatrices).
+constexpr int64_t kPerImagePixels = 256;
+
+// The GEMMs' view of input-shaped rows (n, h, w) x C_in for a block of images, as pieces (first row
+// within the block, (rows, C_in) matrix). Channels-last storage is one matrix in place. NCHW images
+// with many pixels are one transposed matrix each, in place (BLAS reads them transposed); small
+// NCHW images go through a transposed copy in buffer(), which the caller fills or empties.
+template <typename scalar_t>
+class RowMatrices {
+ public:
+  RowMatrices(bool channels_last, int64_t images, int64_t pixels, int64_t channels,
+              at::TensorOptions options)
+      : channels_last_(channels_last), pixels_(pixels), channels_(channels), options_(options),
+        buffer_(buffered() ? images * pixels * channels : 0) {}
+
+  bool buffered() const { return !channels_last_ && pixels_ < kPerImagePixels; }
+  scalar_t* buffer() { return buffer_.data(); }
+
+  // Pieces for images [first, last) of the (N, C, H, W) storage at `data`.
+  std::vector<std::pair<int64_t, at::Tensor>> pieces(const scalar_t* data, int64_t first,
+                                                     int64_t last) {
+    const int64_t image = pixels_ * channels_, rows = (last - first) * pixels_;
+    if (channels_last_) return {{0, wrap(data + first * image, rows, channels_)}};
+    if (buffered()) return {{0, wrap(buffer_.data(), rows, channels_)}};
+    std::vector<std::pair<int64_t, at::Tensor>> result;
+    for (int64_t n = first; n < last; ++n) {
+      result.emplace_back((n - first) * pixels_, wrap(data + n * image, channels_, pixels_).t());
+    }
+    return result;
+  }
+
+ private:
+  at::Tensor wrap(const scalar_t* data, int64_t rows, int64_t cols) const {
+    return at::from_blob(const_cast<scalar_t*>(data), {rows, cols}, options_);
+  }
+
+  bool channels_last_;
+  int64_t pixels_, channels_;
+  at::TensorOptions options_;
+  std::vector<scalar_t> buffer_;
+};
 
 // ------------------------------------------------------------------------------------------------
 // The epilogue's activation on vectors: the vector form of conv_t::activate and
@@ -96,7 +178,7 @@ void map_contiguous(int64_t count, const std::array<const scalar_t*, I>& in, sca
 }
 
 // ------------------------------------------------------------------------------------------------
-// Geometry tables and work split
+// Geometry tables and blocks
 
 // Per axis, for every (output position, tap) the input position that reaches it, and for every
 // (input position, tap) the output position it reaches; -1 where there is none.
@@ -120,36 +202,20 @@ AxisTaps axis_taps(int64_t in_size, int64_t out_size, int64_t kernel, int64_t st
   return taps;
 }
 
-// Z and G_col entries per block, as a target: about 1 MiB of float32, so that a block's Z (or
-// G_col) stays in the L2 cache between the GEMM that writes it and the pass that reads it.
-constexpr int64_t kBlockEntries = 1 << 18;
+// Z or G_col entries per block (16 MiB of float32): blocks are few (each step of a block is one
+// parallel region, costly when threads are contended) and have many rows (the GEMMs' M, and
+// grad_weight's K) while their buffers stay moderate.
+constexpr int64_t kBlockEntries = 1 << 20;
 
-// Blocks of whole images, at least two per thread where the batch allows, and the "lanes" that
-// run them: lane l runs blocks l, l + lanes, ... and keeps its own partial sums, so results
-// depend on the thread count but never on scheduling.
-struct BlockPlan {
-  int64_t images_per_block, blocks, lanes;
+struct Blocks {
+  int64_t images, count;
 };
 
-BlockPlan plan_blocks(const Geometry& g) {
+Blocks plan_blocks(const Geometry& g) {
   const int64_t per_image = std::max<int64_t>(1, g.in_h * g.in_w * g.taps() * g.out_channels);
-  const int64_t threads = at::get_num_threads();
-  const int64_t most = std::max<int64_t>(1, (g.batch + 2 * threads - 1) / (2 * threads));
-  const int64_t images = std::clamp<int64_t>(kBlockEntries / per_image, 1, most);
-  const int64_t blocks = (g.batch + images - 1) / images;
-  return {images, blocks, std::min(blocks, threads)};
-}
-
-template <typename Fn>
-void for_each_block(const BlockPlan& plan, int64_t batch, const Fn& fn) {
-  at::parallel_for(0, plan.lanes, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t lane = begin; lane < end; ++lane) {
-      for (int64_t block = lane; block < plan.blocks; block += plan.lanes) {
-        const int64_t first = block * plan.images_per_block;
-        fn(lane, first, std::min(batch, first + plan.images_per_block));
-      }
-    }
-  });
+  const int64_t images = std::clamp<int64_t>(kBlockEntries / per_image, 1,
+                                             std::max<int64_t>(1, g.batch));
+  return {images, (g.batch + images - 1) / images};
 }
 
 // The weight (C_in, C_out/groups, kH, kW) as per-group GEMM operands P: (groups, C_in/groups,
@@ -189,71 +255,73 @@ Geometry describe(const char* op, const at::Tensor& input, const at::Tensor& wei
 // Forward
 
 template <typename scalar_t>
-void forward_kernel(const Geometry& g, const at::Tensor& x_rows, const at::Tensor& packed,
+void forward_kernel(const Geometry& g, const Dense& x, const at::Tensor& packed,
                     const at::Tensor& bias, Activation activation, scalar_t negative_slope,
-                    scalar_t* out, bool out_channels_last) {
+                    const at::Tensor& out, bool out_channels_last) {
   using V = Vec<scalar_t>;
   const AxisTaps taps_h = axis_taps(g.in_h, g.out_h, g.kernel_h, g.stride_h, g.padding_h,
                                     g.dilation_h);
   const AxisTaps taps_w = axis_taps(g.in_w, g.out_w, g.kernel_w, g.stride_w, g.padding_w,
                                     g.dilation_w);
   const int64_t C = g.out_channels, Cg = g.out_per_group(), T = g.taps();
-  const int64_t pixels = g.in_h * g.in_w, z_row = T * C;
-  const BlockPlan plan = plan_blocks(g);
+  const int64_t pixels = g.in_h * g.in_w, z_row = T * C, out_row = g.out_w * C;
+  const Blocks blocks = plan_blocks(g);
   const scalar_t* bias_data = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
+  scalar_t* out_data = out.mutable_data_ptr<scalar_t>();
   const V slope(negative_slope);
 
-  for_each_block(plan, g.batch, [&](int64_t, int64_t first, int64_t last) {
-    const int64_t rows = (last - first) * pixels;
-    const at::Tensor z = at::empty({rows, z_row}, x_rows.options());
-    const at::Tensor x_block = x_rows.narrow(0, first * pixels, rows);
-    for (int64_t group = 0; group < g.groups; ++group) {
-      at::Tensor z_group = group_columns(z, group, T * Cg);
-      at::mm_out(z_group, group_columns(x_block, group, g.in_per_group()), packed[group]);
+  const int64_t most_rows = blocks.images * pixels;
+  RowMatrices<scalar_t> x_rows(x.channels_last, blocks.images, pixels, g.in_channels,
+                               out.options());
+  const at::Tensor z_buffer = at::empty({most_rows, z_row}, out.options());
+  for (int64_t first = 0; first < g.batch; first += blocks.images) {
+    const int64_t last = std::min(g.batch, first + blocks.images), rows = (last - first) * pixels;
+    if (x_rows.buffered()) rows_of(x, first, last, x_rows.buffer());
+    at::Tensor z = z_buffer.narrow(0, 0, rows);
+    for (const auto& [offset, x_piece] : x_rows.pieces(x.tensor.const_data_ptr<scalar_t>(), first,
+                                                       last)) {
+      for (int64_t group = 0; group < g.groups; ++group) {
+        at::Tensor z_group = group_columns(z.narrow(0, offset, x_piece.size(0)), group, T * Cg);
+        at::mm_out(z_group, group_columns(x_piece, group, g.in_per_group()), packed[group]);
+      }
     }
     const scalar_t* z_data = z.const_data_ptr<scalar_t>();
-    std::vector<scalar_t> row_buffer(out_channels_last ? 0 : g.out_w * C);
-    for (int64_t n = first; n < last; ++n) {
-      for (int64_t oh = 0; oh < g.out_h; ++oh) {
-        scalar_t* row = out_channels_last ? out + (n * g.out_h + oh) * g.out_w * C
-                                          : row_buffer.data();
-        for (int64_t ow = 0; ow < g.out_w; ++ow) {
-          scalar_t* pixel = row + ow * C;
-          if (bias_data != nullptr) {
-            std::copy_n(bias_data, C, pixel);
-          } else {
-            std::fill_n(pixel, C, scalar_t(0));
-          }
-          for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
-            const int64_t ih = taps_h.input_of_output[oh * g.kernel_h + kh];
-            if (ih < 0) continue;
-            for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
-              const int64_t iw = taps_w.input_of_output[ow * g.kernel_w + kw];
-              if (iw < 0) continue;
-              const scalar_t* z_pixel = z_data + (((n - first) * g.in_h + ih) * g.in_w + iw) * z_row
-                                        + (kh * g.kernel_w + kw) * Cg;
-              for (int64_t group = 0; group < g.groups; ++group) {
-                scalar_t* sum = pixel + group * Cg;
-                map_contiguous<scalar_t, 2>(Cg, {sum, z_pixel + group * T * Cg}, sum,
-                                            [](const V* v) { return v[0] + v[1]; });
-              }
-            }
-          }
-        }
-        map_contiguous<scalar_t, 1>(g.out_w * C, {row}, row,
-                                    [&](const V* v) { return activate(activation, v[0], slope); });
-        if (!out_channels_last) {
-          // NCHW: the row of pixels becomes C rows of out_w values.
-          scalar_t* plane = out + n * C * g.out_h * g.out_w + oh * g.out_w;
-          for (int64_t c = 0; c < C; ++c) {
-            for (int64_t ow = 0; ow < g.out_w; ++ow) {
-              plane[c * g.out_h * g.out_w + ow] = row[ow * C + c];
+    // The epilogue, one output row (n, oh) per task.
+    parallel_tasks((last - first) * g.out_h, out_row * 4, [&](int64_t task) {
+      const int64_t n = first + task / g.out_h, oh = task % g.out_h;
+      thread_local std::vector<scalar_t> row_buffer;
+      row_buffer.resize(out_row);
+      scalar_t* row = out_channels_last ? out_data + (n * g.out_h + oh) * out_row
+                                        : row_buffer.data();
+      for (int64_t ow = 0; ow < g.out_w; ++ow) {
+        scalar_t* __restrict__ pixel = row + ow * C;
+        for (int64_t c = 0; c < C; ++c) pixel[c] = bias_data != nullptr ? bias_data[c] : 0;
+        for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
+          const int64_t ih = taps_h.input_of_output[oh * g.kernel_h + kh];
+          if (ih < 0) continue;
+          for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
+            const int64_t iw = taps_w.input_of_output[ow * g.kernel_w + kw];
+            if (iw < 0) continue;
+            const scalar_t* __restrict__ z_pixel =
+                z_data + (((n - first) * g.in_h + ih) * g.in_w + iw) * z_row +
+                (kh * g.kernel_w + kw) * Cg;
+            for (int64_t group = 0; group < g.groups; ++group) {
+              for (int64_t c = 0; c < Cg; ++c) pixel[group * Cg + c] += z_pixel[group * T * Cg + c];
             }
           }
         }
       }
-    }
-  });
+      map_contiguous<scalar_t, 1>(out_row, {row}, row,
+                                  [&](const V* v) { return activate(activation, v[0], slope); });
+      if (!out_channels_last) {
+        // NCHW: the row of pixels becomes C rows of out_w values.
+        scalar_t* plane = out_data + n * C * g.out_h * g.out_w + oh * g.out_w;
+        for (int64_t c = 0; c < C; ++c) {
+          for (int64_t ow = 0; ow < g.out_w; ++ow) plane[c * g.out_h * g.out_w + ow] = row[ow * C + c];
+        }
+      }
+    });
+  }
 }
 
 at::Tensor conv_transpose2d(const at::Tensor& input, const at::Tensor& weight,
@@ -269,25 +337,150 @@ at::Tensor conv_transpose2d(const at::Tensor& input, const at::Tensor& weight,
       op, std::string_view(activation_name.data(), activation_name.size()));
   check_negative_slope(op, activation, negative_slope);
 
-  const bool channels_last = stored_channels_last(input);
-  at::Tensor out_nhwc = at::empty({g.batch, g.out_h, g.out_w, g.out_channels}, input.options());
-  at::Tensor out = channels_last ? out_nhwc.permute({0, 3, 1, 2})
-                                 : at::empty({g.batch, g.out_channels, g.out_h, g.out_w},
-                                             input.options());
+  const Dense x(input);
+  const at::Tensor out =
+      x.channels_last
+          ? at::empty({g.batch, g.out_h, g.out_w, g.out_channels}, input.options())
+                .permute({0, 3, 1, 2})
+          : at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options());
   if (out.numel() == 0) return out;
-  const at::Tensor x_rows = to_nhwc(input).view({-1, g.in_channels});
   const at::Tensor packed = pack_weight(weight, g);
   const at::Tensor bias_c = bias.defined() ? bias.contiguous() : bias;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "conv_transpose2d", [&] {
-    forward_kernel<scalar_t>(g, x_rows, packed, bias_c, activation,
-                             static_cast<scalar_t>(negative_slope),
-                             out.mutable_data_ptr<scalar_t>(), channels_last);
+    forward_kernel<scalar_t>(g, x, packed, bias_c, activation,
+                             static_cast<scalar_t>(negative_slope), out, x.channels_last);
   });
   return out;
 }
 
 // ------------------------------------------------------------------------------------------------
 // Backward
+
+template <typename scalar_t>
+void backward_kernel(const Geometry& g, const Dense& grad_output, const Dense* result,
+                     const Dense& x, const at::Tensor& packed, Activation activation,
+                     scalar_t negative_slope, const at::Tensor& grad_input,
+                     const at::Tensor& grad_weight_packed, std::vector<double>* grad_bias) {
+  using V = Vec<scalar_t>;
+  const AxisTaps taps_h = axis_taps(g.in_h, g.out_h, g.kernel_h, g.stride_h, g.padding_h,
+                                    g.dilation_h);
+  const AxisTaps taps_w = axis_taps(g.in_w, g.out_w, g.kernel_w, g.stride_w, g.padding_w,
+                                    g.dilation_w);
+  const int64_t C = g.out_channels, Cg = g.out_per_group(), Cin_g = g.in_per_group();
+  const int64_t T = g.taps(), pixels = g.in_h * g.in_w, out_pixels = g.out_h * g.out_w;
+  const int64_t z_row = T * C;
+  const Blocks blocks = plan_blocks(g);
+  const bool want_input = grad_input.defined(), want_weight = grad_weight_packed.defined();
+  const bool in_channels_last = x.channels_last;
+  const V slope(negative_slope);
+  const at::Tensor& like = grad_output.tensor;
+
+  const int64_t most_rows = blocks.images * pixels, most_out = blocks.images * out_pixels * C;
+  // g is read in place from grad_output when it is channels-last and there is no activation.
+  const bool g_in_place = grad_output.channels_last && result == nullptr;
+  std::vector<scalar_t> g_buffer(g_in_place ? 0 : most_out), result_buffer(result != nullptr ? most_out : 0);
+  RowMatrices<scalar_t> x_rows(in_channels_last, want_weight ? blocks.images : 0, pixels,
+                               g.in_channels, like.options());
+  RowMatrices<scalar_t> grad_input_rows(in_channels_last, want_input ? blocks.images : 0, pixels,
+                                        g.in_channels, like.options());
+  std::vector<double> image_sums(grad_bias != nullptr ? blocks.images * C : 0);
+  const at::Tensor col_buffer = at::empty({want_input || want_weight ? most_rows : 0, z_row},
+                                          like.options());
+  for (int64_t first = 0; first < g.batch; first += blocks.images) {
+    const int64_t last = std::min(g.batch, first + blocks.images), images = last - first;
+    const int64_t rows = images * pixels;
+
+    // Per image: g = grad_output * activation'(result) as rows (oh, ow) of C, and grad_bias's
+    // sums: in scalar_t per output row, then in double; images are added in order.
+    const scalar_t* g_data = g_in_place
+        ? grad_output.tensor.const_data_ptr<scalar_t>() + first * out_pixels * C
+        : g_buffer.data();
+    parallel_tasks(images, out_pixels * C, [&](int64_t n) {
+      const int64_t offset = n * out_pixels * C;
+      if (!g_in_place) {
+        scalar_t* g_image = g_buffer.data() + offset;
+        const scalar_t* go = image_rows(grad_output, first + n, g_image);
+        if (result != nullptr) {
+          const scalar_t* res = image_rows(*result, first + n, result_buffer.data() + offset);
+          map_contiguous<scalar_t, 2>(
+              out_pixels * C, {go, res}, g_image,
+              [&](const V* v) { return v[0] * activation_grad(activation, v[1], slope); });
+        }
+      }
+      if (grad_bias == nullptr) return;
+      double* sums = image_sums.data() + n * C;
+      std::fill_n(sums, C, 0.0);
+      thread_local std::vector<scalar_t> row_sums;
+      row_sums.resize(C);
+      for (int64_t oh = 0; oh < g.out_h; ++oh) {
+        std::fill(row_sums.begin(), row_sums.end(), scalar_t(0));
+        const scalar_t* row = g_data + offset + oh * g.out_w * C;
+        for (int64_t ow = 0; ow < g.out_w; ++ow) {
+          for (int64_t c = 0; c < C; ++c) row_sums[c] += row[ow * C + c];
+        }
+        for (int64_t c = 0; c < C; ++c) sums[c] += row_sums[c];
+      }
+    });
+    if (grad_bias != nullptr) {
+      for (int64_t i = 0; i < images * C; ++i) (*grad_bias)[i % C] += image_sums[i];
+    }
+    if (!want_input && !want_weight) continue;
+
+    // G_col[(n, ih, iw), (group, kh, kw, co)]: the adjoint of the forward's epilogue.
+    at::Tensor col = col_buffer.narrow(0, 0, rows);
+    scalar_t* col_data = col.mutable_data_ptr<scalar_t>();
+    parallel_tasks(images * g.in_h, g.in_w * z_row, [&](int64_t task) {
+      const int64_t n = task / g.in_h, ih = task % g.in_h;
+      for (int64_t iw = 0; iw < g.in_w; ++iw) {
+        scalar_t* col_row = col_data + ((n * g.in_h + ih) * g.in_w + iw) * z_row;
+        for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
+          const int64_t oh = taps_h.output_of_input[ih * g.kernel_h + kh];
+          for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
+            const int64_t ow = taps_w.output_of_input[iw * g.kernel_w + kw];
+            const scalar_t* __restrict__ src = g_data + ((n * g.out_h + oh) * g.out_w + ow) * C;
+            for (int64_t group = 0; group < g.groups; ++group) {
+              scalar_t* __restrict__ dst = col_row + (group * T + kh * g.kernel_w + kw) * Cg;
+              if (oh < 0 || ow < 0) {
+                for (int64_t c = 0; c < Cg; ++c) dst[c] = 0;
+              } else {
+                for (int64_t c = 0; c < Cg; ++c) dst[c] = src[group * Cg + c];
+              }
+            }
+          }
+        }
+      }
+    });
+
+    if (want_input) {
+      scalar_t* grad_input_data = grad_input.mutable_data_ptr<scalar_t>();
+      for (const auto& [offset, grad_piece] : grad_input_rows.pieces(grad_input_data, first, last)) {
+        const at::Tensor col_piece = col.narrow(0, offset, grad_piece.size(0));
+        for (int64_t group = 0; group < g.groups; ++group) {
+          at::Tensor grad_group = group_columns(grad_piece, group, Cin_g);
+          at::mm_out(grad_group, group_columns(col_piece, group, T * Cg), packed[group].t());
+        }
+      }
+      if (grad_input_rows.buffered()) {
+        const int64_t image = pixels * g.in_channels;
+        parallel_tasks(images, image, [&](int64_t n) {
+          transpose_plane(grad_input_rows.buffer() + n * image,
+                          grad_input_data + (first + n) * image, pixels, g.in_channels);
+        });
+      }
+    }
+    if (want_weight) {
+      if (x_rows.buffered()) rows_of(x, first, last, x_rows.buffer());
+      for (const auto& [offset, x_piece] : x_rows.pieces(x.tensor.const_data_ptr<scalar_t>(),
+                                                         first, last)) {
+        const at::Tensor col_piece = col.narrow(0, offset, x_piece.size(0));
+        for (int64_t group = 0; group < g.groups; ++group) {
+          grad_weight_packed[group].addmm_(group_columns(x_piece, group, Cin_g).t(),
+                                           group_columns(col_piece, group, T * Cg));
+        }
+      }
+    }
+  }
+}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose2d_backward(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
@@ -308,119 +501,36 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose2d_backward(
   if (activation != Activation::kNone) check_output_like(op, "result", result, input, g);
 
   const bool want_input = output_mask[0], want_weight = output_mask[1], want_bias = output_mask[2];
-  const bool channels_last = stored_channels_last(input);
-  const int64_t C = g.out_channels, Cg = g.out_per_group(), Cin_g = g.in_per_group();
-  const int64_t T = g.taps(), pixels = g.in_h * g.in_w, out_pixels = g.out_h * g.out_w;
-  const int64_t z_row = T * C;
-  const BlockPlan plan = plan_blocks(g);
-
-  at::Tensor grad_input_nhwc = want_input ? at::empty({g.batch, g.in_h, g.in_w, g.in_channels},
-                                                      input.options())
-                                          : at::Tensor();
-  std::vector<at::Tensor> weight_partials(want_weight ? plan.lanes : 0);
-  for (auto& partial : weight_partials) partial = at::zeros({g.groups, Cin_g, T * Cg}, input.options());
-  std::vector<double> bias_partials(want_bias ? plan.lanes * C : 0, 0.0);
-
-  if (g.batch > 0 && (want_input || want_weight || want_bias)) {
-    const at::Tensor go = to_nhwc(grad_output);
-    const at::Tensor res = activation != Activation::kNone ? to_nhwc(result) : at::Tensor();
-    const at::Tensor x_rows = want_weight ? to_nhwc(input).view({-1, g.in_channels}) : at::Tensor();
-    const at::Tensor packed = want_input ? pack_weight(weight, g) : at::Tensor();
-    const AxisTaps taps_h = axis_taps(g.in_h, g.out_h, g.kernel_h, g.stride_h, g.padding_h,
-                                      g.dilation_h);
-    const AxisTaps taps_w = axis_taps(g.in_w, g.out_w, g.kernel_w, g.stride_w, g.padding_w,
-                                      g.dilation_w);
-    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "conv_transpose2d_backward", [&] {
-      using V = Vec<scalar_t>;
-      const V slope(static_cast<scalar_t>(negative_slope));
-      for_each_block(plan, g.batch, [&](int64_t lane, int64_t first, int64_t last) {
-        const int64_t images = last - first, rows = images * pixels;
-        // g = grad_output * activation'(result) for this block's images, (n, oh, ow, co).
-        const int64_t block_offset = first * out_pixels * C, block_size = images * out_pixels * C;
-        const scalar_t* g_data = go.const_data_ptr<scalar_t>() + block_offset;
-        std::vector<scalar_t> g_buffer;
-        if (activation != Activation::kNone) {
-          g_buffer.resize(block_size);
-          map_contiguous<scalar_t, 2>(
-              block_size, {g_data, res.const_data_ptr<scalar_t>() + block_offset},
-              g_buffer.data(),
-              [&](const V* v) { return v[0] * activation_grad(activation, v[1], slope); });
-          g_data = g_buffer.data();
-        }
-        if (want_bias) {
-          // Per output row in scalar_t, then into double: accurate for any batch.
-          double* sums = bias_partials.data() + lane * C;
-          std::vector<scalar_t> row_sums(C);
-          for (int64_t r = 0; r < images * g.out_h; ++r) {
-            std::fill(row_sums.begin(), row_sums.end(), scalar_t(0));
-            for (int64_t ow = 0; ow < g.out_w; ++ow) {
-              const scalar_t* pixel = g_data + (r * g.out_w + ow) * C;
-              for (int64_t c = 0; c < C; ++c) row_sums[c] += pixel[c];
-            }
-            for (int64_t c = 0; c < C; ++c) sums[c] += row_sums[c];
-          }
-        }
-        if (!want_input && !want_weight) return;
-
-        // G_col[(n, ih, iw), (group, kh, kw, co)]: the adjoint of the forward's epilogue.
-        const at::Tensor g_col = at::empty({rows, z_row}, input.options());
-        scalar_t* col = g_col.mutable_data_ptr<scalar_t>();
-        for (int64_t n = 0; n < images; ++n) {
-          for (int64_t ih = 0; ih < g.in_h; ++ih) {
-            for (int64_t iw = 0; iw < g.in_w; ++iw) {
-              scalar_t* col_row = col + ((n * g.in_h + ih) * g.in_w + iw) * z_row;
-              for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
-                const int64_t oh = taps_h.output_of_input[ih * g.kernel_h + kh];
-                for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
-                  const int64_t ow = taps_w.output_of_input[iw * g.kernel_w + kw];
-                  const int64_t tap = kh * g.kernel_w + kw;
-                  for (int64_t group = 0; group < g.groups; ++group) {
-                    scalar_t* dst = col_row + (group * T + tap) * Cg;
-                    if (oh < 0 || ow < 0) {
-                      std::fill_n(dst, Cg, scalar_t(0));
-                    } else {
-                      std::copy_n(g_data + ((n * g.out_h + oh) * g.out_w + ow) * C + group * Cg,
-                                  Cg, dst);
-                    }
-                  }
-                }
-              }
-            }
-          }
-        }
-        for (int64_t group = 0; group < g.groups; ++group) {
-          const at::Tensor g_group = group_columns(g_col, group, T * Cg);
-          if (want_input) {
-            at::Tensor grad_rows = group_columns(
-                grad_input_nhwc.view({-1, g.in_channels}).narrow(0, first * pixels, rows), group,
-                Cin_g);
-            at::mm_out(grad_rows, g_group, packed[group].t());
-          }
-          if (want_weight) {
-            const at::Tensor x_group =
-                group_columns(x_rows.narrow(0, first * pixels, rows), group, Cin_g);
-            weight_partials[lane][group].addmm_(x_group.t(), g_group);
-          }
-        }
-      });
-    });
-  }
-
+  const Dense x(input);
   // Outputs not asked for are distinct empty tensors (outputs must not alias).
   at::Tensor grad_input = input.new_empty({0}), grad_weight = input.new_empty({0}),
              grad_bias = input.new_empty({0});
-  if (want_input) grad_input = from_nhwc(grad_input_nhwc, channels_last);
-  if (want_weight) {
-    at::Tensor sum = at::zeros({g.groups, Cin_g, T * Cg}, input.options());
-    for (const auto& partial : weight_partials) sum.add_(partial);
-    grad_weight = unpack_weight(sum, g);
+  if (want_input) {
+    grad_input = x.channels_last
+                     ? at::empty({g.batch, g.in_h, g.in_w, g.in_channels}, input.options())
+                           .permute({0, 3, 1, 2})
+                     : at::empty_like(x.tensor);
   }
+  const at::Tensor grad_weight_packed =
+      want_weight ? at::zeros({g.groups, g.in_per_group(), g.taps() * g.out_per_group()},
+                              input.options())
+                  : at::Tensor();
+  std::vector<double> bias_sums(g.out_channels, 0.0);
+  if (g.batch > 0 && (want_input || want_weight || want_bias)) {
+    const Dense go(grad_output);
+    const std::optional<Dense> res =
+        activation != Activation::kNone ? std::optional<Dense>(Dense(result)) : std::nullopt;
+    const at::Tensor packed = want_input ? pack_weight(weight, g) : at::Tensor();
+    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "conv_transpose2d_backward", [&] {
+      backward_kernel<scalar_t>(g, go, res ? &*res : nullptr, x, packed, activation,
+                                static_cast<scalar_t>(negative_slope),
+                                want_input ? grad_input : at::Tensor(), grad_weight_packed,
+                                want_bias ? &bias_sums : nullptr);
+    });
+  }
+  if (want_weight) grad_weight = unpack_weight(grad_weight_packed, g);
   if (want_bias) {
-    std::vector<double> sums(C, 0.0);
-    for (int64_t lane = 0; lane < plan.lanes; ++lane) {
-      for (int64_t c = 0; c < C; ++c) sums[c] += bias_partials[lane * C + c];
-    }
-    grad_bias = at::tensor(sums, input.options().dtype(at::kDouble)).to(input.scalar_type());
+    grad_bias = at::tensor(bias_sums, input.options().dtype(at::kDouble)).to(input.scalar_type());
   }
   return {grad_input, grad_weight, grad_bias};
 }
