@@ -12,10 +12,10 @@
 //   grad_input = G_col @ P^T,  grad_weight = X^T @ G_col,  grad_bias = sum of g,
 // with g = grad_output * activation'(result).
 //
-// The batch runs in blocks of whole images, one after another, each step of a block on all threads
-// (the GEMMs through at::mm's own threading). A block has enough rows for efficient GEMMs (grad_weight
-// accumulates over them) while its Z or G_col stays small. NCHW tensors are transposed to rows a
-// block at a time, in cache; channels-last ones are used in place. Results take the input's layout.
+// Images with many pixels run one per task, all steps on one thread; small images run in blocks
+// of images with each step on all threads (see plan_work). NCHW operands are read transposed in
+// place by the GEMMs or transposed to rows in cache; channels-last ones are used in place. Results
+// take the input's layout.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
@@ -93,47 +93,15 @@ const scalar_t* rows_of(const Dense& t, int64_t first, int64_t last, scalar_t* b
   return buffer;
 }
 
-// NCHW images with at least this many pixels are GEMM operands in place (see RowMatrices).
-constexpr int64_t kPerImagePixels = 256;
-
-// The GEMMs' view of input-shaped rows (n, h, w) x C_in for a block of images, as pieces (first row
-// within the block, (rows, C_in) matrix). Channels-last storage is one matrix in place. NCHW images
-// with many pixels are one transposed matrix each, in place (BLAS reads them transposed); small
-// NCHW images go through a transposed copy in buffer(), which the caller fills or empties.
+// Image n of an (N, C, H, W) tensor's storage at `data` as a (pixels, C) GEMM operand, in place:
+// rows of channels-last storage, or NCHW storage read transposed (BLAS handles either).
 template <typename scalar_t>
-class RowMatrices {
- public:
-  RowMatrices(bool channels_last, int64_t images, int64_t pixels, int64_t channels,
-              at::TensorOptions options)
-      : channels_last_(channels_last), pixels_(pixels), channels_(channels), options_(options),
-        buffer_(buffered() ? images * pixels * channels : 0) {}
-
-  bool buffered() const { return !channels_last_ && pixels_ < kPerImagePixels; }
-  scalar_t* buffer() { return buffer_.data(); }
-
-  // Pieces for images [first, last) of the (N, C, H, W) storage at `data`.
-  std::vector<std::pair<int64_t, at::Tensor>> pieces(const scalar_t* data, int64_t first,
-                                                     int64_t last) {
-    const int64_t image = pixels_ * channels_, rows = (last - first) * pixels_;
-    if (channels_last_) return {{0, wrap(data + first * image, rows, channels_)}};
-    if (buffered()) return {{0, wrap(buffer_.data(), rows, channels_)}};
-    std::vector<std::pair<int64_t, at::Tensor>> result;
-    for (int64_t n = first; n < last; ++n) {
-      result.emplace_back((n - first) * pixels_, wrap(data + n * image, channels_, pixels_).t());
-    }
-    return result;
-  }
-
- private:
-  at::Tensor wrap(const scalar_t* data, int64_t rows, int64_t cols) const {
-    return at::from_blob(const_cast<scalar_t*>(data), {rows, cols}, options_);
-  }
-
-  bool channels_last_;
-  int64_t pixels_, channels_;
-  at::TensorOptions options_;
-  std::vector<scalar_t> buffer_;
-};
+at::Tensor image_matrix(const scalar_t* data, bool channels_last, int64_t n, int64_t pixels,
+                        int64_t channels, const at::TensorOptions& options) {
+  scalar_t* image = const_cast<scalar_t*>(data) + n * pixels * channels;
+  return channels_last ? at::from_blob(image, {pixels, channels}, options)
+                       : at::from_blob(image, {channels, pixels}, options).t();
+}
 
 // ------------------------------------------------------------------------------------------------
 // The epilogue's activation on vectors: the vector form of conv_t::activate and
@@ -202,20 +170,26 @@ AxisTaps axis_taps(int64_t in_size, int64_t out_size, int64_t kernel, int64_t st
   return taps;
 }
 
-// Z or G_col entries per block (16 MiB of float32): blocks are few (each step of a block is one
-// parallel region, costly when threads are contended) and have many rows (the GEMMs' M, and
-// grad_weight's K) while their buffers stay moderate.
+// Two ways to spread the work over threads. Images with many pixels (each one a GEMM of useful
+// size) run one image per task, every step of an image on one thread (single-threaded GEMMs inside
+// at::parallel_for): one parallel region for the whole op, and an image's Z or G_col stays in
+// cache. Small images run in blocks of images, one block after another, each step on all threads
+// (the GEMMs through at::mm's own threading), so that the GEMMs have many rows (grad_weight
+// accumulates over them).
+constexpr int64_t kImagePixels = 256;
+// Z or G_col entries per block in block mode (4 MiB of float32).
 constexpr int64_t kBlockEntries = 1 << 20;
 
-struct Blocks {
-  int64_t images, count;
+struct Plan {
+  bool by_image;
+  int64_t images_per_block;
 };
 
-Blocks plan_blocks(const Geometry& g) {
-  const int64_t per_image = std::max<int64_t>(1, g.in_h * g.in_w * g.taps() * g.out_channels);
-  const int64_t images = std::clamp<int64_t>(kBlockEntries / per_image, 1,
-                                             std::max<int64_t>(1, g.batch));
-  return {images, (g.batch + images - 1) / images};
+Plan plan_work(const Geometry& g) {
+  const int64_t pixels = g.in_h * g.in_w;
+  const int64_t per_image = std::max<int64_t>(1, pixels * g.taps() * g.out_channels);
+  return {pixels >= kImagePixels,
+          std::clamp<int64_t>(kBlockEntries / per_image, 1, std::max<int64_t>(1, g.batch))};
 }
 
 // The weight (C_in, C_out/groups, kH, kW) as per-group GEMM operands P: (groups, C_in/groups,
@@ -265,61 +239,76 @@ void forward_kernel(const Geometry& g, const Dense& x, const at::Tensor& packed,
                                     g.dilation_w);
   const int64_t C = g.out_channels, Cg = g.out_per_group(), T = g.taps();
   const int64_t pixels = g.in_h * g.in_w, z_row = T * C, out_row = g.out_w * C;
-  const Blocks blocks = plan_blocks(g);
   const scalar_t* bias_data = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
   scalar_t* out_data = out.mutable_data_ptr<scalar_t>();
   const V slope(negative_slope);
 
-  const int64_t most_rows = blocks.images * pixels;
-  RowMatrices<scalar_t> x_rows(x.channels_last, blocks.images, pixels, g.in_channels,
-                               out.options());
-  const at::Tensor z_buffer = at::empty({most_rows, z_row}, out.options());
-  for (int64_t first = 0; first < g.batch; first += blocks.images) {
-    const int64_t last = std::min(g.batch, first + blocks.images), rows = (last - first) * pixels;
-    if (x_rows.buffered()) rows_of(x, first, last, x_rows.buffer());
-    at::Tensor z = z_buffer.narrow(0, 0, rows);
-    for (const auto& [offset, x_piece] : x_rows.pieces(x.tensor.const_data_ptr<scalar_t>(), first,
-                                                       last)) {
-      for (int64_t group = 0; group < g.groups; ++group) {
-        at::Tensor z_group = group_columns(z.narrow(0, offset, x_piece.size(0)), group, T * Cg);
-        at::mm_out(z_group, group_columns(x_piece, group, g.in_per_group()), packed[group]);
-      }
+  // Z = X @ P for rows of the input (x_rows) into z_rows.
+  const auto gemm = [&](const at::Tensor& x_rows, const at::Tensor& z_rows) {
+    for (int64_t group = 0; group < g.groups; ++group) {
+      at::Tensor z_group = group_columns(z_rows, group, T * Cg);
+      at::mm_out(z_group, group_columns(x_rows, group, g.in_per_group()), packed[group]);
     }
-    const scalar_t* z_data = z.const_data_ptr<scalar_t>();
-    // The epilogue, one output row (n, oh) per task.
-    parallel_tasks((last - first) * g.out_h, out_row * 4, [&](int64_t task) {
-      const int64_t n = first + task / g.out_h, oh = task % g.out_h;
-      thread_local std::vector<scalar_t> row_buffer;
-      row_buffer.resize(out_row);
-      scalar_t* row = out_channels_last ? out_data + (n * g.out_h + oh) * out_row
-                                        : row_buffer.data();
-      for (int64_t ow = 0; ow < g.out_w; ++ow) {
-        scalar_t* __restrict__ pixel = row + ow * C;
-        for (int64_t c = 0; c < C; ++c) pixel[c] = bias_data != nullptr ? bias_data[c] : 0;
-        for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
-          const int64_t ih = taps_h.input_of_output[oh * g.kernel_h + kh];
-          if (ih < 0) continue;
-          for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
-            const int64_t iw = taps_w.input_of_output[ow * g.kernel_w + kw];
-            if (iw < 0) continue;
-            const scalar_t* __restrict__ z_pixel =
-                z_data + (((n - first) * g.in_h + ih) * g.in_w + iw) * z_row +
-                (kh * g.kernel_w + kw) * Cg;
-            for (int64_t group = 0; group < g.groups; ++group) {
-              for (int64_t c = 0; c < Cg; ++c) pixel[group * Cg + c] += z_pixel[group * T * Cg + c];
-            }
+  };
+  // The epilogue for output row (n, oh), from the Z rows of image n.
+  const auto epilogue = [&](const scalar_t* z_image, int64_t n, int64_t oh) {
+    thread_local std::vector<scalar_t> row_buffer;
+    row_buffer.resize(out_row);
+    scalar_t* row = out_channels_last ? out_data + (n * g.out_h + oh) * out_row : row_buffer.data();
+    for (int64_t ow = 0; ow < g.out_w; ++ow) {
+      scalar_t* __restrict__ pixel = row + ow * C;
+      for (int64_t c = 0; c < C; ++c) pixel[c] = bias_data != nullptr ? bias_data[c] : 0;
+      for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
+        const int64_t ih = taps_h.input_of_output[oh * g.kernel_h + kh];
+        if (ih < 0) continue;
+        for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
+          const int64_t iw = taps_w.input_of_output[ow * g.kernel_w + kw];
+          if (iw < 0) continue;
+          const scalar_t* __restrict__ z_pixel =
+              z_image + (ih * g.in_w + iw) * z_row + (kh * g.kernel_w + kw) * Cg;
+          for (int64_t group = 0; group < g.groups; ++group) {
+            for (int64_t c = 0; c < Cg; ++c) pixel[group * Cg + c] += z_pixel[group * T * Cg + c];
           }
         }
       }
-      map_contiguous<scalar_t, 1>(out_row, {row}, row,
-                                  [&](const V* v) { return activate(activation, v[0], slope); });
-      if (!out_channels_last) {
-        // NCHW: the row of pixels becomes C rows of out_w values.
-        scalar_t* plane = out_data + n * C * g.out_h * g.out_w + oh * g.out_w;
-        for (int64_t c = 0; c < C; ++c) {
-          for (int64_t ow = 0; ow < g.out_w; ++ow) plane[c * g.out_h * g.out_w + ow] = row[ow * C + c];
-        }
+    }
+    map_contiguous<scalar_t, 1>(out_row, {row}, row,
+                                [&](const V* v) { return activate(activation, v[0], slope); });
+    if (!out_channels_last) {
+      // NCHW: the row of pixels becomes C rows of out_w values.
+      scalar_t* plane = out_data + n * C * g.out_h * g.out_w + oh * g.out_w;
+      for (int64_t c = 0; c < C; ++c) {
+        for (int64_t ow = 0; ow < g.out_w; ++ow) plane[c * g.out_h * g.out_w + ow] = row[ow * C + c];
       }
+    }
+  };
+
+  const Plan plan = plan_work(g);
+  const scalar_t* x_data = x.tensor.const_data_ptr<scalar_t>();
+  if (plan.by_image) {
+    at::parallel_for(0, g.batch, 1, [&](int64_t begin, int64_t end) {
+      const at::Tensor z = at::empty({pixels, z_row}, out.options());
+      for (int64_t n = begin; n < end; ++n) {
+        gemm(image_matrix(x_data, x.channels_last, n, pixels, g.in_channels, out.options()), z);
+        for (int64_t oh = 0; oh < g.out_h; ++oh) epilogue(z.const_data_ptr<scalar_t>(), n, oh);
+      }
+    });
+    return;
+  }
+  const int64_t most_rows = plan.images_per_block * pixels;
+  std::vector<scalar_t> x_buffer(x.channels_last ? 0 : most_rows * g.in_channels);
+  const at::Tensor z_buffer = at::empty({most_rows, z_row}, out.options());
+  for (int64_t first = 0; first < g.batch; first += plan.images_per_block) {
+    const int64_t last = std::min(g.batch, first + plan.images_per_block);
+    const int64_t rows = (last - first) * pixels;
+    const at::Tensor z = z_buffer.narrow(0, 0, rows);
+    gemm(at::from_blob(const_cast<scalar_t*>(rows_of(x, first, last, x_buffer.data())),
+                       {rows, g.in_channels}, out.options()),
+         z);
+    const scalar_t* z_data = z.const_data_ptr<scalar_t>();
+    parallel_tasks((last - first) * g.out_h, out_row * 4, [&](int64_t task) {
+      const int64_t n = task / g.out_h;
+      epilogue(z_data + (n * pixels) * z_row, first + n, task % g.out_h);
     });
   }
 }
@@ -367,118 +356,156 @@ void backward_kernel(const Geometry& g, const Dense& grad_output, const Dense* r
   const AxisTaps taps_w = axis_taps(g.in_w, g.out_w, g.kernel_w, g.stride_w, g.padding_w,
                                     g.dilation_w);
   const int64_t C = g.out_channels, Cg = g.out_per_group(), Cin_g = g.in_per_group();
-  const int64_t T = g.taps(), pixels = g.in_h * g.in_w, out_pixels = g.out_h * g.out_w;
-  const int64_t z_row = T * C;
-  const Blocks blocks = plan_blocks(g);
+  const int64_t T = g.taps(), pixels = g.in_h * g.in_w, out_image = g.out_h * g.out_w * C;
+  const int64_t z_row = T * C, in_image = pixels * g.in_channels;
   const bool want_input = grad_input.defined(), want_weight = grad_weight_packed.defined();
-  const bool in_channels_last = x.channels_last;
+  const bool want_col = want_input || want_weight;
   const V slope(negative_slope);
-  const at::Tensor& like = grad_output.tensor;
-
-  const int64_t most_rows = blocks.images * pixels, most_out = blocks.images * out_pixels * C;
+  const at::TensorOptions options = grad_output.tensor.options();
+  const scalar_t* x_data = x.tensor.const_data_ptr<scalar_t>();
+  scalar_t* grad_input_data = want_input ? grad_input.mutable_data_ptr<scalar_t>() : nullptr;
   // g is read in place from grad_output when it is channels-last and there is no activation.
   const bool g_in_place = grad_output.channels_last && result == nullptr;
-  std::vector<scalar_t> g_buffer(g_in_place ? 0 : most_out), result_buffer(result != nullptr ? most_out : 0);
-  RowMatrices<scalar_t> x_rows(in_channels_last, want_weight ? blocks.images : 0, pixels,
-                               g.in_channels, like.options());
-  RowMatrices<scalar_t> grad_input_rows(in_channels_last, want_input ? blocks.images : 0, pixels,
-                                        g.in_channels, like.options());
-  std::vector<double> image_sums(grad_bias != nullptr ? blocks.images * C : 0);
-  const at::Tensor col_buffer = at::empty({want_input || want_weight ? most_rows : 0, z_row},
-                                          like.options());
-  for (int64_t first = 0; first < g.batch; first += blocks.images) {
-    const int64_t last = std::min(g.batch, first + blocks.images), images = last - first;
-    const int64_t rows = images * pixels;
+  std::vector<double> image_sums(grad_bias != nullptr ? g.batch * C : 0);
 
-    // Per image: g = grad_output * activation'(result) as rows (oh, ow) of C, and grad_bias's
-    // sums: in scalar_t per output row, then in double; images are added in order.
-    const scalar_t* g_data = g_in_place
-        ? grad_output.tensor.const_data_ptr<scalar_t>() + first * out_pixels * C
-        : g_buffer.data();
-    parallel_tasks(images, out_pixels * C, [&](int64_t n) {
-      const int64_t offset = n * out_pixels * C;
-      if (!g_in_place) {
-        scalar_t* g_image = g_buffer.data() + offset;
-        const scalar_t* go = image_rows(grad_output, first + n, g_image);
-        if (result != nullptr) {
-          const scalar_t* res = image_rows(*result, first + n, result_buffer.data() + offset);
-          map_contiguous<scalar_t, 2>(
-              out_pixels * C, {go, res}, g_image,
-              [&](const V* v) { return v[0] * activation_grad(activation, v[1], slope); });
-        }
-      }
-      if (grad_bias == nullptr) return;
+  // Image n's g = grad_output * activation'(result), as rows (oh, ow) of C: in place, or written
+  // to g_image (result_image is scratch). Also grad_bias's sums for the image: in scalar_t per
+  // output row, then in double.
+  const auto image_g = [&](int64_t n, scalar_t* g_image, scalar_t* result_image) {
+    const scalar_t* go = image_rows(grad_output, n, g_image);
+    if (result != nullptr) {
+      const scalar_t* res = image_rows(*result, n, result_image);
+      map_contiguous<scalar_t, 2>(
+          out_image, {go, res}, g_image,
+          [&](const V* v) { return v[0] * activation_grad(activation, v[1], slope); });
+      go = g_image;
+    }
+    if (grad_bias != nullptr) {
       double* sums = image_sums.data() + n * C;
-      std::fill_n(sums, C, 0.0);
       thread_local std::vector<scalar_t> row_sums;
       row_sums.resize(C);
       for (int64_t oh = 0; oh < g.out_h; ++oh) {
         std::fill(row_sums.begin(), row_sums.end(), scalar_t(0));
-        const scalar_t* row = g_data + offset + oh * g.out_w * C;
+        const scalar_t* row = go + oh * g.out_w * C;
         for (int64_t ow = 0; ow < g.out_w; ++ow) {
           for (int64_t c = 0; c < C; ++c) row_sums[c] += row[ow * C + c];
         }
         for (int64_t c = 0; c < C; ++c) sums[c] += row_sums[c];
       }
-    });
-    if (grad_bias != nullptr) {
-      for (int64_t i = 0; i < images * C; ++i) (*grad_bias)[i % C] += image_sums[i];
     }
-    if (!want_input && !want_weight) continue;
-
-    // G_col[(n, ih, iw), (group, kh, kw, co)]: the adjoint of the forward's epilogue.
-    at::Tensor col = col_buffer.narrow(0, 0, rows);
-    scalar_t* col_data = col.mutable_data_ptr<scalar_t>();
-    parallel_tasks(images * g.in_h, g.in_w * z_row, [&](int64_t task) {
-      const int64_t n = task / g.in_h, ih = task % g.in_h;
-      for (int64_t iw = 0; iw < g.in_w; ++iw) {
-        scalar_t* col_row = col_data + ((n * g.in_h + ih) * g.in_w + iw) * z_row;
-        for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
-          const int64_t oh = taps_h.output_of_input[ih * g.kernel_h + kh];
-          for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
-            const int64_t ow = taps_w.output_of_input[iw * g.kernel_w + kw];
-            const scalar_t* __restrict__ src = g_data + ((n * g.out_h + oh) * g.out_w + ow) * C;
-            for (int64_t group = 0; group < g.groups; ++group) {
-              scalar_t* __restrict__ dst = col_row + (group * T + kh * g.kernel_w + kw) * Cg;
-              if (oh < 0 || ow < 0) {
-                for (int64_t c = 0; c < Cg; ++c) dst[c] = 0;
-              } else {
-                for (int64_t c = 0; c < Cg; ++c) dst[c] = src[group * Cg + c];
-              }
-            }
+    return go;
+  };
+  // G_col[(ih, iw), (group, kh, kw, co)] for input row ih of an image, from the image's g: the
+  // adjoint of the forward's epilogue.
+  const auto gather = [&](const scalar_t* g_image, scalar_t* col_image, int64_t ih) {
+    for (int64_t iw = 0; iw < g.in_w; ++iw) {
+      scalar_t* col_row = col_image + (ih * g.in_w + iw) * z_row;
+      for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
+        const int64_t oh = taps_h.output_of_input[ih * g.kernel_h + kh];
+        for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
+          const int64_t ow = taps_w.output_of_input[iw * g.kernel_w + kw];
+          scalar_t* __restrict__ dst = col_row + kh * g.kernel_w * Cg + kw * Cg;
+          if (oh < 0 || ow < 0) {
+            for (int64_t group = 0; group < g.groups; ++group) std::fill_n(dst + group * T * Cg, Cg, 0);
+            continue;
+          }
+          const scalar_t* __restrict__ src = g_image + (oh * g.out_w + ow) * C;
+          for (int64_t group = 0; group < g.groups; ++group) {
+            for (int64_t c = 0; c < Cg; ++c) dst[group * T * Cg + c] = src[group * Cg + c];
           }
         }
       }
-    });
-
-    if (want_input) {
-      scalar_t* grad_input_data = grad_input.mutable_data_ptr<scalar_t>();
-      for (const auto& [offset, grad_piece] : grad_input_rows.pieces(grad_input_data, first, last)) {
-        const at::Tensor col_piece = col.narrow(0, offset, grad_piece.size(0));
-        for (int64_t group = 0; group < g.groups; ++group) {
-          at::Tensor grad_group = group_columns(grad_piece, group, Cin_g);
-          at::mm_out(grad_group, group_columns(col_piece, group, T * Cg), packed[group].t());
-        }
+    }
+  };
+  // grad_input rows = G_col @ P^T; grad_weight += X^T @ G_col (into `weight_sum`).
+  const auto gemms = [&](const at::Tensor& col, const at::Tensor& grad_rows,
+                         const at::Tensor& x_rows, const at::Tensor& weight_sum) {
+    for (int64_t group = 0; group < g.groups; ++group) {
+      const at::Tensor col_group = group_columns(col, group, T * Cg);
+      if (want_input) {
+        at::Tensor grad_group = group_columns(grad_rows, group, Cin_g);
+        at::mm_out(grad_group, col_group, packed[group].t());
       }
-      if (grad_input_rows.buffered()) {
-        const int64_t image = pixels * g.in_channels;
-        parallel_tasks(images, image, [&](int64_t n) {
-          transpose_plane(grad_input_rows.buffer() + n * image,
-                          grad_input_data + (first + n) * image, pixels, g.in_channels);
+      if (want_weight) {
+        weight_sum[group].addmm_(group_columns(x_rows, group, Cin_g).t(), col_group);
+      }
+    }
+  };
+
+  const Plan plan = plan_work(g);
+  if (plan.by_image) {
+    // One task per image; grad_weight in one partial sum per chunk of images, added in order.
+    std::vector<at::Tensor> chunk_sums(g.batch);
+    at::parallel_for(0, g.batch, 1, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> g_image(g_in_place ? 0 : out_image);
+      std::vector<scalar_t> result_image(result != nullptr ? out_image : 0);
+      const at::Tensor col = at::empty({want_col ? pixels : 0, z_row}, options);
+      const at::Tensor weight_sum = want_weight ? at::zeros_like(grad_weight_packed) : at::Tensor();
+      for (int64_t n = begin; n < end; ++n) {
+        const scalar_t* g_data = image_g(n, g_image.data(), result_image.data());
+        if (!want_col) continue;
+        for (int64_t ih = 0; ih < g.in_h; ++ih) {
+          gather(g_data, col.mutable_data_ptr<scalar_t>(), ih);
+        }
+        gemms(col,
+              want_input ? image_matrix<scalar_t>(grad_input_data, x.channels_last, n, pixels,
+                                                  g.in_channels, options)
+                         : at::Tensor(),
+              want_weight ? image_matrix(x_data, x.channels_last, n, pixels, g.in_channels,
+                                         options)
+                          : at::Tensor(),
+              weight_sum);
+      }
+      chunk_sums[begin] = weight_sum;
+    });
+    for (const auto& sum : chunk_sums) {
+      if (sum.defined()) grad_weight_packed.add_(sum);
+    }
+  } else {
+    const int64_t most = plan.images_per_block;
+    std::vector<scalar_t> g_buffer(g_in_place ? 0 : most * out_image);
+    std::vector<scalar_t> result_buffer(result != nullptr ? most * out_image : 0);
+    std::vector<scalar_t> x_buffer(want_weight && !x.channels_last ? most * in_image : 0);
+    std::vector<scalar_t> grad_input_buffer(want_input && !x.channels_last ? most * in_image : 0);
+    const at::Tensor col_buffer = at::empty({want_col ? most * pixels : 0, z_row}, options);
+    for (int64_t first = 0; first < g.batch; first += most) {
+      const int64_t last = std::min(g.batch, first + most), images = last - first;
+      const int64_t rows = images * pixels;
+      // g of the block's images, one after another (in place in grad_output, or in g_buffer).
+      const scalar_t* g_data = g_in_place
+          ? grad_output.tensor.const_data_ptr<scalar_t>() + first * out_image
+          : g_buffer.data();
+      parallel_tasks(images, out_image, [&](int64_t i) {
+        image_g(first + i, g_in_place ? nullptr : g_buffer.data() + i * out_image,
+                result != nullptr ? result_buffer.data() + i * out_image : nullptr);
+      });
+      if (!want_col) continue;
+      const at::Tensor col = col_buffer.narrow(0, 0, rows);
+      scalar_t* col_data = col.mutable_data_ptr<scalar_t>();
+      parallel_tasks(images * g.in_h, g.in_w * z_row, [&](int64_t task) {
+        const int64_t i = task / g.in_h;
+        gather(g_data + i * out_image, col_data + i * pixels * z_row, task % g.in_h);
+      });
+      scalar_t* grad_rows = want_input
+          ? (x.channels_last ? grad_input_data + first * in_image : grad_input_buffer.data())
+          : nullptr;
+      gemms(col,
+            want_input ? at::from_blob(grad_rows, {rows, g.in_channels}, options) : at::Tensor(),
+            want_weight ? at::from_blob(const_cast<scalar_t*>(rows_of(x, first, last,
+                                                                      x_buffer.data())),
+                                        {rows, g.in_channels}, options)
+                        : at::Tensor(),
+            grad_weight_packed);
+      if (want_input && !x.channels_last) {
+        parallel_tasks(images, in_image, [&](int64_t i) {
+          transpose_plane(grad_input_buffer.data() + i * in_image,
+                          grad_input_data + (first + i) * in_image, pixels, g.in_channels);
         });
       }
     }
-    if (want_weight) {
-      if (x_rows.buffered()) rows_of(x, first, last, x_rows.buffer());
-      for (const auto& [offset, x_piece] : x_rows.pieces(x.tensor.const_data_ptr<scalar_t>(),
-                                                         first, last)) {
-        const at::Tensor col_piece = col.narrow(0, offset, x_piece.size(0));
-        for (int64_t group = 0; group < g.groups; ++group) {
-          grad_weight_packed[group].addmm_(group_columns(x_piece, group, Cin_g).t(),
-                                           group_columns(col_piece, group, T * Cg));
-        }
-      }
-    }
+  }
+  if (grad_bias != nullptr) {
+    for (int64_t i = 0; i < g.batch * C; ++i) (*grad_bias)[i % C] += image_sums[i];
   }
 }
 
