@@ -5,15 +5,18 @@ import os
 import platform
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+# The benchmark modules, then the checkout they belong to (ahead of any installed fastgan).
+sys.path[:0] = [HERE, os.path.dirname(HERE)]
 
 import torch  # noqa: E402
 
 import fastgan  # noqa: E402
 import bench_batch_norm_leaky_relu  # noqa: E402
+import bench_conv_transpose2d  # noqa: E402
 from common import copy_bandwidth, matmul_rate  # noqa: E402
 
-SUITES = {"bn": bench_batch_norm_leaky_relu}
+SUITES = {"bn": bench_batch_norm_leaky_relu, "convt": bench_conv_transpose2d}
 
 
 def main():

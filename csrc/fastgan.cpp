@@ -31,6 +31,27 @@ TORCH_LIBRARY(fastgan, m) {
       "Tensor mean, Tensor var, Tensor? weight, Tensor? bias, bool training, float eps, "
       "float negative_slope, bool[3] output_mask) -> (Tensor grad_grad_output, "
       "Tensor grad_input, Tensor grad_weight)");
+
+  // Transposed convolution with bias and activation ("none", "relu", "leaky_relu", "tanh") fused
+  // into the epilogue. The backward receives the forward's `result` (needed unless the
+  // activation is "none"): activation' is read from it. grad_output is linear in both input and
+  // weight, so the double backward reuses these two ops plus the activation's second-order term.
+  m.def(
+      "conv_transpose2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride, "
+      "int[2] padding, int[2] output_padding, int groups, int[2] dilation, str activation, "
+      "float negative_slope) -> Tensor");
+  m.def(
+      "conv_transpose2d_backward(Tensor grad_output, Tensor input, Tensor weight, "
+      "Tensor? result, int[2] stride, int[2] padding, int[2] output_padding, int groups, "
+      "int[2] dilation, str activation, float negative_slope, bool[3] output_mask) -> "
+      "(Tensor grad_input, Tensor grad_weight, Tensor grad_bias)");
+  // Given grad_preactivation (the gradient reaching the pre-activation y through the backward's
+  // linear part), returns grad_preactivation * activation'(result) (for grad_output) and
+  // grad_preactivation * grad_output * d activation'(result) / d result (for result).
+  m.def(
+      "conv_transpose2d_activation_double_backward(Tensor grad_preactivation, "
+      "Tensor grad_output, Tensor result, str activation, float negative_slope, "
+      "bool[2] output_mask) -> (Tensor grad_grad_output, Tensor grad_result)");
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {

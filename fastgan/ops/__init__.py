@@ -1,5 +1,6 @@
 """fastgan's functional API: each op matches its torch.nn.functional counterpart and is
 differentiable twice."""
 from fastgan.ops.batch_norm_leaky_relu import batch_norm_leaky_relu
+from fastgan.ops.conv_transpose2d import conv_transpose2d
 
-__all__ = ["batch_norm_leaky_relu"]
+__all__ = ["batch_norm_leaky_relu", "conv_transpose2d"]

@@ -1,0 +1,71 @@
+"""ConvTranspose2d forward+backward on the DCGAN-64 generator's layers: fastgan against PyTorch
+eager (oneDNN / MKL) and torch.compile of the same call. The last layer carries the generator's
+tanh, fused into fastgan's epilogue and a separate op for the others."""
+import math
+
+import torch
+import torch.nn.functional as F
+
+import fastgan
+from common import matmul_rate, median_seconds, table
+
+BATCH = 64
+# (C_in, C_out, input size, stride, padding, activation); kernel 4, no bias, as in DCGAN.
+LAYERS = [
+    (100, 512, 1, 1, 0, None),
+    (512, 256, 4, 2, 1, None),
+    (256, 128, 8, 2, 1, None),
+    (128, 64, 16, 2, 1, None),
+    (64, 3, 32, 2, 1, "tanh"),
+]
+KERNEL = 4
+
+
+def eager(x, weight, stride, padding, activation):
+    out = F.conv_transpose2d(x, weight, None, stride, padding)
+    return out.tanh() if activation == "tanh" else out
+
+
+def fused(x, weight, stride, padding, activation):
+    return fastgan.ops.conv_transpose2d(x, weight, None, stride, padding, activation=activation)
+
+
+def forward_backward(fn, x, weight, stride, padding, activation, grad):
+    def step():
+        out = fn(x, weight, stride, padding, activation)
+        torch.autograd.grad(out, (x, weight), grad)
+    return step
+
+
+def run(device="cpu", dtype=torch.float32, min_run_time=1.0):
+    device = torch.device(device)
+    compiled = torch.compile(eager)
+    peak = matmul_rate(device, dtype)
+    rows, speedups = [], []
+    for c_in, c_out, size, stride, padding, activation in LAYERS:
+        x = torch.randn(BATCH, c_in, size, size, device=device, dtype=dtype, requires_grad=True)
+        weight = torch.randn(c_in, c_out, KERNEL, KERNEL, device=device, dtype=dtype) * 0.02
+        weight.requires_grad_()
+        out = eager(x, weight, stride, padding, activation)
+        grad = torch.randn_like(out)
+        t = {name: median_seconds(forward_backward(fn, x, weight, stride, padding, activation,
+                                                   grad), device, min_run_time)
+             for name, fn in (("eager", eager), ("compile", compiled), ("fastgan", fused))}
+        # Forward, grad_input and grad_weight: each one multiply-add per input pixel, tap and
+        # pair of channels.
+        flops = 3 * 2 * BATCH * size * size * c_in * c_out * KERNEL * KERNEL
+        gflops = {name: flops / seconds / 1e9 for name, seconds in t.items()}
+        speedups.append(t["eager"] / t["fastgan"])
+        rows.append([
+            f"{c_in}->{c_out} ({size}->{out.shape[-1]})", activation or "-",
+            f"{t['eager'] * 1e3:.2f}", f"{t['compile'] * 1e3:.2f}", f"{t['fastgan'] * 1e3:.2f}",
+            f"**{t['eager'] / t['fastgan']:.2f}x**", f"{t['compile'] / t['fastgan']:.2f}x",
+            f"{gflops['eager']:.0f} ({100 * gflops['eager'] / peak:.0f}%)",
+            f"{gflops['fastgan']:.0f} ({100 * gflops['fastgan'] / peak:.0f}%)",
+        ])
+    geomean = math.exp(sum(map(math.log, speedups)) / len(speedups))
+    rows.append(["geometric mean", "", "", "", "", f"**{geomean:.2f}x**", "", "", ""])
+    header = ["layer", "activation", "eager ms", "compile ms", "fastgan ms", "vs eager",
+              "vs compile", "eager GFLOP/s (% of matmul)", "fastgan GFLOP/s (% of matmul)"]
+    return (f"### ConvTranspose2d forward+backward, DCGAN-64 generator, batch {BATCH}, NCHW "
+            f"(matmul: {peak:.0f} GFLOP/s)\n\n" + table(header, rows))

@@ -1,0 +1,630 @@
+// Transposed convolution on the CPU as GEMMs over the input's pixels, with no multiplications by
+// the zeros a strided transposed convolution inserts.
+//
+// With the input as a matrix X of rows (n, ih, iw) and columns C_in (channels-last), and the weight
+// packed per group as P (C_in/groups, kH * kW * C_out/groups), Z = X @ P holds every product of an
+// input pixel with every tap: Z[(n, ih, iw), (kh, kw, co)] is the contribution of input pixel
+// (ih, iw) to output pixel (ih * stride - padding + kh * dilation, ...). Each output pixel then sums
+// the few entries that reach it (per axis, the kernel / stride taps of its sub-pixel phase), adds
+// the bias and applies the activation: the epilogue, while the pixel is written. The backward is
+// the adjoint of the same two steps: gather G_col[(n, ih, iw), (kh, kw, co)] = g at the output pixel
+// that (ih, iw) reaches through (kh, kw) (zero where none), then
+//   grad_input = G_col @ P^T,  grad_weight = X^T @ G_col,  grad_bias = sum of g,
+// with g = grad_output * activation'(result).
+//
+// Images with many pixels run one per task, all steps on one thread; small images run in blocks
+// of images with each step on all threads (see plan_work). NCHW operands are read transposed in
+// place by the GEMMs or transposed to rows in cache; channels-last ones are used in place. Results
+// take the input's layout.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <string_view>
+#include <vector>
+
+#include "../conv_transpose2d.h"
+
+namespace fastgan {
+namespace cpu {
+namespace {
+
+using namespace fastgan::conv_t;
+
+template <typename scalar_t>
+using Vec = at::vec::Vectorized<scalar_t>;
+
+// ------------------------------------------------------------------------------------------------
+// Layout
+
+// Channels-last storage that is not also plain contiguous (mirrored by fastgan/ops for the fake
+// kernels): such tensors are read in place, and the op's results take that layout too.
+bool stored_channels_last(const at::Tensor& t) {
+  return !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+// An (N, C, H, W) tensor as the kernels read it: dense, channels-last or NCHW.
+struct Dense {
+  at::Tensor tensor;
+  bool channels_last;
+  explicit Dense(const at::Tensor& t)
+      : tensor(stored_channels_last(t) ? t : t.contiguous()), channels_last(stored_channels_last(t)) {}
+  int64_t channels() const { return tensor.size(1); }
+  int64_t pixels() const { return tensor.size(2) * tensor.size(3); }
+};
+
+// dst[c][r] = src[r][c] for a rows x cols plane (vectorized in 16 x 16 tiles for float).
+template <typename scalar_t>
+void transpose_plane(const scalar_t* src, scalar_t* dst, int64_t rows, int64_t cols) {
+  at::vec::transpose_mxn<scalar_t>(src, cols, dst, rows, static_cast<int>(rows),
+                                   static_cast<int>(cols));
+}
+
+// Parallel over tasks of about `work` elements each.
+template <typename Fn>
+void parallel_tasks(int64_t count, int64_t work, const Fn& fn) {
+  const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, work));
+  at::parallel_for(0, count, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) fn(task);
+  });
+}
+
+// Image n of `t` as dense rows (h, w) of C values: in place when t is stored channels-last, else
+// transposed into `buffer`.
+template <typename scalar_t>
+const scalar_t* image_rows(const Dense& t, int64_t n, scalar_t* buffer) {
+  const int64_t C = t.channels(), pixels = t.pixels();
+  const scalar_t* data = t.tensor.const_data_ptr<scalar_t>() + n * C * pixels;
+  if (t.channels_last) return data;
+  transpose_plane(data, buffer, C, pixels);
+  return buffer;
+}
+
+// Images [first, last) of `t` as dense rows (n, h, w) of C values, the same way.
+template <typename scalar_t>
+const scalar_t* rows_of(const Dense& t, int64_t first, int64_t last, scalar_t* buffer) {
+  if (t.channels_last) return image_rows(t, first, buffer);
+  const int64_t size = t.channels() * t.pixels();
+  parallel_tasks(last - first, size, [&](int64_t n) {
+    image_rows(t, first + n, buffer + n * size);
+  });
+  return buffer;
+}
+
+// Image n of an (N, C, H, W) tensor's storage at `data` as a (pixels, C) GEMM operand, in place:
+// rows of channels-last storage, or NCHW storage read transposed (BLAS handles either).
+template <typename scalar_t>
+at::Tensor image_matrix(const scalar_t* data, bool channels_last, int64_t n, int64_t pixels,
+                        int64_t channels, const at::TensorOptions& options) {
+  scalar_t* image = const_cast<scalar_t*>(data) + n * pixels * channels;
+  return channels_last ? at::from_blob(image, {pixels, channels}, options)
+                       : at::from_blob(image, {channels, pixels}, options).t();
+}
+
+// ------------------------------------------------------------------------------------------------
+// The epilogue's activation on vectors: the vector form of conv_t::activate and
+// conv_t::activation_grad (same conventions; the tests hold both to torch's results).
+
+template <typename scalar_t>
+Vec<scalar_t> activate(Activation activation, const Vec<scalar_t>& y, const Vec<scalar_t>& slope) {
+  using V = Vec<scalar_t>;
+  const V zero(scalar_t(0));
+  switch (activation) {
+    case Activation::kRelu: return V::blendv(zero, y, y > zero);
+    case Activation::kLeakyRelu: return V::blendv(y * slope, y, y > zero);
+    case Activation::kTanh: return y.tanh();
+    default: return y;
+  }
+}
+
+template <typename scalar_t>
+Vec<scalar_t> activation_grad(Activation activation, const Vec<scalar_t>& out,
+                              const Vec<scalar_t>& slope) {
+  using V = Vec<scalar_t>;
+  const V zero(scalar_t(0)), one(scalar_t(1));
+  switch (activation) {
+    case Activation::kRelu: return V::blendv(zero, one, out > zero);
+    case Activation::kLeakyRelu: return V::blendv(slope, one, out > zero);
+    case Activation::kTanh: return one - out * out;
+    default: return one;
+  }
+}
+
+// fn(const Vec in[I]) -> Vec over `count` contiguous elements of each input, written to out.
+template <typename scalar_t, int I, typename Fn>
+void map_contiguous(int64_t count, const std::array<const scalar_t*, I>& in, scalar_t* out,
+                    const Fn& fn) {
+  using V = Vec<scalar_t>;
+  for (int64_t i = 0; i < count; i += V::size()) {
+    const int64_t n = std::min<int64_t>(V::size(), count - i);
+    V values[I];
+    for (int k = 0; k < I; ++k) values[k] = V::loadu(in[k] + i, n);
+    fn(values).store(out + i, n);
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Geometry tables and blocks
+
+// Per axis, for every (output position, tap) the input position that reaches it, and for every
+// (input position, tap) the output position it reaches; -1 where there is none.
+struct AxisTaps {
+  std::vector<int64_t> input_of_output, output_of_input;
+};
+
+AxisTaps axis_taps(int64_t in_size, int64_t out_size, int64_t kernel, int64_t stride,
+                   int64_t padding, int64_t dilation) {
+  AxisTaps taps{std::vector<int64_t>(out_size * kernel), std::vector<int64_t>(in_size * kernel)};
+  for (int64_t o = 0; o < out_size; ++o) {
+    for (int64_t k = 0; k < kernel; ++k) {
+      taps.input_of_output[o * kernel + k] = input_index(o, k, stride, padding, dilation, in_size);
+    }
+  }
+  for (int64_t i = 0; i < in_size; ++i) {
+    for (int64_t k = 0; k < kernel; ++k) {
+      taps.output_of_input[i * kernel + k] = output_index(i, k, stride, padding, dilation, out_size);
+    }
+  }
+  return taps;
+}
+
+// Two ways to spread the work over threads. Images with many pixels (each one a GEMM of useful
+// size) run one image per task, every step of an image on one thread (single-threaded GEMMs inside
+// at::parallel_for): one parallel region for the whole op, and an image's Z or G_col stays in
+// cache. Small images run in blocks of images, one block after another, each step on all threads
+// (the GEMMs through at::mm's own threading), so that the GEMMs have many rows (grad_weight
+// accumulates over them).
+constexpr int64_t kImagePixels = 256;
+// Z or G_col entries per block in block mode (4 MiB of float32).
+constexpr int64_t kBlockEntries = 1 << 20;
+
+struct Plan {
+  bool by_image;
+  int64_t images_per_block;
+};
+
+Plan plan_work(const Geometry& g) {
+  const int64_t pixels = g.in_h * g.in_w;
+  const int64_t per_image = std::max<int64_t>(1, pixels * g.taps() * g.out_channels);
+  return {pixels >= kImagePixels,
+          std::clamp<int64_t>(kBlockEntries / per_image, 1, std::max<int64_t>(1, g.batch))};
+}
+
+// The weight (C_in, C_out/groups, kH, kW) as per-group GEMM operands P: (groups, C_in/groups,
+// kH * kW * C_out/groups), columns ordered (kh, kw, co).
+at::Tensor pack_weight(const at::Tensor& weight, const Geometry& g) {
+  return weight.permute({0, 2, 3, 1}).contiguous().view(
+      {g.groups, g.in_per_group(), g.taps() * g.out_per_group()});
+}
+
+// Inverse of pack_weight.
+at::Tensor unpack_weight(const at::Tensor& packed, const Geometry& g) {
+  return packed.view({g.in_channels, g.kernel_h, g.kernel_w, g.out_per_group()})
+      .permute({0, 3, 1, 2})
+      .contiguous();
+}
+
+// Group `group`'s columns of a (rows, groups * width) matrix.
+at::Tensor group_columns(const at::Tensor& matrix, int64_t group, int64_t width) {
+  return matrix.narrow(1, group * width, width);
+}
+
+void check_cpu(const char* op, const at::Tensor& input) {
+  TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble, op,
+              ": the CPU kernels support float32 and float64, got ", input.scalar_type());
+}
+
+Geometry describe(const char* op, const at::Tensor& input, const at::Tensor& weight,
+                  const at::Tensor& bias, at::IntArrayRef stride, at::IntArrayRef padding,
+                  at::IntArrayRef output_padding, int64_t groups, at::IntArrayRef dilation) {
+  const Geometry g = check_and_describe(op, input, weight, bias, stride, padding, output_padding,
+                                        groups, dilation);
+  check_cpu(op, input);
+  return g;
+}
+
+// ------------------------------------------------------------------------------------------------
+// Forward
+
+template <typename scalar_t>
+void forward_kernel(const Geometry& g, const Dense& x, const at::Tensor& packed,
+                    const at::Tensor& bias, Activation activation, scalar_t negative_slope,
+                    const at::Tensor& out, bool out_channels_last) {
+  using V = Vec<scalar_t>;
+  const AxisTaps taps_h = axis_taps(g.in_h, g.out_h, g.kernel_h, g.stride_h, g.padding_h,
+                                    g.dilation_h);
+  const AxisTaps taps_w = axis_taps(g.in_w, g.out_w, g.kernel_w, g.stride_w, g.padding_w,
+                                    g.dilation_w);
+  const int64_t C = g.out_channels, Cg = g.out_per_group(), T = g.taps();
+  const int64_t pixels = g.in_h * g.in_w, z_row = T * C, out_row = g.out_w * C;
+  const scalar_t* bias_data = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
+  scalar_t* out_data = out.mutable_data_ptr<scalar_t>();
+  const V slope(negative_slope);
+
+  // Z = X @ P for rows of the input (x_rows) into z_rows.
+  const auto gemm = [&](const at::Tensor& x_rows, const at::Tensor& z_rows) {
+    for (int64_t group = 0; group < g.groups; ++group) {
+      at::Tensor z_group = group_columns(z_rows, group, T * Cg);
+      at::mm_out(z_group, group_columns(x_rows, group, g.in_per_group()), packed[group]);
+    }
+  };
+  // The epilogue for output row (n, oh), from the Z rows of image n.
+  const auto epilogue = [&](const scalar_t* z_image, int64_t n, int64_t oh) {
+    thread_local std::vector<scalar_t> row_buffer;
+    row_buffer.resize(out_row);
+    scalar_t* row = out_channels_last ? out_data + (n * g.out_h + oh) * out_row : row_buffer.data();
+    for (int64_t ow = 0; ow < g.out_w; ++ow) {
+      scalar_t* __restrict__ pixel = row + ow * C;
+      for (int64_t c = 0; c < C; ++c) pixel[c] = bias_data != nullptr ? bias_data[c] : 0;
+      for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
+        const int64_t ih = taps_h.input_of_output[oh * g.kernel_h + kh];
+        if (ih < 0) continue;
+        for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
+          const int64_t iw = taps_w.input_of_output[ow * g.kernel_w + kw];
+          if (iw < 0) continue;
+          const scalar_t* __restrict__ z_pixel =
+              z_image + (ih * g.in_w + iw) * z_row + (kh * g.kernel_w + kw) * Cg;
+          for (int64_t group = 0; group < g.groups; ++group) {
+            for (int64_t c = 0; c < Cg; ++c) pixel[group * Cg + c] += z_pixel[group * T * Cg + c];
+          }
+        }
+      }
+    }
+    map_contiguous<scalar_t, 1>(out_row, {row}, row,
+                                [&](const V* v) { return activate(activation, v[0], slope); });
+    if (!out_channels_last) {
+      // NCHW: the row of pixels becomes C rows of out_w values.
+      scalar_t* plane = out_data + n * C * g.out_h * g.out_w + oh * g.out_w;
+      for (int64_t c = 0; c < C; ++c) {
+        for (int64_t ow = 0; ow < g.out_w; ++ow) plane[c * g.out_h * g.out_w + ow] = row[ow * C + c];
+      }
+    }
+  };
+
+  const Plan plan = plan_work(g);
+  const scalar_t* x_data = x.tensor.const_data_ptr<scalar_t>();
+  if (plan.by_image) {
+    at::parallel_for(0, g.batch, 1, [&](int64_t begin, int64_t end) {
+      const at::Tensor z = at::empty({pixels, z_row}, out.options());
+      for (int64_t n = begin; n < end; ++n) {
+        gemm(image_matrix(x_data, x.channels_last, n, pixels, g.in_channels, out.options()), z);
+        for (int64_t oh = 0; oh < g.out_h; ++oh) epilogue(z.const_data_ptr<scalar_t>(), n, oh);
+      }
+    });
+    return;
+  }
+  const int64_t most_rows = plan.images_per_block * pixels;
+  std::vector<scalar_t> x_buffer(x.channels_last ? 0 : most_rows * g.in_channels);
+  const at::Tensor z_buffer = at::empty({most_rows, z_row}, out.options());
+  for (int64_t first = 0; first < g.batch; first += plan.images_per_block) {
+    const int64_t last = std::min(g.batch, first + plan.images_per_block);
+    const int64_t rows = (last - first) * pixels;
+    const at::Tensor z = z_buffer.narrow(0, 0, rows);
+    gemm(at::from_blob(const_cast<scalar_t*>(rows_of(x, first, last, x_buffer.data())),
+                       {rows, g.in_channels}, out.options()),
+         z);
+    const scalar_t* z_data = z.const_data_ptr<scalar_t>();
+    parallel_tasks((last - first) * g.out_h, out_row * 4, [&](int64_t task) {
+      const int64_t n = task / g.out_h;
+      epilogue(z_data + (n * pixels) * z_row, first + n, task % g.out_h);
+    });
+  }
+}
+
+at::Tensor conv_transpose2d(const at::Tensor& input, const at::Tensor& weight,
+                            const std::optional<at::Tensor>& bias_opt, at::IntArrayRef stride,
+                            at::IntArrayRef padding, at::IntArrayRef output_padding,
+                            int64_t groups, at::IntArrayRef dilation,
+                            c10::string_view activation_name, double negative_slope) {
+  constexpr const char* op = "fastgan::conv_transpose2d";
+  const at::Tensor bias = bias_opt.value_or(at::Tensor());
+  const Geometry g = describe(op, input, weight, bias, stride, padding, output_padding, groups,
+                              dilation);
+  const Activation activation = parse_activation(
+      op, std::string_view(activation_name.data(), activation_name.size()));
+  check_negative_slope(op, activation, negative_slope);
+
+  const Dense x(input);
+  const at::Tensor out =
+      x.channels_last
+          ? at::empty({g.batch, g.out_h, g.out_w, g.out_channels}, input.options())
+                .permute({0, 3, 1, 2})
+          : at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options());
+  if (out.numel() == 0) return out;
+  const at::Tensor packed = pack_weight(weight, g);
+  const at::Tensor bias_c = bias.defined() ? bias.contiguous() : bias;
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "conv_transpose2d", [&] {
+    forward_kernel<scalar_t>(g, x, packed, bias_c, activation,
+                             static_cast<scalar_t>(negative_slope), out, x.channels_last);
+  });
+  return out;
+}
+
+// ------------------------------------------------------------------------------------------------
+// Backward
+
+template <typename scalar_t>
+void backward_kernel(const Geometry& g, const Dense& grad_output, const Dense* result,
+                     const Dense& x, const at::Tensor& packed, Activation activation,
+                     scalar_t negative_slope, const at::Tensor& grad_input,
+                     const at::Tensor& grad_weight_packed, std::vector<double>* grad_bias) {
+  using V = Vec<scalar_t>;
+  const AxisTaps taps_h = axis_taps(g.in_h, g.out_h, g.kernel_h, g.stride_h, g.padding_h,
+                                    g.dilation_h);
+  const AxisTaps taps_w = axis_taps(g.in_w, g.out_w, g.kernel_w, g.stride_w, g.padding_w,
+                                    g.dilation_w);
+  const int64_t C = g.out_channels, Cg = g.out_per_group(), Cin_g = g.in_per_group();
+  const int64_t T = g.taps(), pixels = g.in_h * g.in_w, out_image = g.out_h * g.out_w * C;
+  const int64_t z_row = T * C, in_image = pixels * g.in_channels;
+  const bool want_input = grad_input.defined(), want_weight = grad_weight_packed.defined();
+  const bool want_col = want_input || want_weight;
+  const V slope(negative_slope);
+  const at::TensorOptions options = grad_output.tensor.options();
+  const scalar_t* x_data = x.tensor.const_data_ptr<scalar_t>();
+  scalar_t* grad_input_data = want_input ? grad_input.mutable_data_ptr<scalar_t>() : nullptr;
+  // g is read in place from grad_output when it is channels-last and there is no activation.
+  const bool g_in_place = grad_output.channels_last && result == nullptr;
+  std::vector<double> image_sums(grad_bias != nullptr ? g.batch * C : 0);
+
+  // Image n's g = grad_output * activation'(result), as rows (oh, ow) of C: in place, or written
+  // to g_image (result_image is scratch). Also grad_bias's sums for the image: in scalar_t per
+  // output row, then in double.
+  const auto image_g = [&](int64_t n, scalar_t* g_image, scalar_t* result_image) {
+    const scalar_t* go = image_rows(grad_output, n, g_image);
+    if (result != nullptr) {
+      const scalar_t* res = image_rows(*result, n, result_image);
+      map_contiguous<scalar_t, 2>(
+          out_image, {go, res}, g_image,
+          [&](const V* v) { return v[0] * activation_grad(activation, v[1], slope); });
+      go = g_image;
+    }
+    if (grad_bias != nullptr) {
+      double* sums = image_sums.data() + n * C;
+      thread_local std::vector<scalar_t> row_sums;
+      row_sums.resize(C);
+      for (int64_t oh = 0; oh < g.out_h; ++oh) {
+        std::fill(row_sums.begin(), row_sums.end(), scalar_t(0));
+        const scalar_t* row = go + oh * g.out_w * C;
+        for (int64_t ow = 0; ow < g.out_w; ++ow) {
+          for (int64_t c = 0; c < C; ++c) row_sums[c] += row[ow * C + c];
+        }
+        for (int64_t c = 0; c < C; ++c) sums[c] += row_sums[c];
+      }
+    }
+    return go;
+  };
+  // G_col[(ih, iw), (group, kh, kw, co)] for input row ih of an image, from the image's g: the
+  // adjoint of the forward's epilogue.
+  const auto gather = [&](const scalar_t* g_image, scalar_t* col_image, int64_t ih) {
+    for (int64_t iw = 0; iw < g.in_w; ++iw) {
+      scalar_t* col_row = col_image + (ih * g.in_w + iw) * z_row;
+      for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
+        const int64_t oh = taps_h.output_of_input[ih * g.kernel_h + kh];
+        for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
+          const int64_t ow = taps_w.output_of_input[iw * g.kernel_w + kw];
+          scalar_t* __restrict__ dst = col_row + kh * g.kernel_w * Cg + kw * Cg;
+          if (oh < 0 || ow < 0) {
+            for (int64_t group = 0; group < g.groups; ++group) std::fill_n(dst + group * T * Cg, Cg, 0);
+            continue;
+          }
+          const scalar_t* __restrict__ src = g_image + (oh * g.out_w + ow) * C;
+          for (int64_t group = 0; group < g.groups; ++group) {
+            for (int64_t c = 0; c < Cg; ++c) dst[group * T * Cg + c] = src[group * Cg + c];
+          }
+        }
+      }
+    }
+  };
+  // grad_input rows = G_col @ P^T; grad_weight += X^T @ G_col (into `weight_sum`).
+  const auto gemms = [&](const at::Tensor& col, const at::Tensor& grad_rows,
+                         const at::Tensor& x_rows, const at::Tensor& weight_sum) {
+    for (int64_t group = 0; group < g.groups; ++group) {
+      const at::Tensor col_group = group_columns(col, group, T * Cg);
+      if (want_input) {
+        at::Tensor grad_group = group_columns(grad_rows, group, Cin_g);
+        at::mm_out(grad_group, col_group, packed[group].t());
+      }
+      if (want_weight) {
+        weight_sum[group].addmm_(group_columns(x_rows, group, Cin_g).t(), col_group);
+      }
+    }
+  };
+
+  const Plan plan = plan_work(g);
+  if (plan.by_image) {
+    // One task per image; grad_weight in one partial sum per chunk of images, added in order.
+    std::vector<at::Tensor> chunk_sums(g.batch);
+    at::parallel_for(0, g.batch, 1, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> g_image(g_in_place ? 0 : out_image);
+      std::vector<scalar_t> result_image(result != nullptr ? out_image : 0);
+      const at::Tensor col = at::empty({want_col ? pixels : 0, z_row}, options);
+      const at::Tensor weight_sum = want_weight ? at::zeros_like(grad_weight_packed) : at::Tensor();
+      for (int64_t n = begin; n < end; ++n) {
+        const scalar_t* g_data = image_g(n, g_image.data(), result_image.data());
+        if (!want_col) continue;
+        for (int64_t ih = 0; ih < g.in_h; ++ih) {
+          gather(g_data, col.mutable_data_ptr<scalar_t>(), ih);
+        }
+        gemms(col,
+              want_input ? image_matrix<scalar_t>(grad_input_data, x.channels_last, n, pixels,
+                                                  g.in_channels, options)
+                         : at::Tensor(),
+              want_weight ? image_matrix(x_data, x.channels_last, n, pixels, g.in_channels,
+                                         options)
+                          : at::Tensor(),
+              weight_sum);
+      }
+      chunk_sums[begin] = weight_sum;
+    });
+    for (const auto& sum : chunk_sums) {
+      if (sum.defined()) grad_weight_packed.add_(sum);
+    }
+  } else {
+    const int64_t most = plan.images_per_block;
+    std::vector<scalar_t> g_buffer(g_in_place ? 0 : most * out_image);
+    std::vector<scalar_t> result_buffer(result != nullptr ? most * out_image : 0);
+    std::vector<scalar_t> x_buffer(want_weight && !x.channels_last ? most * in_image : 0);
+    std::vector<scalar_t> grad_input_buffer(want_input && !x.channels_last ? most * in_image : 0);
+    const at::Tensor col_buffer = at::empty({want_col ? most * pixels : 0, z_row}, options);
+    for (int64_t first = 0; first < g.batch; first += most) {
+      const int64_t last = std::min(g.batch, first + most), images = last - first;
+      const int64_t rows = images * pixels;
+      // g of the block's images, one after another (in place in grad_output, or in g_buffer).
+      const scalar_t* g_data = g_in_place
+          ? grad_output.tensor.const_data_ptr<scalar_t>() + first * out_image
+          : g_buffer.data();
+      parallel_tasks(images, out_image, [&](int64_t i) {
+        image_g(first + i, g_in_place ? nullptr : g_buffer.data() + i * out_image,
+                result != nullptr ? result_buffer.data() + i * out_image : nullptr);
+      });
+      if (!want_col) continue;
+      const at::Tensor col = col_buffer.narrow(0, 0, rows);
+      scalar_t* col_data = col.mutable_data_ptr<scalar_t>();
+      parallel_tasks(images * g.in_h, g.in_w * z_row, [&](int64_t task) {
+        const int64_t i = task / g.in_h;
+        gather(g_data + i * out_image, col_data + i * pixels * z_row, task % g.in_h);
+      });
+      scalar_t* grad_rows = want_input
+          ? (x.channels_last ? grad_input_data + first * in_image : grad_input_buffer.data())
+          : nullptr;
+      gemms(col,
+            want_input ? at::from_blob(grad_rows, {rows, g.in_channels}, options) : at::Tensor(),
+            want_weight ? at::from_blob(const_cast<scalar_t*>(rows_of(x, first, last,
+                                                                      x_buffer.data())),
+                                        {rows, g.in_channels}, options)
+                        : at::Tensor(),
+            grad_weight_packed);
+      if (want_input && !x.channels_last) {
+        parallel_tasks(images, in_image, [&](int64_t i) {
+          transpose_plane(grad_input_buffer.data() + i * in_image,
+                          grad_input_data + (first + i) * in_image, pixels, g.in_channels);
+        });
+      }
+    }
+  }
+  if (grad_bias != nullptr) {
+    for (int64_t i = 0; i < g.batch * C; ++i) (*grad_bias)[i % C] += image_sums[i];
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose2d_backward(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+    const std::optional<at::Tensor>& result_opt, at::IntArrayRef stride, at::IntArrayRef padding,
+    at::IntArrayRef output_padding, int64_t groups, at::IntArrayRef dilation,
+    c10::string_view activation_name, double negative_slope, std::array<bool, 3> output_mask) {
+  constexpr const char* op = "fastgan::conv_transpose2d_backward";
+  const Geometry g = describe(op, input, weight, at::Tensor(), stride, padding, output_padding,
+                              groups, dilation);
+  const Activation activation = parse_activation(
+      op, std::string_view(activation_name.data(), activation_name.size()));
+  check_negative_slope(op, activation, negative_slope);
+  check_output_like(op, "grad_output", grad_output, input, g);
+  const at::Tensor result = result_opt.value_or(at::Tensor());
+  TORCH_CHECK(activation == Activation::kNone || result.defined(), op,
+              ": result (the forward's output) is required for activation \"",
+              std::string_view(activation_name.data(), activation_name.size()), "\"");
+  if (activation != Activation::kNone) check_output_like(op, "result", result, input, g);
+
+  const bool want_input = output_mask[0], want_weight = output_mask[1], want_bias = output_mask[2];
+  const Dense x(input);
+  // Outputs not asked for are distinct empty tensors (outputs must not alias).
+  at::Tensor grad_input = input.new_empty({0}), grad_weight = input.new_empty({0}),
+             grad_bias = input.new_empty({0});
+  if (want_input) {
+    grad_input = x.channels_last
+                     ? at::empty({g.batch, g.in_h, g.in_w, g.in_channels}, input.options())
+                           .permute({0, 3, 1, 2})
+                     : at::empty_like(x.tensor);
+  }
+  const at::Tensor grad_weight_packed =
+      want_weight ? at::zeros({g.groups, g.in_per_group(), g.taps() * g.out_per_group()},
+                              input.options())
+                  : at::Tensor();
+  std::vector<double> bias_sums(g.out_channels, 0.0);
+  if (g.batch > 0 && (want_input || want_weight || want_bias)) {
+    const Dense go(grad_output);
+    const std::optional<Dense> res =
+        activation != Activation::kNone ? std::optional<Dense>(Dense(result)) : std::nullopt;
+    const at::Tensor packed = want_input ? pack_weight(weight, g) : at::Tensor();
+    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "conv_transpose2d_backward", [&] {
+      backward_kernel<scalar_t>(g, go, res ? &*res : nullptr, x, packed, activation,
+                                static_cast<scalar_t>(negative_slope),
+                                want_input ? grad_input : at::Tensor(), grad_weight_packed,
+                                want_bias ? &bias_sums : nullptr);
+    });
+  }
+  if (want_weight) grad_weight = unpack_weight(grad_weight_packed, g);
+  if (want_bias) {
+    grad_bias = at::tensor(bias_sums, input.options().dtype(at::kDouble)).to(input.scalar_type());
+  }
+  return {grad_input, grad_weight, grad_bias};
+}
+
+// ------------------------------------------------------------------------------------------------
+// The activation's part of the double backward
+
+std::tuple<at::Tensor, at::Tensor> conv_transpose2d_activation_double_backward(
+    const at::Tensor& grad_preactivation, const at::Tensor& grad_output, const at::Tensor& result,
+    c10::string_view activation_name, double negative_slope, std::array<bool, 2> output_mask) {
+  constexpr const char* op = "fastgan::conv_transpose2d_activation_double_backward";
+  const Activation activation = parse_activation(
+      op, std::string_view(activation_name.data(), activation_name.size()));
+  check_negative_slope(op, activation, negative_slope);
+  check_cpu(op, result);
+  for (const auto& [name, t] : {std::pair{"grad_preactivation", &grad_preactivation},
+                                std::pair{"grad_output", &grad_output}}) {
+    TORCH_CHECK(t->sizes() == result.sizes(), op, ": ", name, " must have the shape of result ",
+                result.sizes(), ", got ", t->sizes());
+    TORCH_CHECK(t->scalar_type() == result.scalar_type(), op, ": ", name, " must have dtype ",
+                result.scalar_type(), ", got ", t->scalar_type());
+  }
+  TORCH_CHECK(result.dim() == 4, op, ": result must have shape (N, C, H, W), got ",
+              result.sizes());
+  // Every tensor in result's storage order, so that one flat pass covers all three.
+  const auto format = stored_channels_last(result) ? at::MemoryFormat::ChannelsLast
+                                                   : at::MemoryFormat::Contiguous;
+  const at::Tensor gp = grad_preactivation.contiguous(format);
+  const at::Tensor go = grad_output.contiguous(format);
+  const at::Tensor res = result.contiguous(format);
+  at::Tensor grad_grad_output = output_mask[0] ? at::empty_like(res) : result.new_empty({0});
+  at::Tensor grad_result = output_mask[1] ? at::empty_like(res) : result.new_empty({0});
+  const int64_t count = res.numel();
+  AT_DISPATCH_FLOATING_TYPES(result.scalar_type(), "conv_transpose2d_activation_double_backward",
+                             [&] {
+    using V = Vec<scalar_t>;
+    const V slope(static_cast<scalar_t>(negative_slope));
+    const scalar_t* gp_data = gp.const_data_ptr<scalar_t>();
+    const scalar_t* go_data = go.const_data_ptr<scalar_t>();
+    const scalar_t* res_data = res.const_data_ptr<scalar_t>();
+    at::parallel_for(0, count, at::internal::GRAIN_SIZE, [&](int64_t begin, int64_t end) {
+      if (output_mask[0]) {
+        map_contiguous<scalar_t, 2>(
+            end - begin, {gp_data + begin, res_data + begin},
+            grad_grad_output.mutable_data_ptr<scalar_t>() + begin,
+            [&](const V* v) { return v[0] * activation_grad(activation, v[1], slope); });
+      }
+      if (output_mask[1]) {
+        map_contiguous<scalar_t, 3>(
+            end - begin, {gp_data + begin, go_data + begin, res_data + begin},
+            grad_result.mutable_data_ptr<scalar_t>() + begin, [&](const V* v) {
+              return v[0] * v[1] * activation_grad_derivative<V>(activation, v[2]);
+            });
+      }
+    });
+  });
+  return {grad_grad_output, grad_result};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastgan, CPU, m) {
+  m.impl("conv_transpose2d", &conv_transpose2d);
+  m.impl("conv_transpose2d_backward", &conv_transpose2d_backward);
+  m.impl("conv_transpose2d_activation_double_backward",
+         &conv_transpose2d_activation_double_backward);
+}
+
+}  // namespace cpu
+}  // namespace fastgan

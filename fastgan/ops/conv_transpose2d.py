@@ -1,0 +1,230 @@
+"""Transposed 2D convolution with bias and activation fused into the kernel's epilogue
+(torch.ops.fastgan.conv_transpose2d*), differentiable twice."""
+import numbers
+
+import torch
+import torch.nn.functional as F
+
+from fastgan import _backend, _reference
+from fastgan.ops._checks import check_number, check_tensor
+
+_ops = torch.ops.fastgan if _backend.extension is not None else None
+
+ACTIVATIONS = (None, "relu", "leaky_relu", "tanh")
+
+
+def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
+                     dilation=1, activation=None, negative_slope=0.2):
+    """`F.conv_transpose2d(input, weight, bias, stride, padding, output_padding, groups,
+    dilation)` followed by `activation` (None, "relu", "leaky_relu" with `negative_slope`, or
+    "tanh"), in one kernel. `input` is (N, C_in, H, W) or unbatched (C_in, H, W)."""
+    check_tensor("input", input, dims=(3, 4))
+    check_tensor("weight", weight, dims=(4,))
+    stride = _pair("stride", stride, minimum=1)
+    padding = _pair("padding", padding, minimum=0)
+    output_padding = _pair("output_padding", output_padding, minimum=0)
+    dilation = _pair("dilation", dilation, minimum=1)
+    groups = _integer("groups", groups, minimum=1)
+    if activation not in ACTIVATIONS:
+        error = ValueError if isinstance(activation, str) else TypeError
+        raise error(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    check_number("negative_slope", negative_slope)
+    for d in range(2):
+        if output_padding[d] >= stride[d] and output_padding[d] >= dilation[d]:
+            raise ValueError(f"output_padding must be smaller than either stride or dilation, got "
+                             f"output_padding={output_padding}, stride={stride}, "
+                             f"dilation={dilation}")
+    unbatched = input.dim() == 3
+    if unbatched:
+        input = input.unsqueeze(0)
+    _check_operands(input, weight, bias, groups)
+    out_h, out_w = (_output_size(input.shape[2 + d], weight.shape[2 + d], stride[d], padding[d],
+                                 dilation[d], output_padding[d]) for d in range(2))
+    if out_h <= 0 or out_w <= 0:
+        raise ValueError(f"the output would have size {out_h}x{out_w}: input of shape "
+                         f"{tuple(input.shape)} is too small for weight {tuple(weight.shape)} "
+                         f"with padding={padding}, dilation={dilation}")
+
+    if _backend.use_reference(input):
+        out = _reference.conv_transpose2d(input, weight, bias, stride, padding, output_padding,
+                                          groups, dilation, activation, negative_slope)
+    elif activation == "leaky_relu" and negative_slope < 0:
+        # The fused backward reads leaky_relu' from the output's sign, which a negative slope
+        # makes ambiguous: apply that activation separately.
+        out = F.leaky_relu(_ops.conv_transpose2d(input, weight, bias, stride, padding,
+                                                 output_padding, groups, dilation, "none", 0.0),
+                           negative_slope)
+    else:
+        out = _ops.conv_transpose2d(input, weight, bias, stride, padding, output_padding, groups,
+                                    dilation, activation or "none", float(negative_slope))
+    return out.squeeze(0) if unbatched else out
+
+
+def _integer(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _pair(name, value, minimum):
+    """An int or a pair of ints, each >= minimum, as a list of two ints."""
+    values = list(value) if isinstance(value, (tuple, list)) else [value, value]
+    if len(values) != 2:
+        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+    try:
+        return [_integer(name, v, minimum) for v in values]
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"{error} (in {name}={value!r})") from None
+
+
+def _check_operands(input, weight, bias, groups):
+    in_channels = input.shape[1]
+    if weight.dtype != input.dtype:
+        raise TypeError(f"weight must have the input's dtype {input.dtype}, got {weight.dtype}")
+    if weight.device != input.device:
+        raise ValueError(f"weight is on {weight.device} but input is on {input.device}")
+    if weight.shape[0] != in_channels:
+        raise ValueError(f"weight must have shape (C_in, C_out / groups, kH, kW) with C_in = "
+                         f"{in_channels} (the input's channels), got {tuple(weight.shape)}")
+    if in_channels % groups != 0:
+        raise ValueError(f"groups={groups} must divide the input's {in_channels} channels")
+    if bias is None:
+        return
+    check_tensor("bias", bias, dims=(1,))
+    out_channels = weight.shape[1] * groups
+    if bias.shape[0] != out_channels:
+        raise ValueError(f"bias must have shape ({out_channels},) (the output's channels), got "
+                         f"{tuple(bias.shape)}")
+    if bias.dtype != input.dtype:
+        raise TypeError(f"bias must have the input's dtype {input.dtype}, got {bias.dtype}")
+    if bias.device != input.device:
+        raise ValueError(f"bias is on {bias.device} but input is on {input.device}")
+
+
+def _output_size(size, kernel, stride, padding, dilation, output_padding):
+    return (size - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1
+
+
+# --- fake kernels: output metadata for torch.compile and meta tensors -------------------------
+
+def _stored_channels_last(t):
+    """Mirrors stored_channels_last in csrc/cpu/conv_transpose2d_kernel.cpp: results take the
+    layout of the tensor they are shaped after."""
+    return not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+
+
+def _empty_in_layout_of(like, shape):
+    if _stored_channels_last(like):
+        n, c, h, w = shape
+        return like.new_empty((n, h, w, c)).permute(0, 3, 1, 2)
+    return like.new_empty(shape)
+
+
+def _register():
+    lib = "fastgan::"
+
+    @torch.library.register_fake(lib + "conv_transpose2d")
+    def _(input, weight, bias, stride, padding, output_padding, groups, dilation, activation,
+          negative_slope):
+        out_h, out_w = (_output_size(input.shape[2 + d], weight.shape[2 + d], stride[d],
+                                     padding[d], dilation[d], output_padding[d])
+                        for d in range(2))
+        shape = (input.shape[0], weight.shape[1] * groups, out_h, out_w)
+        return _empty_in_layout_of(input, shape)
+
+    @torch.library.register_fake(lib + "conv_transpose2d_backward")
+    def _(grad_output, input, weight, result, stride, padding, output_padding, groups, dilation,
+          activation, negative_slope, output_mask):
+        return (_empty_in_layout_of(input, input.shape) if output_mask[0]
+                else input.new_empty((0,)),
+                weight.new_empty(weight.shape) if output_mask[1] else input.new_empty((0,)),
+                input.new_empty((grad_output.shape[1],)) if output_mask[2]
+                else input.new_empty((0,)))
+
+    @torch.library.register_fake(lib + "conv_transpose2d_activation_double_backward")
+    def _(grad_preactivation, grad_output, result, activation, negative_slope, output_mask):
+        return tuple(_empty_in_layout_of(result, result.shape) if wanted
+                     else result.new_empty((0,)) for wanted in output_mask)
+
+    # --- autograd: forward -> backward op -> double backward from the same ops ---------------
+
+    def setup_forward(ctx, inputs, output):
+        input, weight, bias, *geometry, activation, negative_slope = inputs
+        ctx.save_for_backward(input, weight, output if activation != "none" else None)
+        ctx.geometry = geometry
+        ctx.activation = (activation, negative_slope)
+        ctx.has_bias = bias is not None
+
+    def backward_forward(ctx, grad_output):
+        input, weight, result = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        mask = [needs[0], needs[1], ctx.has_bias and needs[2]]
+        grads = _ops.conv_transpose2d_backward(grad_output, input, weight, result,
+                                               *ctx.geometry, *ctx.activation, mask)
+        return (*(g if wanted else None for g, wanted in zip(grads, mask)),
+                *[None] * (len(ctx.geometry) + 2))
+
+    torch.library.register_autograd(lib + "conv_transpose2d", backward_forward,
+                                    setup_context=setup_forward)
+
+    def setup_backward(ctx, inputs, output):
+        grad_output, input, weight, result, *geometry, activation, negative_slope, mask = inputs
+        ctx.save_for_backward(grad_output, input, weight, result)
+        ctx.geometry = geometry
+        ctx.activation = (activation, negative_slope)
+        ctx.mask = mask
+
+    def backward_backward(ctx, grad_grad_input, grad_grad_weight, grad_grad_bias):
+        """The backward is linear in g = grad_output * activation'(result) and, given g, in
+        weight (grad_input) and input (grad_weight). So the upstream gradients reach g as the
+        forward's tangent G = conv_transpose2d(ggi, weight) + conv_transpose2d(input, ggw) + ggb,
+        reach input and weight through the backward op with the roles swapped, and reach
+        grad_output and result through activation'."""
+        grad_output, input, weight, result = ctx.saved_tensors
+        ggi, ggw, ggb = (g if wanted else None for g, wanted in
+                         zip((grad_grad_input, grad_grad_weight, grad_grad_bias), ctx.mask))
+        needs = ctx.needs_input_grad
+        activation, negative_slope = ctx.activation
+        args = (*ctx.geometry, activation, negative_slope)
+        linear = (*ctx.geometry, "none", 0.0)
+
+        grad_grad_output = grad_result = grad_input = grad_weight = None
+        want_result = needs[3] and activation == "tanh"
+        if (needs[0] or want_result) and any(g is not None for g in (ggi, ggw, ggb)):
+            terms = []
+            if ggi is not None:
+                terms.append(_ops.conv_transpose2d(ggi, weight, ggb, *linear))
+            if ggw is not None:
+                terms.append(_ops.conv_transpose2d(input, ggw, None if terms else ggb, *linear))
+            tangent = (sum(terms[1:], terms[0]) if terms
+                       else ggb.view(1, -1, 1, 1).expand(grad_output.shape))
+            if activation == "none":
+                grad_grad_output = tangent
+            else:
+                grad_grad_output, grad_result = _ops.conv_transpose2d_activation_double_backward(
+                    tangent, grad_output, result, activation, negative_slope,
+                    [needs[0], want_result])
+        if needs[1] and ggw is not None:
+            grad_input = _ops.conv_transpose2d_backward(grad_output, input, ggw, result, *args,
+                                                        [True, False, False])[0]
+        if needs[2] and ggi is not None:
+            grad_weight = _ops.conv_transpose2d_backward(grad_output, ggi, weight, result, *args,
+                                                         [False, True, False])[1]
+        return (grad_grad_output if needs[0] else None, grad_input, grad_weight,
+                grad_result if want_result else None, *[None] * (len(ctx.geometry) + 3))
+
+    torch.library.register_autograd(lib + "conv_transpose2d_backward", backward_backward,
+                                    setup_context=setup_backward)
+
+    def third_order(ctx, *grads):
+        raise NotImplementedError("third-order gradients of conv_transpose2d with a fused "
+                                  "activation are not implemented")
+
+    torch.library.register_autograd(lib + "conv_transpose2d_activation_double_backward",
+                                    third_order)
+
+
+if _ops is not None:
+    _register()

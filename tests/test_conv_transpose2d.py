@@ -1,0 +1,357 @@
+"""fastgan.ops.conv_transpose2d and fastgan.nn.ConvTranspose2d against torch."""
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.autograd import gradcheck, gradgradcheck
+
+import fastgan
+from fastgan import _reference
+from conftest import DEVICES, assert_close, make_input
+
+conv_t = fastgan.ops.conv_transpose2d
+ACTIVATIONS = [None, "relu", "leaky_relu", "tanh"]
+
+# (C_in, C_out, kernel, stride, padding, output_padding, groups, dilation, (H, W))
+CASES = {
+    "stride1": (3, 5, 3, 1, 0, 0, 1, 1, (5, 4)),
+    "dcgan": (4, 6, 4, 2, 1, 0, 1, 1, (4, 5)),
+    "dcgan_first": (5, 8, 4, 1, 0, 0, 1, 1, (1, 1)),
+    "non_square": (4, 6, (3, 2), (2, 3), (1, 0), (1, 2), 2, 1, (4, 3)),
+    "dilated": (6, 4, 3, 3, 2, (2, 0), 2, (2, 1), (3, 4)),
+    "output_padding_below_dilation": (2, 3, (1, 3), 2, 0, 2, 1, 3, (3, 3)),
+    "grouped": (8, 8, 2, 2, 0, 0, 4, 1, (3, 3)),
+    "three_outputs": (5, 3, 4, 2, 1, 0, 1, 1, (6, 6)),
+}
+
+# Few channels: the numerical Jacobians cost one evaluation per input and parameter element.
+GRAD_CASES = {
+    "dcgan": (2, 2, 4, 2, 1, 0, 1, 1, (3, 2)),
+    "dcgan_first": (3, 2, 4, 1, 0, 0, 1, 1, (1, 1)),
+    "grouped_dilated": (4, 2, (3, 2), (2, 1), 1, (1, 0), 2, (2, 1), (2, 3)),
+}
+
+
+def make_operands(case, batch, dtype, device="cpu", layout="contiguous", bias=True, seed=0):
+    c_in, c_out, kernel, *_, groups, _, (h, w) = case
+    kernel = kernel if isinstance(kernel, tuple) else (kernel, kernel)
+    x = make_input((batch, c_in, h, w), dtype, device, layout, seed=seed)
+    weight = make_input((c_in, c_out // groups, *kernel), dtype, device, seed=seed + 1)
+    b = make_input((c_out,), dtype, device, seed=seed + 2) if bias else None
+    return x, weight, b
+
+
+def hyper(case, activation, negative_slope=0.2):
+    stride, padding, output_padding, groups, dilation = case[3:8]
+    return dict(stride=stride, padding=padding, output_padding=output_padding, groups=groups,
+                dilation=dilation, activation=activation, negative_slope=negative_slope)
+
+
+def output_and_grads(fn, x, weight, bias, kwargs, seed=5):
+    """Output and the gradients of (input, weight, bias) for a random upstream gradient."""
+    leaves = [t.detach().clone().requires_grad_() if t is not None else None
+              for t in (x, weight, bias)]
+    out = fn(*leaves, **kwargs)
+    upstream = make_input(out.shape, torch.float64, out.device, seed=seed).to(out.dtype)
+    present = [t for t in leaves if t is not None]
+    return out, torch.autograd.grad(out, present, upstream)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "non_contiguous"])
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_matches_torch(device, dtype, layout, activation, bias, case):
+    x, weight, b = make_operands(case, 3, dtype, device, layout, bias)
+    out, grads = output_and_grads(conv_t, x, weight, b, hyper(case, activation))
+    # The reference in float64 from the same values.
+    expected, expected_grads = output_and_grads(
+        _reference.conv_transpose2d, x.double(), weight.double(),
+        b.double() if b is not None else None, hyper(case, activation))
+    assert out.dtype == dtype
+    assert_close(out, expected, dtype, scale=10)
+    for actual, reference in zip(grads, expected_grads):
+        assert_close(actual, reference, dtype, scale=10)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("batch", [0, 1, 17])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("activation", ["tanh", "leaky_relu"])
+def test_batch_sizes(device, batch, layout, activation):
+    """Empty, single and odd batches; 17 images of 16x16 run as several blocks of images."""
+    case = (3, 4, 4, 2, 1, 0, 1, 1, (16, 16))
+    x, weight, b = make_operands(case, batch, torch.float64, device, layout)
+    out, grads = output_and_grads(conv_t, x, weight, b, hyper(case, activation))
+    expected, expected_grads = output_and_grads(_reference.conv_transpose2d, x, weight, b,
+                                                hyper(case, activation))
+    assert out.shape == expected.shape
+    assert_close(out, expected)
+    for actual, reference in zip(grads, expected_grads):
+        assert_close(actual, reference)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("negative_slope", [0.0, 1.0, -0.5])
+def test_leaky_relu_slopes(device, negative_slope):
+    """slope 0 is relu; a negative slope (sign of the output ambiguous) runs the activation
+    unfused."""
+    case = GRAD_CASES["dcgan"]
+    x, weight, b = make_operands(case, 2, torch.float64, device)
+    kwargs = hyper(case, "leaky_relu", negative_slope)
+    out, grads = output_and_grads(conv_t, x, weight, b, kwargs)
+    expected, expected_grads = output_and_grads(_reference.conv_transpose2d, x, weight, b, kwargs)
+    assert_close(out, expected)
+    for actual, reference in zip(grads, expected_grads):
+        assert_close(actual, reference)
+    leaves = [t.requires_grad_() for t in (x, weight, b)]
+    assert gradgradcheck(lambda *args: conv_t(*args, **kwargs), leaves)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_unbatched_input(device):
+    case = CASES["non_square"]
+    x, weight, b = make_operands(case, 1, torch.float64, device)
+    out = conv_t(x[0], weight, b, **hyper(case, "tanh"))
+    assert out.dim() == 3
+    assert_close(out, _reference.conv_transpose2d(x, weight, b, **hyper(case, "tanh"))[0])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_layout_is_preserved(device):
+    case = CASES["dcgan"]
+    x, weight, b = make_operands(case, 2, torch.float32, device, "channels_last")
+    x.requires_grad_()
+    out = conv_t(x, weight, b, **hyper(case, "relu"))
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    (grad,) = torch.autograd.grad(out.sum(), x)
+    assert grad.is_contiguous(memory_format=torch.channels_last)
+    assert conv_t(x.contiguous(), weight, b, **hyper(case, "relu")).is_contiguous()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("case_name, layout", [
+    ("dcgan", "contiguous"), ("dcgan", "channels_last"), ("dcgan_first", "contiguous"),
+    ("grouped_dilated", "non_contiguous")])
+def test_gradcheck_and_gradgradcheck(device, activation, case_name, layout):
+    case = GRAD_CASES[case_name]
+    x, weight, b = make_operands(case, 2, torch.float64, device, layout)
+    leaves = [t.requires_grad_() for t in (x, weight, b)]
+
+    def fn(*args):
+        return conv_t(*args, **hyper(case, activation))
+
+    assert gradcheck(fn, leaves)
+    assert gradgradcheck(fn, leaves)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_gradient_penalty_pattern_matches_torch(device, activation):
+    """Input gradient with create_graph=True, then backward through its squared norm (the R1
+    pattern) and through a weight-gradient term: every first-order input of the backward gets
+    a gradient."""
+    case = CASES["dcgan"]
+
+    def penalty_grads(fn):
+        x, weight, b = (t.requires_grad_() for t in make_operands(case, 3, torch.float64, device))
+        out = fn(x, weight, b, **hyper(case, activation))
+        score = (out * make_input(out.shape, torch.float64, device, seed=9)).sum()
+        grad_x, grad_w = torch.autograd.grad(score, (x, weight), create_graph=True)
+        (grad_x.square().sum() + grad_w.square().sum()).backward()
+        return x.grad, weight.grad, b.grad
+
+    for actual, expected in zip(penalty_grads(conv_t),
+                                penalty_grads(_reference.conv_transpose2d)):
+        assert_close(actual, expected)
+
+
+def test_deterministic():
+    case = (3, 4, 4, 2, 1, 0, 1, 1, (16, 16))
+    x, weight, b = make_operands(case, 17, torch.float32, "cpu", "channels_last")
+    first = output_and_grads(conv_t, x, weight, b, hyper(case, "tanh"))
+    second = output_and_grads(conv_t, x, weight, b, hyper(case, "tanh"))
+    assert torch.equal(first[0], second[0])
+    assert all(torch.equal(a, b) for a, b in zip(first[1], second[1]))
+
+
+def test_header_geometry_matches_torch():
+    """Output sizes from csrc/conv_transpose2d.h agree with torch over odd combinations."""
+    for case in CASES.values():
+        x, weight, b = make_operands(case, 1, torch.float64)
+        kwargs = hyper(case, None)
+        kwargs.pop("activation"), kwargs.pop("negative_slope")
+        assert (torch.ops.fastgan.conv_transpose2d(x, weight, b, *_op_geometry(case), "none", 0.0)
+                .shape == F.conv_transpose2d(x, weight, b, **kwargs).shape)
+
+
+def _op_geometry(case):
+    """stride, padding, output_padding, groups, dilation as the op schema takes them."""
+    def pair(v):
+        return list(v) if isinstance(v, tuple) else [v, v]
+    stride, padding, output_padding, groups, dilation = case[3:8]
+    return pair(stride), pair(padding), pair(output_padding), groups, pair(dilation)
+
+
+# --- module ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("activation, torch_activation", [
+    (None, nn.Identity()), ("relu", nn.ReLU()), ("leaky_relu", nn.LeakyReLU(0.1)),
+    ("tanh", nn.Tanh())], ids=str)
+def test_module_matches_torch(device, activation, torch_activation):
+    kwargs = dict(stride=2, padding=1, output_padding=1, groups=2, dilation=1)
+    torch.manual_seed(0)
+    reference = nn.ConvTranspose2d(4, 6, 3, **kwargs).double().to(device)
+    torch.manual_seed(0)
+    fused = fastgan.nn.ConvTranspose2d(4, 6, 3, **kwargs, activation=activation,
+                                       negative_slope=0.1).double().to(device)
+    # Same initialization from the same seed, and interchangeable state_dicts.
+    assert fused.state_dict().keys() == reference.state_dict().keys()
+    for name, tensor in reference.state_dict().items():
+        assert torch.equal(fused.state_dict()[name], tensor), name
+    x = torch.randn(3, 4, 5, 5, dtype=torch.float64, device=device)
+    x_ref, x_fused = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out_ref = torch_activation(reference(x_ref, output_size=(10, 10)))
+    out = fused(x_fused, output_size=(10, 10))
+    assert out.shape == (3, 6, 10, 10)
+    torch.testing.assert_close(out, out_ref)
+    out_ref.square().sum().backward()
+    out.square().sum().backward()
+    torch.testing.assert_close(x_fused.grad, x_ref.grad)
+    torch.testing.assert_close(fused.weight.grad, reference.weight.grad)
+    torch.testing.assert_close(fused.bias.grad, reference.bias.grad)
+    torch.testing.assert_close(fused(x[0]), torch_activation(reference(x[0])))
+
+
+def test_module_state_dict_repr_and_copy():
+    torch_module = nn.ConvTranspose2d(8, 4, 4, 2, 1, bias=False)
+    fused = fastgan.nn.ConvTranspose2d(8, 4, 4, 2, 1, bias=False, activation="tanh")
+    fused.load_state_dict(torch_module.state_dict())
+    nn.ConvTranspose2d(8, 4, 4, 2, 1, bias=False).load_state_dict(fused.state_dict())
+    assert "activation='tanh'" in repr(fused) and "bias=False" in repr(fused)
+    assert "negative_slope=0.3" in repr(fastgan.nn.ConvTranspose2d(2, 2, 1, activation="leaky_relu",
+                                                                   negative_slope=0.3))
+    assert repr(fastgan.nn.ConvTranspose2d(2, 2, 1)) == repr(nn.ConvTranspose2d(2, 2, 1))
+    clone = copy.deepcopy(fused)
+    assert torch.equal(clone.weight, fused.weight) and clone.activation == "tanh"
+
+
+def test_module_errors():
+    with pytest.raises(ValueError, match="activation"):
+        fastgan.nn.ConvTranspose2d(2, 2, 1, activation="gelu")
+    with pytest.raises(ValueError, match="padding mode"):
+        fastgan.nn.ConvTranspose2d(2, 2, 3, padding_mode="reflect")(torch.randn(1, 2, 3, 3))
+
+
+# --- bad input ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(stride=0), ValueError, "stride"),
+    (dict(stride=(1, 0)), ValueError, "stride"),
+    (dict(stride=1.5), TypeError, "stride"),
+    (dict(padding=-1), ValueError, "padding"),
+    (dict(dilation=0), ValueError, "dilation"),
+    (dict(output_padding=-1), ValueError, "output_padding"),
+    (dict(stride=2, output_padding=2), ValueError, "output_padding"),
+    (dict(stride=2, dilation=2, output_padding=(0, 2)), ValueError, "output_padding"),
+    (dict(groups=0), ValueError, "groups"),
+    (dict(groups=3), ValueError, "groups"),
+    (dict(activation="gelu"), ValueError, "activation"),
+    (dict(activation=F.relu), TypeError, "activation"),
+    (dict(negative_slope="0.2"), TypeError, "negative_slope"),
+    (dict(padding=3), ValueError, "output would have size"),
+], ids=str)
+def test_errors_name_the_argument(kwargs, error, match):
+    x, weight = torch.randn(2, 4, 3, 3), torch.randn(4, 2, 3, 3)
+    with pytest.raises(error, match=match):
+        conv_t(x, weight, **kwargs)
+
+
+def test_operand_errors_name_the_argument():
+    x, weight = torch.randn(2, 4, 3, 3), torch.randn(4, 2, 3, 3)
+    with pytest.raises(ValueError, match="input"):
+        conv_t(torch.randn(2, 4, 3), weight)
+    with pytest.raises(TypeError, match="input"):
+        conv_t(x.long(), weight)
+    with pytest.raises(ValueError, match="weight"):
+        conv_t(x, torch.randn(4, 2, 3))
+    with pytest.raises(ValueError, match="weight"):
+        conv_t(x, torch.randn(3, 2, 3, 3))
+    with pytest.raises(TypeError, match="weight"):
+        conv_t(x, weight.double())
+    with pytest.raises(ValueError, match="bias"):
+        conv_t(x, weight, torch.randn(3))
+    with pytest.raises(ValueError, match="bias"):
+        conv_t(x, weight, torch.randn(2, 1))
+    with pytest.raises(TypeError, match="bias"):
+        conv_t(x, weight, torch.randn(2).double())
+
+
+def test_ops_check_their_arguments():
+    """The C++ checks, the second line behind the Python validation."""
+    ops = torch.ops.fastgan
+    x, weight = torch.randn(2, 4, 3, 3), torch.randn(4, 2, 3, 3)
+    geometry = ([1, 1], [0, 0], [0, 0], 1, [1, 1])
+    with pytest.raises(RuntimeError, match="stride must be >= 1"):
+        ops.conv_transpose2d(x, weight, None, [0, 1], [0, 0], [0, 0], 1, [1, 1], "none", 0.0)
+    with pytest.raises(RuntimeError, match="output_padding must be smaller"):
+        ops.conv_transpose2d(x, weight, None, [1, 1], [0, 0], [1, 0], 1, [1, 1], "none", 0.0)
+    with pytest.raises(RuntimeError, match="activation must be one of"):
+        ops.conv_transpose2d(x, weight, None, *geometry, "gelu", 0.0)
+    with pytest.raises(RuntimeError, match="negative_slope >= 0"):
+        ops.conv_transpose2d(x, weight, None, *geometry, "leaky_relu", -0.1)
+    with pytest.raises(RuntimeError, match="groups=3 must divide"):
+        ops.conv_transpose2d(x, torch.randn(4, 1, 3, 3), None, [1, 1], [0, 0], [0, 0], 3,
+                             [1, 1], "none", 0.0)
+    with pytest.raises(RuntimeError, match="float32 and float64"):
+        ops.conv_transpose2d(x.half(), weight.half(), None, *geometry, "none", 0.0)
+    with pytest.raises(RuntimeError, match="grad_output must have the output's shape"):
+        ops.conv_transpose2d_backward(torch.randn(2, 2, 4, 4), x, weight, None, *geometry,
+                                      "none", 0.0, [True, True, False])
+    with pytest.raises(RuntimeError, match="result .* is required"):
+        ops.conv_transpose2d_backward(torch.randn(2, 2, 5, 5), x, weight, None, *geometry,
+                                      "tanh", 0.0, [True, True, False])
+
+
+# --- torch.library ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "non_contiguous"])
+@pytest.mark.parametrize("activation", ["none", "tanh"])
+def test_opcheck(device, layout, activation):
+    case = CASES["non_square"]
+    x, weight, b = make_operands(case, 2, torch.float64, device, layout)
+    geometry = _op_geometry(case)
+    ops = torch.ops.fastgan
+    out = ops.conv_transpose2d(x, weight, b, *geometry, activation, 0.2)
+    go = make_input(out.shape, torch.float64, device, layout, seed=7)
+    result = out if activation != "none" else None
+    grad = [t.clone().requires_grad_() for t in (x, weight, b, go)]
+    cases = [
+        (ops.conv_transpose2d, (grad[0], grad[1], grad[2], *geometry, activation, 0.2)),
+        (ops.conv_transpose2d_backward, (grad[3], grad[0], grad[1], result, *geometry, activation,
+                                         0.2, [True, True, True])),
+        (ops.conv_transpose2d_backward, (go, x, weight, result, *geometry, activation, 0.2,
+                                         [False, True, False])),
+    ]
+    if activation != "none":
+        cases.append((ops.conv_transpose2d_activation_double_backward,
+                      (go * 0.5, go, out, activation, 0.2, [True, True])))
+    for op, args in cases:
+        torch.library.opcheck(op, args)
+
+
+def test_third_order_raises():
+    case = CASES["dcgan"]
+    x, weight, b = (t.requires_grad_() for t in make_operands(case, 2, torch.float64))
+    out = conv_t(x, weight, b, **hyper(case, "tanh"))
+    (g,) = torch.autograd.grad(out.square().sum(), x, create_graph=True)
+    (gg,) = torch.autograd.grad(g.square().sum(), x, create_graph=True)
+    with pytest.raises(NotImplementedError, match="third-order"):
+        torch.autograd.grad(gg.sum(), x)
