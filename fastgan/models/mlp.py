@@ -35,18 +35,20 @@ class MLPGenerator(nn.Module):
 
 
 class MLPDiscriminator(nn.Module):
-    """samples (N, in_features) -> logits (N,): `layers` hidden Linear+LeakyReLU(0.2) layers,
-    all but the first with BatchNorm (as in DCGAN's discriminator)."""
+    """samples (N, in_features) -> logits (N,): `layers` hidden Linear+LeakyReLU(0.2) layers;
+    with batch_norm, all but the first have BatchNorm (as in DCGAN's discriminator)."""
 
-    def __init__(self, in_features=2, hidden=200, layers=3):
+    def __init__(self, in_features=2, hidden=200, layers=3, batch_norm=True):
         super().__init__()
         self.config = {"in_features": check_int("in_features", in_features, minimum=1),
                        "hidden": check_int("hidden", hidden, minimum=1),
-                       "layers": check_int("layers", layers, minimum=1)}
+                       "layers": check_int("layers", layers, minimum=1),
+                       "batch_norm": bool(batch_norm)}
         self.in_features = in_features
         blocks = [nn.Linear(in_features, hidden), nn.LeakyReLU(0.2)]
         for _ in range(layers - 1):
-            blocks += [nn.Linear(hidden, hidden, bias=False), batch_norm_leaky_relu1d(hidden)]
+            blocks += ([nn.Linear(hidden, hidden, bias=False), batch_norm_leaky_relu1d(hidden)]
+                       if batch_norm else [nn.Linear(hidden, hidden), nn.LeakyReLU(0.2)])
         blocks.append(nn.Linear(hidden, 1))
         self.net = nn.Sequential(*blocks)
         init_dcgan_weights(self)
