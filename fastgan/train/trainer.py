@@ -27,6 +27,7 @@ CHECKPOINT_FORMAT = 1
 CHECKPOINT_NAME = "checkpoint.pt"
 _GRID_SAMPLES = 64      # images in a sample grid
 _SCATTER_SAMPLES = 2000  # points in a 2D scatter plot
+_CALIBRATION_BATCHES, _CALIBRATION_BATCH = 4, 256  # for the EMA generator's BatchNorm statistics
 
 
 def resolve_device(device):
@@ -146,6 +147,7 @@ class Trainer:
         self._batches = None
         self._data_state = None
         self._interrupted = False
+        self._ema_calibrated_step = None
         self.latest_samples_path = None  # the newest picture of samples, once fit wrote one
 
     # --- training ---------------------------------------------------------------------------
@@ -216,8 +218,6 @@ class Trainer:
         decay = self.config["ema_decay"]
         for average, current in zip(self.ema.parameters(), self.generator.parameters()):
             average.lerp_(current, 1 - decay)
-        for average, current in zip(self.ema.buffers(), self.generator.buffers()):
-            average.copy_(current)  # BatchNorm statistics follow the live generator
 
     def _train_step(self):
         metrics = {}
@@ -382,7 +382,8 @@ class Trainer:
         folder = os.path.join(self.out_dir, "samples")
         os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, f"step_{self.step:06d}.png")
-        images = self._generate(self._fixed_noise[:_GRID_SAMPLES], self._fixed_labels(_GRID_SAMPLES))
+        images = self._generate(self._fixed_noise[:_GRID_SAMPLES],
+                                self._fixed_labels(_GRID_SAMPLES))
         if images.dim() == 4:
             save_image_grid(images, path)
         elif images.shape[1:] == (2,):
@@ -399,7 +400,34 @@ class Trainer:
         return torch.arange(n) % num_classes if num_classes else None
 
     @torch.no_grad()
+    def _recalibrate_ema(self):
+        """Averaged weights need BatchNorm statistics of their own (the live generator's do not
+        fit them, as in SWA): re-estimated from fixed noise, once per step that samples."""
+        norms = [m for m in self.ema.modules()
+                 if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+        if not norms or self._ema_calibrated_step == self.step:
+            return
+        momenta = [m.momentum for m in norms]
+        for norm in norms:
+            norm.reset_running_stats()
+            norm.momentum = None  # a cumulative average over the calibration batches
+        self.ema.train()
+        noise = torch.randn(_CALIBRATION_BATCHES, _CALIBRATION_BATCH, self.generator.z_dim,
+                            generator=torch.Generator().manual_seed(self.config["seed"] + 3))
+        labels = self._fixed_labels(_CALIBRATION_BATCH)
+        condition = () if labels is None else (labels.to(self.device),)
+        with self._autocast():
+            for batch in noise:
+                self.ema(batch.to(self.device), *condition)
+        for norm, momentum in zip(norms, momenta):
+            norm.momentum = momentum
+        self.ema.eval()
+        self._ema_calibrated_step = self.step
+
+    @torch.no_grad()
     def _generate(self, noise, labels):
+        if self.ema is not None:
+            self._recalibrate_ema()
         model = self.ema if self.ema is not None else self.generator
         was_training = model.training
         model.eval()
@@ -459,6 +487,7 @@ class Trainer:
         _set_rng_state(state["rng"])
         self._sample_generator.set_state(state["sample_rng"])
         self.step = state["step"]
+        self._ema_calibrated_step = None
         self.history = list(state["history"])
         self._data_state = state["data"]
         self._batches = None
