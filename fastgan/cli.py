@@ -115,8 +115,8 @@ def _train(args):
                "samples": trainer.latest_samples_path,
                "losses": os.path.join(out, "losses.png"),
                "metrics": os.path.join(out, "metrics.jsonl")}
-    if evaluate is not None:
-        summary["evaluation"] = evaluate(trainer)
+    if trainer.last_evaluation is not None:
+        summary["evaluation"] = trainer.last_evaluation
     print(json.dumps(summary, indent=2))
     print(f"sample images: {trainer.latest_samples_path}")
     return 0
@@ -189,8 +189,8 @@ def build_parser():
     sample.add_argument("--device", default="auto")
     sample.set_defaults(run=_sample)
 
-    bench = commands.add_parser("bench", help="run benchmarks/run.py (arguments pass through)")
-    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
+    bench = commands.add_parser("bench", add_help=False,
+                                help="run benchmarks/run.py (arguments pass through)")
     bench.set_defaults(run=_bench)
 
     commands.add_parser("info", help="show the version and which kernels are active").set_defaults(
@@ -200,7 +200,11 @@ def build_parser():
 
 def main(argv=None):
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "bench":
+        args.bench_args = extra  # everything after `bench` belongs to benchmarks/run.py
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.run(args)
     except ValueError as error:

@@ -149,6 +149,7 @@ class Trainer:
         self._interrupted = False
         self._ema_calibrated_step = None
         self.latest_samples_path = None  # the newest picture of samples, once fit wrote one
+        self.last_evaluation = None  # what fit's `evaluate` returned last
 
     # --- training ---------------------------------------------------------------------------
 
@@ -309,7 +310,9 @@ class Trainer:
                 if sample_every and self.step % sample_every == 0 or last:
                     self._write_pictures(modes)
                     if evaluate is not None:
-                        self._log({"step": self.step, **evaluate(self)}, writer, history=False)
+                        self.last_evaluation = evaluate(self)
+                        self._log({"step": self.step, **self.last_evaluation}, writer,
+                                  history=False)
                 if checkpoint_every and self.step % checkpoint_every == 0 or last:
                     self._save_checkpoint()
                 if self._interrupted:
