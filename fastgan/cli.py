@@ -52,8 +52,8 @@ def _build(args, recipe):
                     "smallest_mode_share": min(coverage["counts"]) * len(means)
                     / EVALUATION_SAMPLES}
 
-        return (data, fastgan.models.MLPGenerator(), fastgan.models.MLPDiscriminator(
-            batch_norm=False), evaluate, means)
+        models = fastgan.models.MLPGenerator(), fastgan.models.MLPDiscriminator()
+        return (data, *models, evaluate, means)
     image_size = recipe["image_size"] if args.image_size is None else args.image_size
     if kind == "digits":
         if args.channels not in (None, 1):

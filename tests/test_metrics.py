@@ -16,9 +16,10 @@ def test_mode_coverage_counts_high_quality_samples():
     assert result["counts"] == [6, 2]
     assert result["high_quality"] == pytest.approx(0.8)
     assert result["modes"] == 2  # fair share 5: 2 >= 20% of it
-    starved = metrics.mode_coverage(samples[:-4].clone().index_fill_(0, torch.tensor([0]), 10),
-                                    means, std=0.1, min_share=0.5)
-    assert starved["counts"] == [5, 0] and starved["modes"] == 1
+    # 4 of 5 at the first mode, 1 at the second: fair share 2.5, so min_share 0.5 needs 1.25
+    lopsided = torch.tensor([[0.0, 0.0]] * 4 + [[10.0, 0.0]])
+    result = metrics.mode_coverage(lopsided, means, std=0.1, min_share=0.5)
+    assert result["counts"] == [4, 1] and result["modes"] == 1
 
 
 def test_mode_coverage_of_real_ring_data():

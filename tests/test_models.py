@@ -23,7 +23,8 @@ def test_dcgan_shapes(image_size, channels):
 def test_dcgan_layers_are_fastgans_fused_modules():
     generator = DCGANGenerator(z_dim=8, out_channels=1, image_size=32, base_channels=4)
     discriminator = DCGANDiscriminator(in_channels=1, image_size=32, base_channels=4)
-    g_norms = [m for m in generator.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    g_norms = [m for m in generator.modules()
+               if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     d_norms = [m for m in discriminator.modules()
                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     assert g_norms and all(isinstance(m, BatchNormLeakyReLU2d) and m.negative_slope == 0
@@ -86,13 +87,13 @@ def test_discriminator_rejects_bad_arguments_and_inputs():
 
 def test_mlp_shapes_and_layers():
     generator = MLPGenerator(z_dim=3, out_features=2, hidden=16, layers=2)
-    discriminator = MLPDiscriminator(in_features=2, hidden=8, layers=3)
+    discriminator = MLPDiscriminator(in_features=2, hidden=8, layers=3, batch_norm=True)
     samples = generator(torch.randn(5, 3))
     assert samples.shape == (5, 2)
     assert discriminator(samples).shape == (5,)
     assert sum(isinstance(m, BatchNormLeakyReLU1d) for m in generator.modules()) == 2
     assert sum(isinstance(m, BatchNormLeakyReLU1d) for m in discriminator.modules()) == 2
-    plain = MLPDiscriminator(hidden=8, layers=3, batch_norm=False)
+    plain = MLPDiscriminator(hidden=8, layers=3)
     assert not any(isinstance(m, BatchNormLeakyReLU1d) for m in plain.modules())
     with pytest.raises(ValueError, match="z must have shape"):
         generator(torch.randn(5, 2))

@@ -1,9 +1,7 @@
 """fastgan.Trainer: the DCGAN training recipe (alternating Adam updates of D and G) with R1,
 EMA, AMP, logging, sample pictures and exactly resumable, atomic checkpoints."""
-import contextlib
 import copy
 import json
-import math
 import os
 import random
 import signal
