@@ -9,16 +9,17 @@ import torch
 
 import fastgan
 
-# Defaults per dataset: recipes that reach the quality targets in the README on a 2-core CPU.
+# Defaults per dataset, tuned on a (shared) 2-core CPU: see the measured results in the report
+# of issue 10 (lr is both G's and D's; 2D data uses fastgan's MLPs, images DCGAN).
 RECIPES = {
-    "ring": {"steps": 8000, "batch_size": 256, "loss": "non_saturating", "r1_gamma": 0.1,
-             "ema": 0.999, "lr": 1e-3},
-    "grid": {"steps": 8000, "batch_size": 256, "loss": "non_saturating", "r1_gamma": 0.1,
-             "ema": 0.999, "lr": 1e-3},
-    "digits": {"steps": 3000, "batch_size": 64, "loss": "non_saturating", "r1_gamma": 0.0,
-               "ema": 0.999, "lr": 2e-4, "image_size": 32},
+    "ring": {"steps": 14000, "batch_size": 256, "loss": "non_saturating", "r1_gamma": 0.01,
+             "r1_interval": 4, "ema": 0.9995, "lr": 1e-3},
+    "grid": {"steps": 16000, "batch_size": 512, "loss": "non_saturating", "r1_gamma": 0.05,
+             "r1_interval": 4, "ema": 0.999, "lr": 1e-3},
+    "digits": {"steps": 8000, "batch_size": 64, "loss": "non_saturating", "r1_gamma": 0.0,
+               "r1_interval": 16, "ema": 0.999, "lr": 2e-4, "image_size": 32},
     "folder": {"steps": 20000, "batch_size": 64, "loss": "non_saturating", "r1_gamma": 0.0,
-               "ema": 0.999, "lr": 2e-4, "image_size": 64},
+               "r1_interval": 16, "ema": 0.999, "lr": 2e-4, "image_size": 64},
 }
 MIXTURE_SAMPLES = 100_000  # the fixed training set drawn from a 2D mixture
 EVALUATION_SAMPLES = 2500  # as in PacGAN's mode-coverage tables
@@ -97,6 +98,7 @@ def _train(args):
         trainer = fastgan.Trainer(
             generator, discriminator, loss=args.loss or recipe["loss"],
             r1_gamma=recipe["r1_gamma"] if args.r1_gamma is None else args.r1_gamma,
+            r1_interval=recipe["r1_interval"],
             lr_g=recipe["lr"], lr_d=recipe["lr"], ema_decay=ema or None, device=args.device,
             amp=args.amp, out_dir=out, seed=args.seed)
     print(f"training on {args.data} for {steps} steps (batch {batch_size}) on "
