@@ -11,8 +11,9 @@ export MAX_JOBS
 
 .PHONY: demo test bench cuda-check build clean
 
+# Trains DCGAN on scikit-learn's bundled digits (no download) and prints where the images are.
 demo: build
-	$(PY) -m fastgan info
+	$(PY) -m fastgan train --data digits --out runs/digits
 
 test: build
 	$(PY) -m pytest -ra tests

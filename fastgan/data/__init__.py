@@ -1,0 +1,7 @@
+"""Datasets: scikit-learn's digits, PacGAN's 2D Gaussian mixtures and folders of images."""
+from fastgan.data.images import DIGITS_CLASSES, ImageFolder, digits
+from fastgan.data.mixtures import (gaussian_grid, gaussian_ring, grid_means, ring_means,
+                                   sample_mixture)
+
+__all__ = ["digits", "ImageFolder", "DIGITS_CLASSES", "gaussian_ring", "gaussian_grid",
+           "ring_means", "grid_means", "sample_mixture"]

@@ -1,0 +1,5 @@
+"""Training: fastgan.Trainer and its pieces (R1, atomic checkpoints, pictures)."""
+from fastgan.train.regularization import lazy_adam_settings, r1_penalty
+from fastgan.train.trainer import Trainer
+
+__all__ = ["Trainer", "r1_penalty", "lazy_adam_settings"]

@@ -1,0 +1,55 @@
+"""Training pictures: sample grids, 2D scatter plots with the true modes, loss curves."""
+import math
+import os
+
+import numpy as np
+import torch
+
+
+def save_image_grid(images, path, padding=2):
+    """(N, C, H, W) images in [-1, 1] tiled into a square-ish grid, saved as PNG."""
+    from PIL import Image
+
+    count, channels, height, width = images.shape
+    columns = math.ceil(math.sqrt(count))
+    rows = math.ceil(count / columns)
+    grid = torch.full((channels, rows * (height + padding) + padding,
+                       columns * (width + padding) + padding), -1.0)
+    for index, image in enumerate(images.float().cpu()):
+        top = padding + (index // columns) * (height + padding)
+        left = padding + (index % columns) * (width + padding)
+        grid[:, top:top + height, left:left + width] = image
+    pixels = grid.clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    Image.fromarray(pixels[:, :, 0] if channels == 1 else pixels).save(path)
+
+
+def save_scatter(points, path, modes=None):
+    """2D samples as a scatter plot, with the true mode centres marked when given."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(5, 5))
+    axes = figure.add_subplot()
+    points = points.float().cpu().numpy()
+    axes.scatter(points[:, 0], points[:, 1], s=2, alpha=0.4, label="samples")
+    if modes is not None:
+        modes = modes.float().cpu().numpy()
+        axes.scatter(modes[:, 0], modes[:, 1], marker="x", color="red", s=40, label="modes")
+        axes.legend(loc="upper right")
+    axes.set_aspect("equal")
+    figure.savefig(path, dpi=100)
+
+
+def save_loss_plot(history, path):
+    """The logged D and G losses against the step."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6, 4))
+    axes = figure.add_subplot()
+    steps = np.array([entry["step"] for entry in history])
+    for key, label in (("d_loss", "D loss"), ("g_loss", "G loss")):
+        axes.plot(steps, [entry[key] for entry in history], label=label)
+    axes.set_xlabel("step")
+    axes.legend()
+    figure.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    figure.savefig(path, dpi=100)

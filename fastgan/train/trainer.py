@@ -1,0 +1,523 @@
+"""fastgan.Trainer: the DCGAN training recipe (alternating Adam updates of D and G) with R1,
+EMA, AMP, logging, sample pictures and exactly resumable, atomic checkpoints."""
+import copy
+import json
+import os
+import random
+import signal
+import threading
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from fastgan import losses
+from fastgan.models import REGISTRY
+from fastgan.models._checks import check_choice, check_int
+from fastgan.ops._checks import check_number
+from fastgan.train.batches import make_batches
+from fastgan.train.checkpoint import atomic_save
+from fastgan.train.plots import save_image_grid, save_loss_plot, save_scatter
+from fastgan.train.regularization import lazy_adam_settings, r1_penalty
+
+CHECKPOINT_FORMAT = 1
+CHECKPOINT_NAME = "checkpoint.pt"
+_GRID_SAMPLES = 64      # images in a sample grid
+_SCATTER_SAMPLES = 2000  # points in a 2D scatter plot
+_CALIBRATION_BATCHES, _CALIBRATION_BATCH = 4, 256  # for the EMA generator's BatchNorm statistics
+
+
+def resolve_device(device):
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device must be 'auto' or a torch device, got {device!r}") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} was requested but CUDA is not available")
+    return device
+
+
+def _num_classes(model):
+    return getattr(model, "num_classes", 0)
+
+
+def _model_spec(model):
+    """How a checkpoint rebuilds one of fastgan's models; None for a user's model."""
+    if REGISTRY.get(type(model).__name__) is type(model):
+        return {"name": type(model).__name__, "config": dict(model.config)}
+    return None
+
+
+def _rng_state():
+    numpy_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)),
+                      *numpy_state[2:]],
+            "python": list(random.getstate())}
+
+
+def _set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+class Trainer:
+    """Trains `generator` and `discriminator` (both nn.Modules returning samples and logits;
+    conditional when their `num_classes` > 0, taking labels as a second argument).
+
+    loss: a fastgan.losses kind. r1_gamma > 0 adds the R1 penalty on real data every
+    r1_interval steps (lazily, scaled by the interval, with StyleGAN2's Adam adjustment for D).
+    ema_decay keeps an exponential moving average of G, which `sample` and the pictures use.
+    n_critic: D updates per G update. amp: bfloat16 autocast (CUDA only). out_dir: where
+    metrics.jsonl, pictures and checkpoint.pt go (None: nowhere). seed seeds torch, numpy,
+    Python's random and the data order."""
+
+    def __init__(self, generator, discriminator, *, loss="non_saturating", r1_gamma=0.0,
+                 r1_interval=16, lr_g=2e-4, lr_d=2e-4, betas=(0.5, 0.999), ema_decay=None,
+                 label_smoothing=0.0, n_critic=1, device="auto", amp=False, out_dir=None,
+                 seed=0):
+        for name, model in (("generator", generator), ("discriminator", discriminator)):
+            if not isinstance(model, nn.Module):
+                raise TypeError(f"{name} must be a torch.nn.Module, got {type(model).__name__}")
+        if not isinstance(getattr(generator, "z_dim", None), int):
+            raise TypeError("generator must have an int attribute z_dim (its noise size)")
+        if _num_classes(generator) != _num_classes(discriminator):
+            raise ValueError(f"generator and discriminator disagree on num_classes "
+                             f"({_num_classes(generator)} vs {_num_classes(discriminator)})")
+        check_choice("loss", loss, losses.KINDS)
+        check_number("r1_gamma", r1_gamma, minimum=0.0)
+        check_int("r1_interval", r1_interval, minimum=1)
+        check_number("lr_g", lr_g, positive=True)
+        check_number("lr_d", lr_d, positive=True)
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise ValueError(f"betas must be a pair of numbers, got {betas!r}")
+        for beta in betas:
+            check_number("betas", beta, minimum=0.0, maximum=0.9999999)
+        if ema_decay is not None:
+            check_number("ema_decay", ema_decay, minimum=0.0, maximum=0.9999999)
+        check_number("label_smoothing", label_smoothing, minimum=0.0, maximum=0.5)
+        if label_smoothing and loss not in ("minimax", "non_saturating"):
+            raise ValueError(f"label_smoothing applies to the minimax and non_saturating "
+                             f"losses, not {loss!r}")
+        check_int("n_critic", n_critic, minimum=1)
+        check_int("seed", seed)
+        if not isinstance(amp, bool):
+            raise TypeError(f"amp must be a bool, got {type(amp).__name__}")
+        self.device = resolve_device(device)
+        if amp and self.device.type != "cuda":
+            raise ValueError(f"amp=True needs a CUDA device, got device {str(self.device)!r}")
+        self.config = {"loss": loss, "r1_gamma": float(r1_gamma), "r1_interval": int(r1_interval),
+                       "lr_g": float(lr_g), "lr_d": float(lr_d), "betas": [float(b) for b in betas],
+                       "ema_decay": None if ema_decay is None else float(ema_decay),
+                       "label_smoothing": float(label_smoothing), "n_critic": int(n_critic),
+                       "amp": amp, "out_dir": None if out_dir is None else os.fspath(out_dir),
+                       "seed": int(seed)}
+        self.out_dir = self.config["out_dir"]
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+
+        self.generator = generator.to(self.device)
+        self.discriminator = discriminator.to(self.device)
+        self.ema = (copy.deepcopy(generator).requires_grad_(False).eval()
+                    if ema_decay is not None else None)
+        self.lazy_r1 = r1_gamma > 0 and r1_interval > 1
+        lr_d, betas_d = (lazy_adam_settings(lr_d, betas, r1_interval) if self.lazy_r1
+                         else (lr_d, tuple(betas)))
+        self.optimizer_g = torch.optim.Adam(generator.parameters(), lr=lr_g, betas=tuple(betas))
+        self.optimizer_d = torch.optim.Adam(discriminator.parameters(), lr=lr_d, betas=betas_d)
+        self.step = 0
+        self.history = []  # the logged metrics, one dict per log line
+        # Noise for sample() and the pictures: separate generators, so that looking at samples
+        # never changes the training run.
+        self._sample_generator = torch.Generator().manual_seed(seed + 1)
+        self._fixed_noise = torch.randn(max(_GRID_SAMPLES, _SCATTER_SAMPLES), generator.z_dim,
+                                        generator=torch.Generator().manual_seed(seed + 2))
+        self._batches = None
+        self._data_state = None
+        self._interrupted = False
+        self._ema_calibrated_step = None
+        self.latest_samples_path = None  # the newest picture of samples, once fit wrote one
+        self.last_evaluation = None  # what fit's `evaluate` returned last
+
+    # --- training ---------------------------------------------------------------------------
+
+    def _autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.config["amp"])
+
+    def _condition(self, labels):
+        return (labels,) if _num_classes(self.generator) else ()
+
+    def _check_finite(self, name, value):
+        if not torch.isfinite(value).all():
+            where = (f"the last good checkpoint is {self.checkpoint_path}" if self.out_dir
+                     else "no checkpoint was written (out_dir=None)")
+            raise FloatingPointError(f"{name} is {value.item()} at step {self.step + 1}; training "
+                                     f"stopped before applying it ({where})")
+
+    def _discriminator_step(self, real, labels):
+        gamma, interval = self.config["r1_gamma"], self.config["r1_interval"]
+        regularize = gamma > 0 and self.step % interval == 0
+        combined = regularize and not self.lazy_r1
+        noise = torch.randn(len(real), self.generator.z_dim, device=self.device)
+        with self._autocast():
+            with torch.no_grad():
+                fake = self.generator(noise, *self._condition(labels))
+            real = real.requires_grad_(combined)
+            real_logits = self.discriminator(real, *self._condition(labels))
+            fake_logits = self.discriminator(fake, *self._condition(labels))
+            loss = losses.d_loss(real_logits.float(), fake_logits.float(), self.config["loss"],
+                                 self.config["label_smoothing"])
+            penalty = r1_penalty(real_logits, real, gamma) if combined else None
+        self._check_finite("the discriminator loss", loss if penalty is None else loss + penalty)
+        self.optimizer_d.zero_grad(set_to_none=True)
+        (loss if penalty is None else loss + penalty).backward()
+        self.optimizer_d.step()
+        if regularize and self.lazy_r1:
+            # StyleGAN2's lazy regularization: its own optimizer step, scaled by the interval.
+            real = real.detach().requires_grad_(True)
+            with self._autocast():
+                penalty = r1_penalty(self.discriminator(real, *self._condition(labels)), real,
+                                     gamma)
+            self._check_finite("the R1 penalty", penalty)
+            self.optimizer_d.zero_grad(set_to_none=True)
+            (penalty * interval).backward()
+            self.optimizer_d.step()
+        metrics = {"d_loss": loss.item(), "D(x)": real_logits.detach().sigmoid().mean().item(),
+                   "D(G(z))": fake_logits.detach().sigmoid().mean().item()}
+        if penalty is not None:
+            metrics["r1"] = penalty.item()
+        return metrics
+
+    def _generator_step(self, batch_size, labels):
+        noise = torch.randn(batch_size, self.generator.z_dim, device=self.device)
+        with self._autocast():
+            fake_logits = self.discriminator(self.generator(noise, *self._condition(labels)),
+                                             *self._condition(labels))
+            loss = losses.g_loss(fake_logits.float(), self.config["loss"])
+        self._check_finite("the generator loss", loss)
+        self.optimizer_g.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer_g.step()
+        if self.ema is not None:
+            self._update_ema()
+        return {"g_loss": loss.item()}
+
+    @torch.no_grad()
+    def _update_ema(self):
+        decay = self.config["ema_decay"]
+        for average, current in zip(self.ema.parameters(), self.generator.parameters()):
+            average.lerp_(current, 1 - decay)
+
+    def _train_step(self):
+        metrics = {}
+        for _ in range(self.config["n_critic"]):
+            real, labels = next(self._batches)
+            real = real.to(self.device, non_blocking=True)
+            labels = None if labels is None else labels.to(self.device, non_blocking=True)
+            metrics.update(self._discriminator_step(real, labels))
+        metrics.update(self._generator_step(len(real), labels))
+        return metrics
+
+    def _check_data(self, batches):
+        """One batch, checked against the models before any training."""
+        real, labels = next(batches)
+        num_classes = _num_classes(self.generator)
+        if num_classes and labels is None:
+            raise ValueError("the models are conditional (num_classes="
+                             f"{num_classes}) but the data has no labels")
+        if num_classes and not 0 <= int(labels.min()) <= int(labels.max()) < num_classes:
+            raise ValueError(f"data labels must be in [0, {num_classes}), got "
+                             f"[{int(labels.min())}, {int(labels.max())}]")
+        expected = self._generate(self._fixed_noise[:2], self._fixed_labels(2)).shape[1:]
+        if tuple(real.shape[1:]) != tuple(expected):
+            raise ValueError(f"data samples have shape {tuple(real.shape[1:])} but the generator "
+                             f"makes {tuple(expected)}")
+
+    def fit(self, data, steps, batch_size=64, *, log_every=50, sample_every=500,
+            checkpoint_every=1000, evaluate=None, modes=None, progress=True):
+        """Trains until `steps` steps (G updates) in all: a trainer from `Trainer.load`
+        continues where it stopped.
+
+        data: a Tensor of samples, a Dataset of samples or (sample, label) pairs, or a
+        DataLoader (which then sets the batch size and order). Every log_every steps the mean
+        metrics go to the progress bar, out_dir/metrics.jsonl and TensorBoard (if installed);
+        every sample_every steps a picture of fixed-noise samples (2D data: a scatter plot,
+        `modes` marked) and `evaluate(trainer)`'s metrics; every checkpoint_every steps and at
+        the end out_dir/checkpoint.pt. Ctrl-C finishes the step, saves and re-raises."""
+        check_int("steps", steps, minimum=0)
+        check_int("batch_size", batch_size, minimum=2)
+        for name, value in (("log_every", log_every), ("sample_every", sample_every),
+                            ("checkpoint_every", checkpoint_every)):
+            check_int(name, value, minimum=0)
+        if evaluate is not None and not callable(evaluate):
+            raise TypeError("evaluate must be callable (trainer -> dict of numbers)")
+        check_batches = make_batches(data, batch_size, self.config["seed"])
+        self._check_data(check_batches)
+        self._batches = make_batches(data, batch_size, self.config["seed"])
+        if self._data_state is not None:
+            self._batches.load_state_dict(self._data_state)
+        if self.step >= steps:
+            return self
+        if self.out_dir:
+            os.makedirs(self.out_dir, exist_ok=True)
+            self._truncate_metrics_log()
+        writer = self._tensorboard_writer()
+        previous_handler = self._catch_interrupts()
+        try:
+            self._run(steps, log_every, sample_every, checkpoint_every, evaluate, modes, progress,
+                      writer)
+        finally:
+            self._data_state = self._batches.state_dict()
+            if previous_handler is not None:
+                signal.signal(signal.SIGINT, previous_handler)
+            if writer is not None:
+                writer.close()
+        return self
+
+    def _run(self, steps, log_every, sample_every, checkpoint_every, evaluate, modes, progress,
+             writer):
+        from tqdm.auto import tqdm
+
+        sums, count, start = {}, 0, time.perf_counter()
+        with tqdm(total=steps, initial=self.step, disable=not progress, unit="step") as bar:
+            while self.step < steps:
+                metrics = self._train_step()
+                self.step += 1
+                count += 1
+                for key, value in metrics.items():
+                    sums[key] = sums.get(key, 0.0) + value
+                bar.update(1)
+                last = self.step == steps
+                if log_every and self.step % log_every == 0 or last:
+                    entry = {"step": self.step, **{k: v / count for k, v in sums.items()},
+                             "seconds": time.perf_counter() - start}
+                    sums, count = {}, 0
+                    bar.set_postfix({k: f"{v:.3f}" for k, v in entry.items()
+                                     if k not in ("step", "seconds")})
+                    self._log(entry, writer)
+                if sample_every and self.step % sample_every == 0 or last:
+                    self._write_pictures(modes)
+                    if evaluate is not None:
+                        self.last_evaluation = evaluate(self)
+                        self._log({"step": self.step, **self.last_evaluation}, writer,
+                                  history=False)
+                if checkpoint_every and self.step % checkpoint_every == 0 or last:
+                    self._save_checkpoint()
+                if self._interrupted:
+                    self._save_checkpoint()
+                    bar.close()
+                    raise KeyboardInterrupt(f"training interrupted after step {self.step}"
+                                            + (f"; saved {self.checkpoint_path}"
+                                               if self.out_dir else ""))
+
+    def _catch_interrupts(self):
+        """The first Ctrl-C lets the current step finish (then fit saves and raises); a second
+        one stops at once. Returns the previous handler (None off the main thread)."""
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        self._interrupted = False
+
+        def handler(signum, frame):
+            if self._interrupted:
+                raise KeyboardInterrupt
+            self._interrupted = True
+
+        return signal.signal(signal.SIGINT, handler)
+
+    # --- outputs ----------------------------------------------------------------------------
+
+    @property
+    def checkpoint_path(self):
+        return os.path.join(self.out_dir, CHECKPOINT_NAME) if self.out_dir else None
+
+    def _save_checkpoint(self):
+        if self.out_dir:
+            atomic_save(self.state_dict(), self.checkpoint_path)
+            if self.history:
+                save_loss_plot(self.history, os.path.join(self.out_dir, "losses.png"))
+
+    def _tensorboard_writer(self):
+        if not self.out_dir:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # TensorBoard is optional
+            return None
+        return SummaryWriter(os.path.join(self.out_dir, "tensorboard"))
+
+    def _log(self, entry, writer, history=True):
+        if history:
+            self.history.append(entry)
+        if self.out_dir:
+            with open(os.path.join(self.out_dir, "metrics.jsonl"), "a") as log:
+                log.write(json.dumps(entry) + "\n")
+        if writer is not None:
+            for key, value in entry.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    writer.add_scalar(key, value, entry["step"])
+
+    def _truncate_metrics_log(self):
+        """Drops lines logged after the checkpoint this run resumes from."""
+        path = os.path.join(self.out_dir, "metrics.jsonl")
+        if not os.path.exists(path):
+            return
+        with open(path) as log:
+            lines = [line for line in log if line.strip()
+                     and json.loads(line)["step"] <= self.step]
+        with open(path, "w") as log:
+            log.writelines(lines)
+
+    def _write_pictures(self, modes):
+        if not self.out_dir:
+            return
+        folder = os.path.join(self.out_dir, "samples")
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, f"step_{self.step:06d}.png")
+        images = self._generate(self._fixed_noise[:_GRID_SAMPLES],
+                                self._fixed_labels(_GRID_SAMPLES))
+        if images.dim() == 4:
+            save_image_grid(images, path)
+        elif images.shape[1:] == (2,):
+            points = self._generate(self._fixed_noise, self._fixed_labels(_SCATTER_SAMPLES))
+            save_scatter(points, path, modes)
+        else:
+            return
+        self.latest_samples_path = path
+
+    # --- sampling ---------------------------------------------------------------------------
+
+    def _fixed_labels(self, n):
+        num_classes = _num_classes(self.generator)
+        return torch.arange(n) % num_classes if num_classes else None
+
+    @torch.no_grad()
+    def _recalibrate_ema(self):
+        """Averaged weights need BatchNorm statistics of their own (the live generator's do not
+        fit them, as in SWA): re-estimated from fixed noise, once per step that samples."""
+        norms = [m for m in self.ema.modules()
+                 if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+        if not norms or self._ema_calibrated_step == self.step:
+            return
+        momenta = [m.momentum for m in norms]
+        for norm in norms:
+            norm.reset_running_stats()
+            norm.momentum = None  # a cumulative average over the calibration batches
+        self.ema.train()
+        noise = torch.randn(_CALIBRATION_BATCHES, _CALIBRATION_BATCH, self.generator.z_dim,
+                            generator=torch.Generator().manual_seed(self.config["seed"] + 3))
+        labels = self._fixed_labels(_CALIBRATION_BATCH)
+        condition = () if labels is None else (labels.to(self.device),)
+        with self._autocast():
+            for batch in noise:
+                self.ema(batch.to(self.device), *condition)
+        for norm, momentum in zip(norms, momenta):
+            norm.momentum = momentum
+        self.ema.eval()
+        self._ema_calibrated_step = self.step
+
+    @torch.no_grad()
+    def _generate(self, noise, labels):
+        if self.ema is not None:
+            self._recalibrate_ema()
+        model = self.ema if self.ema is not None else self.generator
+        was_training = model.training
+        model.eval()
+        try:
+            condition = () if labels is None else (labels.to(self.device),)
+            with self._autocast():
+                return model(noise.to(self.device), *condition).float().cpu()
+        finally:
+            model.train(was_training)
+
+    def sample(self, n, labels=None):
+        """n samples (on the CPU) from the EMA generator if there is one, else the generator,
+        in eval mode. A conditional model needs no labels: by default they cycle 0, 1, ...;
+        `labels` is a length-n int tensor."""
+        check_int("n", n, minimum=1)
+        num_classes = _num_classes(self.generator)
+        if labels is None:
+            labels = self._fixed_labels(n)
+        elif not num_classes:
+            raise ValueError("labels were given but the generator is unconditional")
+        else:
+            labels = torch.as_tensor(labels)
+            if labels.shape != (n,) or labels.is_floating_point():
+                raise ValueError(f"labels must be {n} ints, got shape {tuple(labels.shape)}")
+            if labels.numel() and not 0 <= int(labels.min()) <= int(labels.max()) < num_classes:
+                raise ValueError(f"labels must be in [0, {num_classes})")
+        noise = torch.randn(n, self.generator.z_dim, generator=self._sample_generator)
+        return self._generate(noise, labels)
+
+    # --- checkpoints ------------------------------------------------------------------------
+
+    def state_dict(self):
+        """Everything `load` needs, as tensors and plain Python values (loadable with
+        torch.load(weights_only=True))."""
+        return {"format": CHECKPOINT_FORMAT, "step": self.step, "config": dict(self.config),
+                "models": {"generator": _model_spec(self.generator),
+                           "discriminator": _model_spec(self.discriminator)},
+                "generator": self.generator.state_dict(),
+                "discriminator": self.discriminator.state_dict(),
+                "ema": None if self.ema is None else self.ema.state_dict(),
+                "optimizer_g": self.optimizer_g.state_dict(),
+                "optimizer_d": self.optimizer_d.state_dict(),
+                "rng": _rng_state(), "sample_rng": self._sample_generator.get_state(),
+                "data": (self._batches.state_dict() if self._batches is not None
+                         else self._data_state),
+                "history": list(self.history)}
+
+    def load_state_dict(self, state):
+        self.generator.load_state_dict(state["generator"])
+        self.discriminator.load_state_dict(state["discriminator"])
+        if (self.ema is None) != (state["ema"] is None):
+            raise ValueError("the checkpoint and this trainer disagree on ema_decay")
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.optimizer_g.load_state_dict(state["optimizer_g"])
+        self.optimizer_d.load_state_dict(state["optimizer_d"])
+        _set_rng_state(state["rng"])
+        self._sample_generator.set_state(state["sample_rng"])
+        self.step = state["step"]
+        self._ema_calibrated_step = None
+        self.history = list(state["history"])
+        self._data_state = state["data"]
+        self._batches = None
+
+    def save(self, path):
+        """Writes the checkpoint to `path` atomically."""
+        atomic_save(self.state_dict(), path)
+
+    @classmethod
+    def load(cls, path, generator=None, discriminator=None, *, device="auto", out_dir=None):
+        """A trainer restored from a checkpoint, ready to `fit` on. fastgan's own models are
+        rebuilt from the saved config; a user's models must be passed in (freshly built, same
+        architecture). out_dir defaults to the saved one."""
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise ValueError(f"path {path!r} is not a checkpoint file")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"path {path!r} is not a fastgan checkpoint (format "
+                             f"{CHECKPOINT_FORMAT})")
+        models = {}
+        for name, given in (("generator", generator), ("discriminator", discriminator)):
+            spec = state["models"][name]
+            if given is None and spec is None:
+                raise ValueError(f"the checkpoint holds a user-defined {name}: pass {name}=...")
+            models[name] = given if given is not None else REGISTRY[spec["name"]](**spec["config"])
+        config = dict(state["config"])
+        if out_dir is not None:
+            config["out_dir"] = os.fspath(out_dir)
+        trainer = cls(models["generator"], models["discriminator"], device=device, **config)
+        trainer.load_state_dict(state)
+        return trainer
