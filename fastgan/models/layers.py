@@ -1,34 +1,13 @@
 """Layer factories shared by the models, so that swapping in a fused kernel is a one-line change."""
-import torch
 from torch import nn
 
-from fastgan.nn import BatchNormLeakyReLU1d, BatchNormLeakyReLU2d
-
-_ACTIVATIONS = {None: lambda x: x, "tanh": torch.tanh}
-
-
-class _ConvTranspose2dActivation(nn.ConvTranspose2d):
-    """nn.ConvTranspose2d followed by an activation, with nn.ConvTranspose2d's state_dict keys.
-
-    Stands in for fastgan.nn.ConvTranspose2d(..., activation=...) (the fused kernel) until that
-    module exists; `conv_transpose2d` below is the only place that names it."""
-
-    def __init__(self, *args, activation=None, **kwargs):
-        if activation not in _ACTIVATIONS:
-            raise ValueError(f"activation must be one of {sorted(map(str, _ACTIVATIONS))}, "
-                             f"got {activation!r}")
-        super().__init__(*args, **kwargs)
-        self.activation = activation
-
-    def forward(self, input):
-        return _ACTIVATIONS[self.activation](super().forward(input))
-
+from fastgan.nn import BatchNormLeakyReLU1d, BatchNormLeakyReLU2d, ConvTranspose2d
 
 def conv_transpose2d(in_channels, out_channels, kernel_size, stride, padding, activation=None):
     """A transposed convolution with an optional fused activation (bias only when one is
     applied directly: before a BatchNorm a bias is redundant)."""
-    return _ConvTranspose2dActivation(in_channels, out_channels, kernel_size, stride, padding,
-                                      bias=activation is not None, activation=activation)
+    return ConvTranspose2d(in_channels, out_channels, kernel_size, stride, padding,
+                           bias=activation is not None, activation=activation)
 
 
 def batch_norm_relu2d(channels):
