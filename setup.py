@@ -62,11 +62,13 @@ def extension():
         ("CPU_CAPABILITY", capability),
         (f"CPU_CAPABILITY_{capability}", None),
     ]
-    cxx_flags = ["-O3", f"-march={march}", "-Wno-unknown-pragmas"]
+    # -fopenmp: at::parallel_for is inline OpenMP code; without it the kernels run on one thread.
+    cxx_flags = ["-O3", f"-march={march}", "-fopenmp", "-Wno-unknown-pragmas"]
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     if not cuda_wanted():
         return CppExtension(
-            "fastgan._C", sources, define_macros=macros, extra_compile_args={"cxx": cxx_flags}
+            "fastgan._C", sources, define_macros=macros, extra_compile_args={"cxx": cxx_flags},
+            extra_link_args=["-fopenmp"],
         )
     macros.append(("FASTGAN_WITH_CUDA", None))
     return CUDAExtension(
@@ -74,6 +76,7 @@ def extension():
         sources + sorted(glob.glob("csrc/cuda/*.cu")),
         define_macros=macros,
         extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3"]},
+        extra_link_args=["-fopenmp"],
     )
 
 
