@@ -19,6 +19,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
+#include <ATen/core/LegacyTypeDispatch.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -30,6 +31,10 @@
 namespace fastgan {
 namespace cpu {
 namespace {
+
+// OpenMP worker threads do not inherit the calling thread's dispatch state: tensor ops inside a
+// parallel region must step below autograd themselves (the op itself runs below it).
+using BelowAutograd = at::AutoDispatchBelowADInplaceOrView;
 
 using namespace fastgan::conv_t;
 
@@ -287,6 +292,7 @@ void forward_kernel(const Geometry& g, const Dense& x, const at::Tensor& packed,
   const scalar_t* x_data = x.tensor.const_data_ptr<scalar_t>();
   if (plan.by_image) {
     at::parallel_for(0, g.batch, 1, [&](int64_t begin, int64_t end) {
+      const BelowAutograd below_autograd;
       const at::Tensor z = at::empty({pixels, z_row}, out.options());
       for (int64_t n = begin; n < end; ++n) {
         gemm(image_matrix(x_data, x.channels_last, n, pixels, g.in_channels, out.options()), z);
@@ -437,6 +443,7 @@ void backward_kernel(const Geometry& g, const Dense& grad_output, const Dense* r
     // One task per image; grad_weight in one partial sum per chunk of images, added in order.
     std::vector<at::Tensor> chunk_sums(g.batch);
     at::parallel_for(0, g.batch, 1, [&](int64_t begin, int64_t end) {
+      const BelowAutograd below_autograd;
       std::vector<scalar_t> g_image(g_in_place ? 0 : out_image);
       std::vector<scalar_t> result_image(result != nullptr ? out_image : 0);
       const at::Tensor col = at::empty({want_col ? pixels : 0, z_row}, options);
