@@ -62,6 +62,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
 #else
   module.attr("cuda") = false;
 #endif
+  // Whether at::parallel_for (inline OpenMP) runs in parallel in the CPU kernels.
+#ifdef _OPENMP
+  module.attr("openmp") = true;
+#else
+  module.attr("openmp") = false;
+#endif
   // The at::vec instruction set the CPU kernels were compiled for (see setup.py).
   module.attr("cpu_capability") = FASTGAN_STRINGIFY(CPU_CAPABILITY);
   module.attr("torch_version") = FASTGAN_STRINGIFY(FASTGAN_TORCH_VERSION);

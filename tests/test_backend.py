@@ -29,6 +29,8 @@ def test_extension_loads_and_reports_its_build():
     assert _C.__version__ == fastgan.__version__
     assert _C.torch_version == torch.__version__
     assert _C.cpu_capability in ("DEFAULT", "AVX2", "AVX512")
+    # Without OpenMP the CPU kernels' at::parallel_for silently runs on one thread.
+    assert _C.openmp == torch.backends.openmp.is_available()
     assert info["cpu_kernels"] and info["build_error"] is None
     assert hasattr(torch.ops.fastgan, "batch_norm_leaky_relu")
 
