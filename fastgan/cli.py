@@ -101,14 +101,16 @@ def _train(args):
             r1_interval=recipe["r1_interval"],
             lr_g=recipe["lr"], lr_d=recipe["lr"], ema_decay=ema or None, device=args.device,
             amp=args.amp, out_dir=out, seed=args.seed)
-    print(f"training on {args.data} for {steps} steps (batch {batch_size}) on "
-          f"{trainer.device}; writing to {out}", flush=True)
+    report = print if trainer.rank == 0 else lambda *args, **kwargs: None  # torchrun: once
+    report(f"training on {args.data} for {steps} steps (batch {batch_size}"
+           f"{f' over {trainer.world_size} processes' if trainer.world_size > 1 else ''}) on "
+           f"{trainer.device}; writing to {out}", flush=True)
     try:
         trainer.fit(data, steps, batch_size, evaluate=evaluate, modes=modes,
                     progress=not args.quiet)
     except KeyboardInterrupt:
-        print(f"interrupted at step {trainer.step}; saved {trainer.checkpoint_path} (continue "
-              f"with --resume)", file=sys.stderr)
+        report(f"interrupted at step {trainer.step}; saved {trainer.checkpoint_path} (continue "
+               f"with --resume)", file=sys.stderr)
         return 130
     except FloatingPointError as error:
         print(f"fastgan: {error}", file=sys.stderr)
@@ -119,8 +121,8 @@ def _train(args):
                "metrics": os.path.join(out, "metrics.jsonl")}
     if trainer.last_evaluation is not None:
         summary["evaluation"] = trainer.last_evaluation
-    print(json.dumps(summary, indent=2))
-    print(f"sample images: {trainer.latest_samples_path}")
+    report(json.dumps(summary, indent=2))
+    report(f"sample images: {trainer.latest_samples_path}")
     return 0
 
 

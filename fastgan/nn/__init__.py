@@ -2,5 +2,7 @@
 counterparts."""
 from fastgan.nn.batch_norm import BatchNormLeakyReLU1d, BatchNormLeakyReLU2d
 from fastgan.nn.conv import ConvTranspose2d
+from fastgan.nn.sync_batch_norm import SyncBatchNormLeakyReLU, convert_sync_batchnorm
 
-__all__ = ["BatchNormLeakyReLU1d", "BatchNormLeakyReLU2d", "ConvTranspose2d"]
+__all__ = ["BatchNormLeakyReLU1d", "BatchNormLeakyReLU2d", "ConvTranspose2d",
+           "SyncBatchNormLeakyReLU", "convert_sync_batchnorm"]

@@ -16,13 +16,18 @@ class _BatchNormLeakyReLU(_BatchNorm):
                          dtype=dtype)
         self.negative_slope = float(negative_slope)
 
-    def forward(self, input):
-        self._check_input_dim(input)
+    def _count_batch(self):
+        """Counts a training batch; returns the running statistics' averaging factor."""
         average_factor = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats and self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)
             if self.momentum is None:
                 average_factor = 1.0 / float(self.num_batches_tracked)
+        return average_factor
+
+    def forward(self, input):
+        self._check_input_dim(input)
+        average_factor = self._count_batch()
         use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
         update_or_use_running = not self.training or self.track_running_stats
         return batch_norm_leaky_relu(

@@ -1,7 +1,8 @@
 """Endless training batches from a Tensor, a Dataset or a DataLoader, as (samples, labels or
 None) on a device, with a resumable order for Tensors and Datasets."""
 import torch
-from torch.utils.data import DataLoader, Dataset, TensorDataset, default_collate
+from torch.utils.data import (DataLoader, Dataset, DistributedSampler, TensorDataset,
+                              default_collate)
 
 
 def split_labels(batch):
@@ -20,13 +21,21 @@ def split_labels(batch):
 class ShuffledBatches:
     """Batches of a Tensor or a map-style Dataset, reshuffled every epoch, dropping each epoch's
     last partial batch (BatchNorm needs full batches). The state (the shuffling generator at the
-    epoch's start and the position in it) reproduces the order exactly."""
+    epoch's start and the position in it) reproduces the order exactly.
 
-    def __init__(self, data, batch_size, seed):
+    Data-parallel, each of world_size processes gets every world_size-th sample of the same
+    batch of batch_size, as DistributedSampler would shard it: disjoint shards that together
+    are the batches of one process, whatever the number of processes."""
+
+    def __init__(self, data, batch_size, seed, rank=0, world_size=1):
         if len(data) < batch_size:
             raise ValueError(f"batch_size ({batch_size}) is larger than the data "
                              f"({len(data)} samples)")
+        if batch_size % world_size:
+            raise ValueError(f"batch_size ({batch_size}) must be a multiple of the number of "
+                             f"processes ({world_size})")
         self.data, self.batch_size = data, batch_size
+        self.rank, self.world_size = rank, world_size
         self._generator = torch.Generator().manual_seed(seed)
         self._new_epoch()
 
@@ -46,7 +55,8 @@ class ShuffledBatches:
     def __next__(self):
         if self._position + self.batch_size > len(self.data):
             self._new_epoch()
-        indices = self._order[self._position:self._position + self.batch_size]
+        batch = self._order[self._position:self._position + self.batch_size]
+        indices = batch[self.rank::self.world_size]
         self._position += self.batch_size
         if isinstance(self.data, torch.Tensor):
             return self.data[indices], None
@@ -57,11 +67,22 @@ class ShuffledBatches:
 
 class LoaderBatches:
     """A DataLoader's batches, epoch after epoch. Its order is the loader's own: resuming
-    continues with a fresh pass rather than at the exact batch."""
+    continues with a fresh pass rather than at the exact batch. Data-parallel, its sampler must
+    be a DistributedSampler (told the epoch at every pass) and its batches are per process."""
 
-    def __init__(self, loader):
+    def __init__(self, loader, world_size=1):
+        if world_size > 1 and not isinstance(loader.sampler, DistributedSampler):
+            raise ValueError(f"data: with {world_size} processes a DataLoader needs a "
+                             "DistributedSampler, or every process trains on the same batches")
         self.loader = loader
-        self._iterator = iter(loader)
+        self._epoch = 0
+        self._start_epoch()
+
+    def _start_epoch(self):
+        if isinstance(self.loader.sampler, DistributedSampler):
+            self.loader.sampler.set_epoch(self._epoch)
+        self._epoch += 1
+        self._iterator = iter(self.loader)
 
     def state_dict(self):
         return None
@@ -73,15 +94,15 @@ class LoaderBatches:
         try:
             batch = next(self._iterator)
         except StopIteration:
-            self._iterator = iter(self.loader)
+            self._start_epoch()
             batch = next(self._iterator)
         return split_labels(batch)
 
 
-def make_batches(data, batch_size, seed):
+def make_batches(data, batch_size, seed, rank=0, world_size=1):
     if isinstance(data, DataLoader):
-        return LoaderBatches(data)
+        return LoaderBatches(data, world_size)
     if isinstance(data, torch.Tensor) or isinstance(data, Dataset) and hasattr(data, "__len__"):
-        return ShuffledBatches(data, batch_size, seed)
+        return ShuffledBatches(data, batch_size, seed, rank, world_size)
     raise TypeError("data must be a Tensor, a map-style Dataset or a DataLoader, got "
                     f"{type(data).__name__}")

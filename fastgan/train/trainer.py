@@ -16,6 +16,7 @@ from fastgan import losses
 from fastgan.models import REGISTRY
 from fastgan.models._checks import check_choice, check_int
 from fastgan.ops._checks import check_number
+from fastgan.train import distributed
 from fastgan.train.batches import make_batches
 from fastgan.train.checkpoint import atomic_save
 from fastgan.train.plots import save_image_grid, save_loss_plot, save_scatter
@@ -79,7 +80,11 @@ class Trainer:
     ema_decay keeps an exponential moving average of G, which `sample` and the pictures use.
     n_critic: D updates per G update. amp: bfloat16 autocast (CUDA only). out_dir: where
     metrics.jsonl, pictures and checkpoint.pt go (None: nowhere). seed seeds torch, numpy,
-    Python's random and the data order."""
+    Python's random and the data order.
+
+    Under torchrun (or an initialized torch.distributed group) it trains data-parallel: G and D
+    in DDP with synced BatchNorm, each process on its shard of every batch; rank 0 alone
+    writes the outputs (fastgan.train.distributed)."""
 
     def __init__(self, generator, discriminator, *, loss="non_saturating", r1_gamma=0.0,
                  r1_interval=16, lr_g=2e-4, lr_d=2e-4, betas=(0.5, 0.999), ema_decay=None,
@@ -112,7 +117,7 @@ class Trainer:
         check_int("seed", seed)
         if not isinstance(amp, bool):
             raise TypeError(f"amp must be a bool, got {type(amp).__name__}")
-        self.device = resolve_device(device)
+        self.device, self.rank, self.world_size = distributed.setup(resolve_device(device))
         if amp and self.device.type != "cuda":
             raise ValueError(f"amp=True needs a CUDA device, got device {str(self.device)!r}")
         self.config = {"loss": loss, "r1_gamma": float(r1_gamma), "r1_interval": int(r1_interval),
@@ -121,15 +126,20 @@ class Trainer:
                        "label_smoothing": float(label_smoothing), "n_critic": int(n_critic),
                        "amp": amp, "out_dir": None if out_dir is None else os.fspath(out_dir),
                        "seed": int(seed)}
-        self.out_dir = self.config["out_dir"]
-        random.seed(seed)
-        np.random.seed(seed)
-        torch.manual_seed(seed)
+        self.out_dir = self.config["out_dir"] if self.rank == 0 else None  # rank 0 writes
+        # Each rank its own noise (the data order comes from `seed` alone).
+        random.seed(seed + self.rank)
+        np.random.seed(seed + self.rank)
+        torch.manual_seed(seed + self.rank)
 
         self.generator = generator.to(self.device)
         self.discriminator = discriminator.to(self.device)
         self.ema = (copy.deepcopy(generator).requires_grad_(False).eval()
                     if ema_decay is not None else None)
+        # What trains with gradients shared across processes (the modules themselves when
+        # alone); the EMA copy above stays unsynced, as rank 0 alone samples from it.
+        self._ddp_generator = distributed.wrap(self.generator, self.device)
+        self._ddp_discriminator = distributed.wrap(self.discriminator, self.device)
         self.lazy_r1 = r1_gamma > 0 and r1_interval > 1
         lr_d, betas_d = (lazy_adam_settings(lr_d, betas, r1_interval) if self.lazy_r1
                          else (lr_d, tuple(betas)))
@@ -158,7 +168,7 @@ class Trainer:
         return (labels,) if _num_classes(self.generator) else ()
 
     def _check_finite(self, name, value):
-        if not torch.isfinite(value).all():
+        if not distributed.all_ranks(torch.isfinite(value).all()):
             where = (f"the last good checkpoint is {self.checkpoint_path}" if self.out_dir
                      else "no checkpoint was written (out_dir=None)")
             raise FloatingPointError(f"{name} is {value.item()} at step {self.step + 1}; training "
@@ -173,8 +183,8 @@ class Trainer:
             with torch.no_grad():
                 fake = self.generator(noise, *self._condition(labels))
             real = real.requires_grad_(combined)
-            real_logits = self.discriminator(real, *self._condition(labels))
-            fake_logits = self.discriminator(fake, *self._condition(labels))
+            real_logits = self._ddp_discriminator(real, *self._condition(labels))
+            fake_logits = self._ddp_discriminator(fake, *self._condition(labels))
             loss = losses.d_loss(real_logits.float(), fake_logits.float(), self.config["loss"],
                                  self.config["label_smoothing"])
             penalty = r1_penalty(real_logits, real, gamma) if combined else None
@@ -186,11 +196,11 @@ class Trainer:
             # StyleGAN2's lazy regularization: its own optimizer step, scaled by the interval.
             real = real.detach().requires_grad_(True)
             with self._autocast():
-                penalty = r1_penalty(self.discriminator(real, *self._condition(labels)), real,
-                                     gamma)
+                logits = self._ddp_discriminator(real, *self._condition(labels))
+                penalty = r1_penalty(logits, real, gamma)
             self._check_finite("the R1 penalty", penalty)
             self.optimizer_d.zero_grad(set_to_none=True)
-            (penalty * interval).backward()
+            (penalty * interval + distributed.every_parameter_term(logits)).backward()
             self.optimizer_d.step()
         metrics = {"d_loss": loss.item(), "D(x)": real_logits.detach().sigmoid().mean().item(),
                    "D(G(z))": fake_logits.detach().sigmoid().mean().item()}
@@ -200,8 +210,8 @@ class Trainer:
 
     def _generator_step(self, batch_size, labels):
         noise = torch.randn(batch_size, self.generator.z_dim, device=self.device)
-        with self._autocast():
-            fake_logits = self.discriminator(self.generator(noise, *self._condition(labels)),
+        with self._autocast():  # D's gradients here are dropped: no need to share them
+            fake_logits = self.discriminator(self._ddp_generator(noise, *self._condition(labels)),
                                              *self._condition(labels))
             loss = losses.g_loss(fake_logits.float(), self.config["loss"])
         self._check_finite("the generator loss", loss)
@@ -261,9 +271,10 @@ class Trainer:
             check_int(name, value, minimum=0)
         if evaluate is not None and not callable(evaluate):
             raise TypeError("evaluate must be callable (trainer -> dict of numbers)")
-        check_batches = make_batches(data, batch_size, self.config["seed"])
+        shard = (self.rank, self.world_size)
+        check_batches = make_batches(data, batch_size, self.config["seed"], *shard)
         self._check_data(check_batches)
-        self._batches = make_batches(data, batch_size, self.config["seed"])
+        self._batches = make_batches(data, batch_size, self.config["seed"], *shard)
         if self._data_state is not None:
             self._batches.load_state_dict(self._data_state)
         if self.step >= steps:
@@ -289,7 +300,8 @@ class Trainer:
         from tqdm.auto import tqdm
 
         sums, count, start = {}, 0, time.perf_counter()
-        with tqdm(total=steps, initial=self.step, disable=not progress, unit="step") as bar:
+        with tqdm(total=steps, initial=self.step, disable=not progress or self.rank > 0,
+                  unit="step") as bar:
             while self.step < steps:
                 metrics = self._train_step()
                 self.step += 1
@@ -299,6 +311,7 @@ class Trainer:
                 bar.update(1)
                 last = self.step == steps
                 if log_every and self.step % log_every == 0 or last:
+                    sums = distributed.mean_over_ranks(sums)
                     entry = {"step": self.step, **{k: v / count for k, v in sums.items()},
                              "seconds": time.perf_counter() - start}
                     sums, count = {}, 0
@@ -307,13 +320,13 @@ class Trainer:
                     self._log(entry, writer)
                 if sample_every and self.step % sample_every == 0 or last:
                     self._write_pictures(modes)
-                    if evaluate is not None:
+                    if evaluate is not None and self.rank == 0:
                         self.last_evaluation = evaluate(self)
                         self._log({"step": self.step, **self.last_evaluation}, writer,
                                   history=False)
                 if checkpoint_every and self.step % checkpoint_every == 0 or last:
                     self._save_checkpoint()
-                if self._interrupted:
+                if distributed.any_rank(self._interrupted):
                     self._save_checkpoint()
                     bar.close()
                     raise KeyboardInterrupt(f"training interrupted after step {self.step}"
@@ -341,10 +354,15 @@ class Trainer:
         return os.path.join(self.out_dir, CHECKPOINT_NAME) if self.out_dir else None
 
     def _save_checkpoint(self):
+        rng_per_rank = distributed.gather(_rng_state())
         if self.out_dir:
-            atomic_save(self.state_dict(), self.checkpoint_path)
+            state = self.state_dict()
+            if self.world_size > 1:
+                state["rng_per_rank"] = rng_per_rank
+            atomic_save(state, self.checkpoint_path)
             if self.history:
                 save_loss_plot(self.history, os.path.join(self.out_dir, "losses.png"))
+        distributed.barrier()
 
     def _tensorboard_writer(self):
         if not self.out_dir:
@@ -485,7 +503,14 @@ class Trainer:
             self.ema.load_state_dict(state["ema"])
         self.optimizer_g.load_state_dict(state["optimizer_g"])
         self.optimizer_d.load_state_dict(state["optimizer_d"])
-        _set_rng_state(state["rng"])
+        per_rank = state.get("rng_per_rank") or [state["rng"]]
+        if len(per_rank) == self.world_size:
+            _set_rng_state(per_rank[self.rank])
+        else:  # written by another number of processes: rank 0 continues its noise, the others
+            _set_rng_state(state["rng"])  # start new streams
+            if self.rank > 0:
+                torch.manual_seed(self.config["seed"] + self.rank
+                                  + state["step"] * self.world_size)
         self._sample_generator.set_state(state["sample_rng"])
         self.step = state["step"]
         self._ema_calibrated_step = None
