@@ -3,6 +3,7 @@ DDP, and `fastgan train` under torchrun. Multi-process checks run on the CPU wit
 processes, grouped into few launches (starting processes is the slow part)."""
 import copy
 import datetime
+import json
 import os
 import subprocess
 import sys
@@ -14,12 +15,14 @@ import torch.multiprocessing as mp
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.autograd import gradcheck, gradgradcheck
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 import fastgan
 from fastgan.nn import (BatchNormLeakyReLU1d, BatchNormLeakyReLU2d, SyncBatchNormLeakyReLU,
                         convert_sync_batchnorm)
 from fastgan.nn.sync_batch_norm import _normalize, sync_batch_norm_leaky_relu
 from fastgan.train import distributed, r1_penalty
+from fastgan.train.batches import make_batches
 from conftest import make_input
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,9 +62,9 @@ def test_synced_math_matches_torch(shape, layout, slope):
 
 @pytest.mark.parametrize("affine", [True, False])
 def test_synced_function_gradcheck_and_gradgradcheck(affine):
-    x = make_input((5, 3, 2, 2))
+    x = make_input((4, 2, 3))
     g = torch.Generator().manual_seed(1)
-    wb = (torch.randn(2, 3, generator=g, dtype=torch.float64).unbind() if affine else ())
+    wb = (torch.randn(2, 2, generator=g, dtype=torch.float64).unbind() if affine else ())
 
     def function(x, *wb):
         return sync_batch_norm_leaky_relu(x, None, None, *(wb or (None, None)), 0.1, 1e-5, 0.2,
@@ -81,9 +84,9 @@ def test_synced_function_gradcheck_and_gradgradcheck(affine):
 def test_normalize_gradients_reach_the_statistics():
     """The normalization's own gradients w.r.t. mean and var (the fused path's formulas)."""
     g = torch.Generator().manual_seed(3)
-    x = torch.randn(4, 3, 5, generator=g, dtype=torch.float64)
-    mean, weight, bias = torch.randn(3, 3, generator=g, dtype=torch.float64)
-    var = torch.rand(3, generator=g, dtype=torch.float64) + 0.5
+    x = torch.randn(3, 2, 2, generator=g, dtype=torch.float64)
+    mean, weight, bias = torch.randn(3, 2, generator=g, dtype=torch.float64)
+    var = torch.rand(2, generator=g, dtype=torch.float64) + 0.5
     inputs = tuple(t.requires_grad_() for t in (x, mean, var, weight, bias))
 
     def function(*tensors):
@@ -130,6 +133,31 @@ def test_convert_sync_batchnorm_keeps_parameters_buffers_and_slopes():
 def test_synced_layer_rejects_1d_input():
     with pytest.raises(ValueError, match="at least 2D"):
         SyncBatchNormLeakyReLU(3)(torch.randn(3))
+
+
+def test_shards_are_disjoint_and_make_up_the_single_process_batches():
+    data = torch.arange(40.0).unsqueeze(1)
+    single = make_batches(data, 8, seed=1)
+    shards = [make_batches(data, 8, 1, rank, 2) for rank in range(2)]
+    for _ in range(12):  # past an epoch's end: the shards reshuffle together
+        whole, _ = next(single)
+        parts = [next(shard)[0] for shard in shards]
+        assert all(len(part) == 4 for part in parts)
+        assert sorted(torch.cat(parts).flatten().tolist()) == sorted(whole.flatten().tolist())
+    with pytest.raises(ValueError, match="batch_size .9. must be a multiple of the number of "
+                                         "processes .2."):
+        make_batches(data, 9, 1, 0, 2)
+
+
+def test_a_loader_must_shard_with_a_distributed_sampler():
+    data = TensorDataset(torch.arange(8.0))
+    with pytest.raises(ValueError, match="DistributedSampler"):
+        make_batches(DataLoader(data, batch_size=2, shuffle=True), 4, 0, 0, 2)
+    sampler = DistributedSampler(data, num_replicas=2, rank=0, shuffle=True, seed=0)
+    batches = make_batches(DataLoader(data, batch_size=2, sampler=sampler), 4, 0, 0, 2)
+    epochs = [sorted(torch.cat([next(batches)[0] for _ in range(2)]).tolist()) for _ in range(3)]
+    assert sampler.epoch == 2 and all(len(epoch) == 4 for epoch in epochs)
+    assert len({tuple(epoch) for epoch in epochs}) > 1  # reshuffled per epoch
 
 
 # --- two processes (gloo) -------------------------------------------------------------------
@@ -250,7 +278,48 @@ def _check_r1_under_ddp(rank):
     assert distributed.mean_over_ranks({"x": float(rank)}) == {"x": 0.5}
 
 
-def _worker(rank):
+def _trainer(out_dir, **options):
+    torch.manual_seed(0)
+    models = (fastgan.models.MLPGenerator(z_dim=2, hidden=16, layers=2),
+              fastgan.models.MLPDiscriminator(hidden=16, layers=2, batch_norm=True))
+    return fastgan.Trainer(*models, device="cpu", out_dir=out_dir, seed=3, **options)
+
+
+def _fit(trainer, steps):
+    data = fastgan.data.gaussian_ring(256, generator=torch.Generator().manual_seed(0))
+    return trainer.fit(data, steps, batch_size=16, log_every=1, sample_every=0, progress=False)
+
+
+def _same_on_every_rank(module):
+    for name, tensor in module.state_dict().items():
+        first, second = distributed.gather(tensor)
+        assert torch.equal(first, second), name
+
+
+def _check_trainer(rank, folder):
+    """The trainer in a process group: models equal on every rank, rank 0 alone writes, and
+    resuming from its checkpoint continues exactly (per-rank noise, sharded data order)."""
+    options = {"r1_gamma": 1.0, "r1_interval": 2, "ema_decay": 0.8}
+    uninterrupted = _fit(_trainer(os.path.join(folder, "a"), **options), 4)
+    assert uninterrupted.world_size == WORLD_SIZE and uninterrupted.rank == rank
+    for module in (uninterrupted.generator, uninterrupted.discriminator):
+        _same_on_every_rank(module)
+    assert os.path.exists(os.path.join(folder, "a", "checkpoint.pt"))  # before any rank returns
+    with open(os.path.join(folder, "a", "metrics.jsonl")) as log:
+        assert [json.loads(line)["step"] for line in log] == [1, 2, 3, 4]  # from rank 0 alone
+    _fit(_trainer(os.path.join(folder, "b"), **options), 2)
+    resumed = fastgan.Trainer.load(os.path.join(folder, "b", "checkpoint.pt"), device="cpu",
+                                   out_dir=os.path.join(folder, "c"))
+    _fit(resumed, 4)
+    # Rank 0 alone samples, so only its EMA copy has recalibrated BatchNorm statistics.
+    for name in ("generator", "discriminator", "ema")[:3 if rank == 0 else 2]:
+        for key, value in getattr(uninterrupted, name).state_dict().items():
+            assert torch.equal(value, getattr(resumed, name).state_dict()[key]), (name, key)
+    # R1 in the same backward as the loss (two DDP forwards, one backward).
+    _same_on_every_rank(_fit(_trainer(None, r1_gamma=1.0, r1_interval=1), 2).discriminator)
+
+
+def _worker(rank, folder):
     cases = [
         ("2d, halves", nn.BatchNorm2d(3), BatchNormLeakyReLU2d(3), (4, 4), (0, 3, 3, 2)),
         ("2d, 3 and 5, channels_last", nn.BatchNorm2d(3),
@@ -264,10 +333,11 @@ def _worker(rank):
         _check_layer(rank, name, torch_norm, fused, sizes, shape, *layout)
     _check_r1_through_synced_layer(rank, (3, 5))
     _check_r1_under_ddp(rank)
+    _check_trainer(rank, folder)
 
 
-def test_synced_batch_norm_and_r1_on_two_processes(tmp_path):
-    _launch(_worker, tmp_path)
+def test_synced_batch_norm_r1_and_trainer_on_two_processes(tmp_path):
+    _launch(_worker, tmp_path, str(tmp_path))
 
 
 def test_torchrun_train_writes_one_checkpoint_and_resumes(tmp_path):
