@@ -31,8 +31,13 @@ def setup(device):
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
                                 device_id=device if device.type == "cuda" else None)
-        atexit.register(dist.destroy_process_group)
+        atexit.register(_leave_process_group)
     return device, dist.get_rank(), dist.get_world_size()
+
+
+def _leave_process_group():
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def wrap(model, device):
