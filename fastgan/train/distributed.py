@@ -50,10 +50,11 @@ def wrap(model, device):
 
 
 def every_parameter_term(outputs):
-    """0 * outputs.sum(): no gradient, but every parameter behind `outputs` joins the backward.
-    DDP needs that of a backward from an R1 penalty alone, which does not reach e.g. the last
-    layer's bias (pytorch/pytorch#47562)."""
-    return outputs.float().sum() * 0
+    """With several processes 0 * outputs.sum(): no gradient, but every parameter behind
+    `outputs` joins the backward. DDP needs that of a backward from an R1 penalty alone, which
+    does not reach e.g. the last layer's bias (pytorch/pytorch#47562); that bias then gets a zero
+    gradient (an Adam step on its momentum) where one process leaves it alone. Else 0."""
+    return outputs.float().sum() * 0 if _active() else 0
 
 
 def all_ranks(flag):

@@ -506,8 +506,10 @@ class Trainer:
         per_rank = state.get("rng_per_rank") or [state["rng"]]
         if len(per_rank) == self.world_size:
             _set_rng_state(per_rank[self.rank])
-        else:  # written by another number of processes: rank 0 continues its noise, the others
-            _set_rng_state(state["rng"])  # start new streams
+        else:
+            # Written by another number of processes: rank 0 continues its noise, the other
+            # ranks start new streams.
+            _set_rng_state(state["rng"])
             if self.rank > 0:
                 torch.manual_seed(self.config["seed"] + self.rank
                                   + state["step"] * self.world_size)
