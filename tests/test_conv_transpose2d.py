@@ -26,6 +26,9 @@ CASES = {
     "output_padding_below_dilation": (2, 3, (1, 3), 2, 0, 2, 1, 3, (3, 3)),
     "grouped": (8, 8, 2, 2, 0, 0, 4, 1, (3, 3)),
     "three_outputs": (5, 3, 4, 2, 1, 0, 1, 1, (6, 6)),
+    # 16 or more output channels per group: NCHW operands take the row path, not the planar one.
+    "wide": (4, 16, 4, 2, 1, 0, 1, 1, (5, 6)),
+    "wide_grouped": (6, 32, 3, (2, 3), 1, 1, 2, (1, 2), (4, 3)),
 }
 
 # Few channels: the numerical Jacobians cost one evaluation per input and parameter element.
