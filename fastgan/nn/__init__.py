@@ -2,5 +2,7 @@
 counterparts."""
 from fastgan.nn.batch_norm import BatchNormLeakyReLU1d, BatchNormLeakyReLU2d
 from fastgan.nn.conv import ConvTranspose2d
+from fastgan.nn.convert import Conversion, ConversionReport, convert
 
-__all__ = ["BatchNormLeakyReLU1d", "BatchNormLeakyReLU2d", "ConvTranspose2d"]
+__all__ = ["BatchNormLeakyReLU1d", "BatchNormLeakyReLU2d", "ConvTranspose2d", "convert",
+           "Conversion", "ConversionReport"]
