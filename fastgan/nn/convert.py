@@ -81,7 +81,7 @@ def convert(module, inplace=False, report=False):
     notes = []
     pairs = _fusible_pairs(model, "", notes)
     shared = _shared_modules(model)
-    modules = dict(model.named_modules())
+    modules = dict(model.named_modules(remove_duplicate=False))
     conversions = []
     for layer_name, activation_name in pairs:
         layer, activation = modules[layer_name], modules[activation_name]
@@ -104,6 +104,8 @@ def convert(module, inplace=False, report=False):
               if isinstance(layer, (*_FUSED_BATCH_NORM, nn.ConvTranspose2d))
               and type(layer) not in (*_FUSED_BATCH_NORM, nn.ConvTranspose2d)
               and not isinstance(layer, _FASTGAN_LAYERS)]
+    order = {name: index for index, name in enumerate(modules)}
+    conversions.sort(key=lambda conversion: order[conversion.names[0]])
     result = ConversionReport(conversions, list(dict.fromkeys(notes)))
     for line in str(result).splitlines():
         logger.info(line.strip())
@@ -240,8 +242,9 @@ def _fuse(model, layer_name, layer, activation_name, activation):
             layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
             layer.output_padding, layer.groups, layer.bias is not None, layer.dilation,
             layer.padding_mode, device="meta", activation=kind, negative_slope=slope)
-        replacement = f"fastgan.nn.ConvTranspose2d(activation={kind!r}" + \
-            (f", negative_slope={fused.negative_slope})" if kind == "leaky_relu" else ")")
+        replacement = "fastgan.nn.ConvTranspose2d" + (
+            "" if kind is None else f"(activation={kind!r}" + (
+                f", negative_slope={fused.negative_slope})" if kind == "leaky_relu" else ")"))
     _take_tensors(fused, layer)
     _set_submodule(model, layer_name, fused)
     names, original = (layer_name,), type(layer).__name__
