@@ -82,7 +82,9 @@ def _pair(name, value, minimum):
 def _check_operands(input, weight, bias, groups):
     in_channels = input.shape[1]
     # Under autocast the operands are cast to one dtype (fastgan/ops/_autocast.py).
-    same_dtype_needed = not torch.is_autocast_enabled(input.device.type)
+    device_type = input.device.type
+    same_dtype_needed = not (torch.amp.is_autocast_available(device_type)
+                             and torch.is_autocast_enabled(device_type))
     if weight.dtype != input.dtype and same_dtype_needed:
         raise TypeError(f"weight must have the input's dtype {input.dtype}, got {weight.dtype}")
     if weight.device != input.device:
