@@ -297,6 +297,17 @@ def test_conv_transpose2d_activations_and_geometry():
                                                      generator=torch.Generator().manual_seed(seed)))
 
 
+def test_a_bare_layer_is_converted_too():
+    layer = nn.ConvTranspose2d(3, 2, 4, 2, 1).double()
+    converted, report = convert(layer, report=True)
+    assert type(converted) is fastgan.nn.ConvTranspose2d and converted.activation is None
+    assert [c.names for c in report.conversions] == [("",)]
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64)
+    torch.testing.assert_close(converted(x), layer(x))
+    bn = nn.BatchNorm2d(3)
+    assert type(convert(bn)) is nn.BatchNorm2d  # no activation to fuse it with
+
+
 def test_device_dtype_memory_format_and_mode_are_kept():
     original = nn.Sequential(nn.ConvTranspose2d(3, 4, 2), nn.BatchNorm2d(4), nn.ReLU())
     original = original.to(torch.float64).to(memory_format=torch.channels_last).eval()

@@ -72,7 +72,8 @@ def convert(module, inplace=False, report=False):
     """Returns `module` with its BatchNorm->ReLU/LeakyReLU pairs and ConvTranspose2d layers
     replaced by fastgan's fused modules: same outputs, gradients and running statistics, same
     state_dict keys. By default a deep copy is converted; inplace=True converts `module` itself
-    (an optimizer built on it keeps working: the parameters are the same tensors). With
+    (an optimizer built on it keeps working: the parameters are the same tensors); use the
+    returned model either way (a bare ConvTranspose2d is replaced, not modified). With
     report=True returns (model, ConversionReport). Each change is also logged at INFO level on
     the "fastgan.nn.convert" logger."""
     if not isinstance(module, nn.Module):
@@ -82,7 +83,7 @@ def convert(module, inplace=False, report=False):
     pairs = _fusible_pairs(model, "", notes)
     shared = _shared_modules(model)
     modules = dict(model.named_modules(remove_duplicate=False))
-    conversions = []
+    conversions, fused_layers = [], set()
     for layer_name, activation_name in pairs:
         layer, activation = modules[layer_name], modules[activation_name]
         refusal = _refusal(layer_name, layer, shared) or _refusal(activation_name, activation,
@@ -90,15 +91,17 @@ def convert(module, inplace=False, report=False):
         if refusal:
             notes.append(refusal)
             continue
-        conversions.append(_fuse(model, layer_name, layer, activation_name, activation))
-    fused_layers = {name for name, _ in pairs}
+        model, conversion = _fuse(model, layer_name, layer, activation_name, activation)
+        conversions.append(conversion)
+        fused_layers.add(layer_name)
     for name, layer in modules.items():
         if type(layer) is nn.ConvTranspose2d and name not in fused_layers:
             refusal = _refusal(name, layer, shared)
             if refusal:
                 notes.append(refusal)
-            else:
-                conversions.append(_fuse(model, name, layer, None, None))
+            else:  # name "" (the model itself is a ConvTranspose2d) gives a new model
+                model, conversion = _fuse(model, name, layer, None, None)
+                conversions.append(conversion)
     notes += [f"{name}: {type(layer).__name__} is a subclass of a torch layer; left alone"
               for name, layer in modules.items()
               if isinstance(layer, (*_FUSED_BATCH_NORM, nn.ConvTranspose2d))
@@ -228,7 +231,7 @@ def _refusal(name, module, shared):
 
 
 def _fuse(model, layer_name, layer, activation_name, activation):
-    """Replaces `layer` (and `activation`, by nn.Identity) and describes the change."""
+    """Replaces `layer` (and `activation`, by nn.Identity); returns the model and the change."""
     if isinstance(layer, nn.modules.batchnorm._BatchNorm):
         slope = _BATCH_NORM_ACTIVATIONS[type(activation)](activation)
         fused = _FUSED_BATCH_NORM[type(layer)](
@@ -246,14 +249,14 @@ def _fuse(model, layer_name, layer, activation_name, activation):
             "" if kind is None else f"(activation={kind!r}" + (
                 f", negative_slope={fused.negative_slope})" if kind == "leaky_relu" else ")"))
     _take_tensors(fused, layer)
-    _set_submodule(model, layer_name, fused)
+    model = _set_submodule(model, layer_name, fused)
     names, original = (layer_name,), type(layer).__name__
     if activation is not None:
         identity = nn.Identity()
         identity.train(activation.training)
-        _set_submodule(model, activation_name, identity)
+        model = _set_submodule(model, activation_name, identity)
         names, original = (layer_name, activation_name), f"{original} + {activation}"
-    return Conversion(names, original, replacement)
+    return model, Conversion(names, original, replacement)
 
 
 def _take_tensors(new, old):
@@ -266,5 +269,9 @@ def _take_tensors(new, old):
 
 
 def _set_submodule(model, name, module):
+    """Puts `module` at `name` in `model`; returns the model (`module` itself for name "")."""
+    if not name:
+        return module
     parent_name, _, attribute = name.rpartition(".")
     setattr(model.get_submodule(parent_name), attribute, module)
+    return model
