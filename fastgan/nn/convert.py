@@ -134,7 +134,7 @@ def _fusible_pairs(module, prefix, notes):
         return []
     try:
         pairs = None
-        for mode_pairs in _traced_pairs(module, notes):
+        for mode_pairs in _traced_pairs(module, prefix, notes):
             pairs = mode_pairs if pairs is None else pairs & mode_pairs
         return sorted(_qualified(prefix, layer, activation) for layer, activation in pairs)
     except Exception as error:  # any failure to trace: fall back to the submodules
@@ -164,7 +164,7 @@ def _fusible(layer, activation):
     return type(layer) is nn.ConvTranspose2d and type(activation) in _CONV_ACTIVATIONS
 
 
-def _traced_pairs(module, notes):
+def _traced_pairs(module, prefix, notes):
     """The fusible pairs of a trace in train mode, then of one in eval mode (a forward may branch
     on self.training)."""
     modes = {m: m.training for m in module.modules()}
@@ -172,13 +172,13 @@ def _traced_pairs(module, notes):
         for training in (True, False):
             module.train(training)
             graph = _Tracer().trace(module)
-            yield _pairs_in_graph(graph, dict(module.named_modules()), notes)
+            yield _pairs_in_graph(graph, dict(module.named_modules()), prefix, notes)
     finally:
         for m, training in modes.items():
             m.training = training
 
 
-def _pairs_in_graph(graph, modules, notes):
+def _pairs_in_graph(graph, modules, prefix, notes):
     calls = collections.defaultdict(list)
     attribute_owners = set()  # modules whose tensors the traced code reads directly
     for node in graph.nodes:
@@ -201,13 +201,14 @@ def _pairs_in_graph(graph, modules, notes):
         if len(users) != 1:
             reason = "its output is also used elsewhere"
         elif activation_call.args != (layer_calls[0],) or activation_call.kwargs:
-            reason = f"{activation_name} takes other arguments"
+            reason = "the activation takes other arguments"
         elif len(calls[activation_name]) != 1:
-            reason = f"{activation_name} is also applied elsewhere"
+            reason = "the activation is also applied elsewhere"
         elif attribute_owners & {layer_name, activation_name}:
             reason = "the forward reads its tensors directly"
         if reason:
-            notes.append(f"{layer_name} -> {activation_name} not fused: {reason}")
+            notes.append(f"{_qualified(prefix, layer_name)} -> "
+                         f"{_qualified(prefix, activation_name)} not fused: {reason}")
         else:
             pairs.add((layer_name, activation_name))
     return pairs
