@@ -95,18 +95,17 @@ C10_HOST_DEVICE inline AxisPlan transposed_phase_plan(int64_t phase, int64_t in_
   plan.src_size = in_size;
   const int64_t divisor = greatest_common_divisor(stride, dilation);
   plan.tap_step = stride / divisor;
-  plan.tap_first = plan.tap_step;  // none found yet
-  for (int64_t k = 0; k < plan.tap_step; ++k) {
-    if ((k * dilation) % stride == phase) {
-      plan.tap_first = k;
-      break;
-    }
+  // The first tap of the phase, if any: k * dilation mod stride repeats with period tap_step.
+  int64_t first = -1;
+  for (int64_t k = 0; k < plan.tap_step && first < 0; ++k) {
+    if ((k * dilation) % stride == phase) first = k;
   }
-  if (plan.tap_first >= kernel) {
+  if (first < 0 || first >= kernel) {
     plan.tap_first = 0;
     plan.taps = 0;
   } else {
-    plan.taps = (kernel - plan.tap_first + plan.tap_step - 1) / plan.tap_step;
+    plan.tap_first = first;
+    plan.taps = (kernel - first + plan.tap_step - 1) / plan.tap_step;
   }
   plan.offset_first = -((plan.tap_first * dilation - phase) / stride);
   plan.offset_step = -(dilation / divisor);
