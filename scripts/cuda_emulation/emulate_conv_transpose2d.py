@@ -33,17 +33,21 @@ CASES = {
     "stride1": (3, 5, 3, 1, 0, 0, 1, 1, (5, 4)),
     "dcgan": (4, 6, 4, 2, 1, 0, 1, 1, (4, 5)),
     "dcgan_first": (5, 8, 4, 1, 0, 0, 1, 1, (1, 1)),
+    "one_pixel_grouped": (6, 4, (3, 2), 2, 0, 0, 2, 1, (1, 1)),
+    "one_pixel_padded": (5, 8, 4, 1, 1, 0, 1, 1, (1, 1)),
     "non_square": (4, 6, (3, 2), (2, 3), (1, 0), (1, 2), 2, 1, (4, 3)),
     "dilated": (6, 4, 3, 3, 2, (2, 0), 2, (2, 1), (3, 4)),
     "output_padding_below_dilation": (2, 3, (1, 3), 2, 0, 2, 1, 3, (3, 3)),
     "grouped": (8, 8, 2, 2, 0, 0, 4, 1, (3, 3)),
     "three_outputs": (5, 3, 4, 2, 1, 0, 1, 1, (6, 6)),
-    "wide": (48, 140, 3, 2, 1, 1, 2, 1, (9, 7)),
+    "wide": (4, 16, 4, 2, 1, 0, 1, 1, (5, 6)),
+    "wide_grouped": (6, 32, 3, (2, 3), 1, 1, 2, (1, 2), (4, 3)),
+    "gemm_tiles": (48, 140, 3, 2, 1, 1, 2, 1, (9, 7)),
     "kernel1_stride2": (3, 4, 1, 2, 0, 1, 1, 1, (3, 3)),
     "phases_without_taps": (3, 4, 3, 2, 1, 1, 1, 2, (4, 3)),
     "large_padding": (3, 4, 5, 3, 4, 0, 1, 2, (4, 5)),
 }
-QUICK = ["dcgan", "non_square", "wide", "phases_without_taps"]
+QUICK = ["dcgan", "non_square", "gemm_tiles", "phases_without_taps"]
 LAYOUTS = ["contiguous", "channels_last", "non_contiguous"]
 # Against a float64 reference from the same values. float16 / bfloat16: the result is rounded
 # and the backward reads activation' from it.
@@ -192,8 +196,8 @@ def main():
             "channels_last", "tanh", True)
     for multiprocessors in (1, 7, 132):  # grad_weight's split count follows the device size
         fma.ops.set_multiprocessors(multiprocessors)
-        fma.run(f"wide on {multiprocessors} SMs", CASES["wide"], 3, torch.float64, "contiguous",
-                None, True)
+        fma.run(f"gemm_tiles on {multiprocessors} SMs", CASES["gemm_tiles"], 3, torch.float64,
+                "contiguous", None, True)
     fma.activation_double_backward()
     failures += fma.failures
 
