@@ -39,6 +39,18 @@ def forward_backward(fn, x, weight, stride, padding, activation, grad):
 
 def run(device="cpu", dtype=torch.float32, min_run_time=1.0):
     device = torch.device(device)
+    # cuDNN runs float32 convolutions in TF32 unless torch.backends.cudnn.allow_tf32 is off;
+    # fastgan's kernels (and matmul) follow torch.backends.cuda.matmul.allow_tf32, set to match.
+    tf32 = device.type == "cuda" and dtype == torch.float32 and torch.backends.cudnn.allow_tf32
+    allow_tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    try:
+        return _run(device, dtype, min_run_time, "TF32" if tf32 else str(dtype).split(".")[-1])
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+
+
+def _run(device, dtype, min_run_time, precision):
     compiled = torch.compile(eager)
     peak = matmul_rate(device, dtype)
     rows, speedups = [], []
@@ -67,5 +79,5 @@ def run(device="cpu", dtype=torch.float32, min_run_time=1.0):
     rows.append(["geometric mean", "", "", "", "", f"**{geomean:.2f}x**", "", "", ""])
     header = ["layer", "activation", "eager ms", "compile ms", "fastgan ms", "vs eager",
               "vs compile", "eager GFLOP/s (% of matmul)", "fastgan GFLOP/s (% of matmul)"]
-    return (f"### ConvTranspose2d forward+backward, DCGAN-64 generator, batch {BATCH}, NCHW "
-            f"(matmul: {peak:.0f} GFLOP/s)\n\n" + table(header, rows))
+    return (f"### ConvTranspose2d forward+backward, DCGAN-64 generator, batch {BATCH}, NCHW, "
+            f"{device.type} {precision} (matmul: {peak:.0f} GFLOP/s)\n\n" + table(header, rows))

@@ -51,6 +51,93 @@ C10_HOST_DEVICE inline int64_t input_index(int64_t out, int64_t tap, int64_t str
 }
 
 // ------------------------------------------------------------------------------------------------
+// Implicit GEMMs along one spatial axis. A GEMM row j writes destination position
+// dst_first + j * dst_step and, through tap t (kernel index tap_first + t * tap_step), reads source
+// position src_first + j * src_step + offset_first + t * offset_step (no contribution when that
+// falls outside [0, src_size)).
+
+struct AxisPlan {
+  int64_t dst_first, dst_step, count;
+  int64_t src_first, src_step, src_size;
+  int64_t tap_first, tap_step, taps;
+  int64_t offset_first, offset_step;
+};
+
+C10_HOST_DEVICE inline int64_t floor_div(int64_t a, int64_t b) {  // b > 0
+  return a >= 0 ? a / b : -((-a + b - 1) / b);
+}
+
+C10_HOST_DEVICE inline int64_t greatest_common_divisor(int64_t a, int64_t b) {
+  while (b != 0) {
+    const int64_t r = a % b;
+    a = b;
+    b = r;
+  }
+  return a;
+}
+
+// The forward's sub-pixel phase `phase` (in [0, stride)): the outputs o with
+// (o + padding) mod stride == phase, and the taps k with k * dilation mod stride == phase, the only
+// ones that reach them. With o + padding = q * stride + phase and k * dilation = p * stride + phase
+// the input position is q - p: row j reads q = (dst_first + padding) / stride + j, and the taps
+// come every stride / gcd(stride, dilation) kernel positions, p growing by dilation / gcd each.
+// A phase may have no taps (its outputs are bias only) or no outputs.
+C10_HOST_DEVICE inline AxisPlan transposed_phase_plan(int64_t phase, int64_t in_size,
+                                                      int64_t out_size, int64_t kernel,
+                                                      int64_t stride, int64_t padding,
+                                                      int64_t dilation) {
+  AxisPlan plan{};
+  plan.dst_first = ((phase - padding) % stride + stride) % stride;
+  plan.dst_step = stride;
+  plan.count = plan.dst_first < out_size ? (out_size - plan.dst_first + stride - 1) / stride : 0;
+  plan.src_first = (plan.dst_first + padding) / stride;
+  plan.src_step = 1;
+  plan.src_size = in_size;
+  const int64_t divisor = greatest_common_divisor(stride, dilation);
+  plan.tap_step = stride / divisor;
+  // The first tap of the phase, if any: k * dilation mod stride repeats with period tap_step.
+  int64_t first = -1;
+  for (int64_t k = 0; k < plan.tap_step && first < 0; ++k) {
+    if ((k * dilation) % stride == phase) first = k;
+  }
+  if (first < 0 || first >= kernel) {
+    plan.tap_first = 0;
+    plan.taps = 0;
+  } else {
+    plan.tap_first = first;
+    plan.taps = (kernel - first + plan.tap_step - 1) / plan.tap_step;
+  }
+  plan.offset_first = -((plan.tap_first * dilation - phase) / stride);
+  plan.offset_step = -(dilation / divisor);
+  return plan;
+}
+
+// The backward's grad_input, an ordinary strided convolution of grad_output: row j is input
+// position j, and tap k reads output position j * stride - padding + k * dilation.
+C10_HOST_DEVICE inline AxisPlan strided_convolution_plan(int64_t in_size, int64_t out_size,
+                                                         int64_t kernel, int64_t stride,
+                                                         int64_t padding, int64_t dilation) {
+  return {0, 1, in_size, -padding, stride, out_size, 0, 1, kernel, 0, dilation};
+}
+
+// The input positions [first, first + count) whose output position through tap `tap` exists:
+// the rows of grad_weight's reduction for that tap.
+struct Range {
+  int64_t first, count;
+};
+
+C10_HOST_DEVICE inline Range inputs_reaching_output(int64_t tap, int64_t in_size, int64_t out_size,
+                                                    int64_t stride, int64_t padding,
+                                                    int64_t dilation) {
+  const int64_t shift = padding - tap * dilation;  // out = in * stride - shift
+  int64_t first = -floor_div(-shift, stride);      // ceil(shift / stride)
+  int64_t last = floor_div(out_size - 1 + shift, stride) + 1;
+  first = first > 0 ? first : 0;
+  last = last < in_size ? last : in_size;
+  return {first, last > first ? last - first : 0};
+}
+
+// ------------------------------------------------------------------------------------------------
 // Epilogue: out = activation(y), y = the convolution plus bias. The backward needs activation'(y),
 // which every supported activation lets us recover from `out` alone, so the forward saves no
 // pre-activation tensor.

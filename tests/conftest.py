@@ -17,6 +17,7 @@ TOLERANCES = {
     torch.float32: (1e-4, 1e-5),
     torch.float16: (1e-2, 1e-2),
     torch.bfloat16: (5e-2, 5e-2),
+    "tf32": (1e-2, 1e-2),  # float32 with torch.backends.cuda.matmul.allow_tf32
 }
 
 

@@ -29,6 +29,11 @@ CASES = {
     # 16 or more output channels per group: NCHW operands take the row path, not the planar one.
     "wide": (4, 16, 4, 2, 1, 0, 1, 1, (5, 6)),
     "wide_grouped": (6, 32, 3, (2, 3), 1, 1, 2, (1, 2), (4, 3)),
+    # More channels and pixels than one 64 x 64 tile of the CUDA GEMMs, 24 = 16 + 8 input
+    # channels per group (a partial reduction step); dilation 2 with stride 2 leaves phases
+    # without taps (bias only).
+    "gemm_tiles": (48, 140, 3, 2, 1, 1, 2, 1, (9, 7)),
+    "phases_without_taps": (3, 4, 3, 2, 1, 1, 1, 2, (4, 3)),
 }
 
 # Few channels: the numerical Jacobians cost one evaluation per input and parameter element.
@@ -81,6 +86,36 @@ def test_matches_torch(device, dtype, layout, activation, bias, case):
     assert_close(out, expected, dtype, scale=10)
     for actual, reference in zip(grads, expected_grads):
         assert_close(actual, reference, dtype, scale=10)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("precision", ["float16", "bfloat16", "tf32"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("activation", [None, "tanh"])
+@pytest.mark.parametrize("case_name", ["dcgan", "non_square", "dilated", "gemm_tiles"])
+def test_cuda_tensor_cores_match_torch(precision, layout, activation, case_name):
+    """The WMMA paths: float16 / bfloat16, and float32 with TF32 allowed, against float64 from
+    the same values."""
+    case = CASES[case_name]
+    dtype = torch.float32 if precision == "tf32" else getattr(torch, precision)
+    x, weight, b = make_operands(case, 3, dtype, "cuda", layout)
+    allow_tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+    try:
+        out, grads = output_and_grads(conv_t, x, weight, b, hyper(case, activation))
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+    expected, expected_grads = output_and_grads(
+        _reference.conv_transpose2d, x.double(), weight.double(), b.double(),
+        hyper(case, activation))
+    assert out.dtype == dtype
+    # The backward reads activation' from the rounded result and gets a rounded upstream
+    # gradient: on the CPU emulation of these kernels the worst errors reach 0.4x of this
+    # tolerance for bfloat16 (gradients), 0.3x for float16.
+    tolerance = "tf32" if precision == "tf32" else dtype
+    assert_close(out, expected, tolerance, scale=5)
+    for actual, reference in zip(grads, expected_grads):
+        assert_close(actual, reference, tolerance, scale=5)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -178,9 +213,10 @@ def test_gradient_penalty_pattern_matches_torch(device, activation):
         assert_close(actual, expected)
 
 
-def test_deterministic():
+@pytest.mark.parametrize("device", DEVICES)
+def test_deterministic(device):
     case = (3, 4, 4, 2, 1, 0, 1, 1, (16, 16))
-    x, weight, b = make_operands(case, 17, torch.float32, "cpu", "channels_last")
+    x, weight, b = make_operands(case, 17, torch.float32, device, "channels_last")
     first = output_and_grads(conv_t, x, weight, b, hyper(case, "tanh"))
     second = output_and_grads(conv_t, x, weight, b, hyper(case, "tanh"))
     assert torch.equal(first[0], second[0])
