@@ -2,5 +2,6 @@
 differentiable twice."""
 from fastgan.ops.batch_norm_leaky_relu import batch_norm_leaky_relu
 from fastgan.ops.conv_transpose2d import conv_transpose2d
+from fastgan.ops.r1_penalty import r1_penalty
 
-__all__ = ["batch_norm_leaky_relu", "conv_transpose2d"]
+__all__ = ["batch_norm_leaky_relu", "conv_transpose2d", "r1_penalty"]
