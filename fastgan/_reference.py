@@ -45,9 +45,10 @@ def r1_penalty(outputs, inputs, gamma=10.0, *, grad_scale=None):
 
 def torch_modules(model):
     """A copy of `model` made of torch.nn modules only, with the same parameters, buffers and
-    outputs: each fused BatchNormLeakyReLU becomes nn.BatchNorm + nn.LeakyReLU and each fastgan
-    ConvTranspose2d an nn.ConvTranspose2d followed by its activation. The parameters keep their
-    order. The oracle for whole models and the benchmarks' pure-PyTorch baseline."""
+    outputs: each fused BatchNormLeakyReLU becomes nn.BatchNorm + nn.LeakyReLU, each fastgan Conv2d
+    an nn.Conv2d and each fastgan ConvTranspose2d an nn.ConvTranspose2d followed by its
+    activation. The parameters keep their order. The oracle for whole models and the
+    benchmarks' pure-PyTorch baseline."""
     model = copy.deepcopy(model)
     replacement = _torch_equivalent(model)
     if replacement is not None:
@@ -73,6 +74,12 @@ def _torch_equivalent(module):
                           module.track_running_stats, **factory)
         norm.load_state_dict(module.state_dict())
         layers = [norm, nn.LeakyReLU(module.negative_slope)]
+    elif isinstance(module, fastgan_nn.Conv2d):
+        conv = nn.Conv2d(module.in_channels, module.out_channels, module.kernel_size,
+                         module.stride, module.padding, module.dilation, module.groups,
+                         module.bias is not None, module.padding_mode, **factory)
+        conv.load_state_dict(module.state_dict())
+        return conv.train(module.training)
     elif isinstance(module, fastgan_nn.ConvTranspose2d):
         conv = nn.ConvTranspose2d(module.in_channels, module.out_channels, module.kernel_size,
                                   module.stride, module.padding, module.output_padding,

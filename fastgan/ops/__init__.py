@@ -1,7 +1,8 @@
 """fastgan's functional API: each op matches its torch.nn.functional counterpart and is
 differentiable twice."""
 from fastgan.ops.batch_norm_leaky_relu import batch_norm_leaky_relu
+from fastgan.ops.conv2d import conv2d
 from fastgan.ops.conv_transpose2d import conv_transpose2d
 from fastgan.ops.r1_penalty import r1_penalty
 
-__all__ = ["batch_norm_leaky_relu", "conv_transpose2d", "r1_penalty"]
+__all__ = ["batch_norm_leaky_relu", "conv2d", "conv_transpose2d", "r1_penalty"]
