@@ -110,3 +110,19 @@ def test_errors_name_the_argument():
         fastgan.ops.conv2d(x[0, 0], w)
     with pytest.raises(TypeError, match="weight must be a floating-point tensor"):
         fastgan.ops.conv2d(x, w.long())
+
+
+def test_autocast_computes_like_torch():
+    """Under autocast the convolution and both backward orders run in its lower precision, as
+    torch's conv2d does."""
+    def run(conv):
+        x, w, b = _leaves("cpu", (2, 4, 8, 8), (6, 4, 4, 4), "contiguous")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = conv(x.float(), w.float(), b.float(), 2, 1)
+            (grad_x,) = torch.autograd.grad(out.float().square().sum(), x, create_graph=True)
+        grad_x.square().sum().backward()
+        return out, grad_x, w.grad, b.grad
+
+    for actual, expected in zip(run(fastgan.ops.conv2d), run(F.conv2d)):
+        assert actual.dtype == expected.dtype
+        torch.testing.assert_close(actual, expected, rtol=2e-2, atol=2e-2)

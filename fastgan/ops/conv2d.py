@@ -31,7 +31,14 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
             bias is not None and bias.requires_grad)):
         out = F.conv2d(input, weight, bias, *geometry)
     else:
-        out = _Conv2d.apply(input, _with_own_node(weight), _with_own_node(bias), geometry)
+        device = input.device.type
+        if torch.is_autocast_enabled(device):
+            # As autocast runs F.conv2d: in its lower precision. The backward ops are not
+            # autocast ops, so the casts happen here, recorded by autograd, once.
+            dtype = torch.get_autocast_dtype(device)
+            input, weight, bias = (t if t is None else t.to(dtype) for t in (input, weight, bias))
+        with torch.autocast(device, enabled=False):
+            out = _Conv2d.apply(input, _with_own_node(weight), _with_own_node(bias), geometry)
     return out.squeeze(0) if unbatched else out
 
 
