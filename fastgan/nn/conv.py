@@ -43,9 +43,9 @@ class Conv2d(torch.nn.Conv2d):
     backward, the one a gradient penalty differentiates, is fastgan.ops.conv2d's fast one.
 
     It computes channels-last: its weight is stored so and batched input is converted (a no-op
-    after the first such layer), because oneDNN and cuDNN's tensor cores convolve NHWC without
-    the layout reorders that NCHW costs them in every forward, backward and double backward. The
-    values are nn.Conv2d's. String padding and padding modes other than "zeros" run nn.Conv2d's
+    after the first such layer), because oneDNN convolves NHWC without the layout reorders that
+    NCHW costs it in every forward, backward and double backward (NHWC is also the native layout
+    of cuDNN's tensor-core convolutions). The values are nn.Conv2d's. String padding and padding modes other than "zeros" run nn.Conv2d's
     forward."""
 
     def __init__(self, *args, **kwargs):
