@@ -7,6 +7,8 @@ the stride (plus four transposing copies), while it is simply the weight gradien
 whose input is the incoming gradient: one backward-weights call, several times faster on the CPU
 (DCGAN-64 discriminator layers, oneDNN). And, as torch's own convolution does, gradients that a
 backward pass does not need (the weights', during autograd.grad w.r.t. the inputs) are skipped."""
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
@@ -32,12 +34,13 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
         out = F.conv2d(input, weight, bias, *geometry)
     else:
         device = input.device.type
-        if torch.is_autocast_enabled(device):
+        autocast = torch.is_autocast_enabled(device)
+        if autocast:
             # As autocast runs F.conv2d: in its lower precision. The backward ops are not
             # autocast ops, so the casts happen here, recorded by autograd, once.
             dtype = torch.get_autocast_dtype(device)
             input, weight, bias = (t if t is None else t.to(dtype) for t in (input, weight, bias))
-        with torch.autocast(device, enabled=False):
+        with torch.autocast(device, enabled=False) if autocast else contextlib.nullcontext():
             out = _Conv2d.apply(input, _with_own_node(weight), _with_own_node(bias), geometry)
     return out.squeeze(0) if unbatched else out
 
