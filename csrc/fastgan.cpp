@@ -52,6 +52,13 @@ TORCH_LIBRARY(fastgan, m) {
       "conv_transpose2d_activation_double_backward(Tensor grad_preactivation, "
       "Tensor grad_output, Tensor result, str activation, float negative_slope, "
       "bool[2] output_mask) -> (Tensor grad_grad_output, Tensor grad_result)");
+
+  // The R1 / R2 gradient penalty's reduction: scale * mean over dim 0 of the squared norms of
+  // grad's samples, as a 0-dim tensor in the accumulation dtype (float64 for float64 grad, else
+  // float32). The backward returns 2 * scale / N * grad * grad_out in grad's dtype; it is linear
+  // in grad and grad_out, so higher orders reuse it.
+  m.def("gradient_penalty(Tensor grad, float scale) -> Tensor");
+  m.def("gradient_penalty_backward(Tensor grad_out, Tensor grad, float scale) -> Tensor");
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {

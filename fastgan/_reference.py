@@ -1,6 +1,10 @@
 """Pure-PyTorch implementations of fastgan's ops: the test oracle and the fallback when the
 compiled extension is unavailable. Each has the signature of its fastgan.ops counterpart."""
+import copy
+
+import torch
 import torch.nn.functional as F
+from torch import nn
 
 
 def batch_norm_leaky_relu(input, running_mean, running_var, weight=None, bias=None,
@@ -23,3 +27,68 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
     out = F.conv_transpose2d(input, weight, bias, stride, padding, output_padding, groups,
                              dilation)
     return _ACTIVATIONS[activation](out, negative_slope)
+
+
+def gradient_penalty(grad, scale):
+    """scale * mean over dim 0 of the squared norms of grad's samples (the kernels' reduction), in
+    float32, or float64 for float64 grad."""
+    dtype = torch.float64 if grad.dtype == torch.float64 else torch.float32
+    return grad.to(dtype).square().sum() * scale / grad.shape[0]
+
+
+def r1_penalty(outputs, inputs, gamma=10.0, *, grad_scale=None):
+    (gradient,) = torch.autograd.grad(outputs.sum(), inputs, create_graph=True)
+    if grad_scale is not None:
+        gradient = gradient / grad_scale
+    return gradient_penalty(gradient, gamma / 2)
+
+
+def torch_modules(model):
+    """A copy of `model` made of torch.nn modules only, with the same parameters, buffers and
+    outputs: each fused BatchNormLeakyReLU becomes nn.BatchNorm + nn.LeakyReLU, each fastgan Conv2d
+    an nn.Conv2d and each fastgan ConvTranspose2d an nn.ConvTranspose2d followed by its
+    activation. The parameters keep their order. The oracle for whole models and the
+    benchmarks' pure-PyTorch baseline."""
+    model = copy.deepcopy(model)
+    replacement = _torch_equivalent(model)
+    if replacement is not None:
+        return replacement
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            replacement = _torch_equivalent(child)
+            if replacement is not None:
+                setattr(module, name, replacement)
+    return model
+
+
+def _torch_equivalent(module):
+    """The torch.nn replacement of one fastgan module, or None for any other module."""
+    from fastgan import nn as fastgan_nn  # fastgan.nn imports this module through fastgan.ops
+
+    floating = [t for t in module.state_dict().values() if t.is_floating_point()]
+    factory = {"device": floating[0].device, "dtype": floating[0].dtype} if floating else {}
+    if isinstance(module, (fastgan_nn.BatchNormLeakyReLU1d, fastgan_nn.BatchNormLeakyReLU2d)):
+        norm_class = (nn.BatchNorm2d if isinstance(module, fastgan_nn.BatchNormLeakyReLU2d)
+                      else nn.BatchNorm1d)
+        norm = norm_class(module.num_features, module.eps, module.momentum, module.affine,
+                          module.track_running_stats, **factory)
+        norm.load_state_dict(module.state_dict())
+        layers = [norm, nn.LeakyReLU(module.negative_slope)]
+    elif isinstance(module, fastgan_nn.Conv2d):
+        conv = nn.Conv2d(module.in_channels, module.out_channels, module.kernel_size,
+                         module.stride, module.padding, module.dilation, module.groups,
+                         module.bias is not None, module.padding_mode, **factory)
+        conv.load_state_dict(module.state_dict())
+        return conv.train(module.training)
+    elif isinstance(module, fastgan_nn.ConvTranspose2d):
+        conv = nn.ConvTranspose2d(module.in_channels, module.out_channels, module.kernel_size,
+                                  module.stride, module.padding, module.output_padding,
+                                  module.groups, module.bias is not None, module.dilation,
+                                  module.padding_mode, **factory)
+        conv.load_state_dict(module.state_dict())
+        activations = {"relu": nn.ReLU(), "leaky_relu": nn.LeakyReLU(module.negative_slope),
+                       "tanh": nn.Tanh()}
+        layers = [conv] + ([activations[module.activation]] if module.activation else [])
+    else:
+        return None
+    return nn.Sequential(*layers).train(module.training)

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from fastgan.models._checks import check_int
-from fastgan.models.layers import (batch_norm_leaky_relu2d, batch_norm_relu2d, conv_transpose2d,
-                                   init_dcgan_weights)
+from fastgan.models.layers import (batch_norm_leaky_relu2d, batch_norm_relu2d, conv2d,
+                                   conv_transpose2d, init_dcgan_weights)
 
 IMAGE_SIZES = (16, 32, 64, 128)
 CHANNELS = (1, 3)
@@ -77,13 +77,13 @@ class DCGANDiscriminator(nn.Module):
         # Stride-2 downsamplings that double the channels down to a 4x4 map; no BN on the first.
         downsamplings = int(math.log2(image_size)) - 2
         channels = base_channels
-        layers = [nn.Conv2d(in_channels, channels, 4, 2, 1, bias=False), nn.LeakyReLU(0.2)]
+        layers = [conv2d(in_channels, channels, 4, 2, 1), nn.LeakyReLU(0.2)]
         for _ in range(downsamplings - 1):
-            layers += [nn.Conv2d(channels, channels * 2, 4, 2, 1, bias=False),
+            layers += [conv2d(channels, channels * 2, 4, 2, 1),
                        batch_norm_leaky_relu2d(channels * 2)]
             channels *= 2
         self.features = nn.Sequential(*layers)
-        self.output = nn.Conv2d(channels, 1, 4, 1, 0, bias=False)
+        self.output = conv2d(channels, 1, 4, 1, 0)
         self.label_projection = nn.Embedding(num_classes, channels) if num_classes else None
         init_dcgan_weights(self)
 

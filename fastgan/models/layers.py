@@ -1,7 +1,13 @@
 """Layer factories shared by the models, so that swapping in a fused kernel is a one-line change."""
 from torch import nn
 
-from fastgan.nn import BatchNormLeakyReLU1d, BatchNormLeakyReLU2d, ConvTranspose2d
+from fastgan.nn import BatchNormLeakyReLU1d, BatchNormLeakyReLU2d, Conv2d, ConvTranspose2d
+
+def conv2d(in_channels, out_channels, kernel_size, stride, padding):
+    """A convolution without bias (as in DCGAN's discriminator), with the fast second-order
+    backward that R1 differentiates."""
+    return Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=False)
+
 
 def conv_transpose2d(in_channels, out_channels, kernel_size, stride, padding, activation=None):
     """A transposed convolution with an optional fused activation (bias only when one is

@@ -1,7 +1,8 @@
-"""ConvTranspose2d with an optional activation fused into the kernel's epilogue."""
+"""ConvTranspose2d with an optional activation fused into the kernel's epilogue, and Conv2d with a
+fast second-order backward."""
 import torch
 
-from fastgan.ops import conv_transpose2d
+from fastgan.ops import conv2d, conv_transpose2d
 from fastgan.ops._checks import check_number
 from fastgan.ops.conv_transpose2d import ACTIVATIONS
 
@@ -35,3 +36,26 @@ class ConvTranspose2d(torch.nn.ConvTranspose2d):
             return super().extra_repr()
         slope = f", negative_slope={self.negative_slope}" if self.activation == "leaky_relu" else ""
         return f"{super().extra_repr()}, activation={self.activation!r}{slope}"
+
+
+class Conv2d(torch.nn.Conv2d):
+    """nn.Conv2d (same arguments, parameters, initialization and state_dict) whose second-order
+    backward, the one a gradient penalty differentiates, is fastgan.ops.conv2d's fast one.
+
+    It computes channels-last: its weight is stored so and batched input is converted (a no-op
+    after the first such layer), because oneDNN convolves NHWC without the layout reorders that
+    NCHW costs it in every forward, backward and double backward (NHWC is also the native layout
+    of cuDNN's tensor-core convolutions). The values are nn.Conv2d's. String padding and padding modes other than "zeros" run nn.Conv2d's
+    forward."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.to(memory_format=torch.channels_last)
+
+    def forward(self, input):
+        if self.padding_mode != "zeros" or isinstance(self.padding, str):
+            return super().forward(input)
+        if input.dim() == 4:
+            input = input.contiguous(memory_format=torch.channels_last)
+        return conv2d(input, self.weight, self.bias, self.stride, self.padding, self.dilation,
+                      self.groups)

@@ -1,16 +1,8 @@
-"""The R1 gradient penalty and the lazy-regularization bookkeeping (StyleGAN2, Karras et al.
-2020, appendix B)."""
-import torch
+"""The R1 gradient penalty (fastgan.ops.r1_penalty, with its fused kernels) and the
+lazy-regularization bookkeeping (StyleGAN2, Karras et al. 2020, appendix B)."""
+from fastgan.ops import r1_penalty
 
-
-def r1_penalty(logits, inputs, gamma):
-    """(gamma / 2) * mean over the batch of ||d logits.sum() / d inputs_i||^2 (Mescheder et al.
-    2018), differentiable w.r.t. the discriminator's parameters. `inputs` must require grad.
-
-    Pure autograd; fastgan.ops.r1_penalty, with its fused double backward, is the drop-in
-    replacement once it exists."""
-    (gradient,) = torch.autograd.grad(logits.sum(), inputs, create_graph=True)
-    return gamma / 2 * gradient.float().pow(2).flatten(1).sum(dim=1).mean()
+__all__ = ["lazy_adam_settings", "r1_penalty"]
 
 
 def lazy_adam_settings(lr, betas, interval):

@@ -1,0 +1,128 @@
+"""fastgan.ops.conv2d and fastgan.nn.Conv2d against torch: values, first and second order, and
+no weight gradient computed where a backward pass does not need one."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.autograd import gradcheck, gradgradcheck
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import fastgan
+from conftest import DEVICES, assert_close, make_input
+
+GEOMETRIES = [  # (input shape, weight shape, stride, padding, dilation, groups)
+    ((3, 4, 9, 8), (6, 4, 4, 4), 2, 1, 1, 1),
+    ((2, 4, 7, 7), (4, 2, 3, 3), 1, 2, 2, 2),
+    ((1, 3, 6, 5), (5, 3, 2, 3), (2, 1), (0, 1), 1, 1),
+    ((4, 6, 4, 4), (1, 6, 4, 4), 1, 0, 1, 1),
+]
+
+
+def _leaves(device, input_shape, weight_shape, layout, bias=True):
+    x = make_input(input_shape, torch.float64, device, layout).requires_grad_()
+    w = make_input(weight_shape, torch.float64, device, seed=1).requires_grad_()
+    b = make_input(weight_shape[:1], torch.float64, device, seed=2).requires_grad_() if bias \
+        else None
+    return x, w, b
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "non_contiguous"])
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=str)
+def test_matches_torch_to_second_order(device, layout, geometry):
+    input_shape, weight_shape, *args = geometry
+    x, w, b = _leaves(device, input_shape, weight_shape, layout)
+
+    def grads(conv):
+        out = conv(x, w, b, *args)
+        upstream = make_input(out.shape, torch.float64, device, seed=3)
+        first = torch.autograd.grad((out * upstream).sum(), (x, w, b), create_graph=True)
+        # An R1-like second order: the squared input gradient, differentiated w.r.t. everything.
+        second = torch.autograd.grad(first[0].square().sum() + first[1].square().sum(),
+                                     (x, w, b), allow_unused=True, materialize_grads=True)
+        return out, *first, *second
+
+    for actual, expected in zip(grads(fastgan.ops.conv2d), grads(F.conv2d)):
+        assert_close(actual, expected)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_gradcheck_and_gradgradcheck(device, layout):
+    x, w, b = _leaves(device, (2, 2, 5, 4), (2, 1, 3, 3), layout)
+    conv = lambda x, w, b: fastgan.ops.conv2d(x, w, b, 2, 1, 1, 2)  # noqa: E731
+    assert gradcheck(conv, (x, w, b))
+    assert gradgradcheck(conv, (x, w, b))
+
+
+def test_unbatched_input():
+    x, w, b = _leaves("cpu", (4, 7, 6), (5, 4, 3, 3), "contiguous")
+    assert_close(fastgan.ops.conv2d(x, w, b, 1, 1), F.conv2d(x, w, b, 1, 1))
+
+
+class _ConvolutionBackwardMasks(TorchDispatchMode):
+    """Records the output_mask of every aten.convolution_backward call."""
+
+    def __init__(self):
+        super().__init__()
+        self.masks = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten.convolution_backward.default:
+            self.masks.append(tuple(args[-1]))
+        return func(*args, **(kwargs or {}))
+
+
+def test_input_gradient_alone_skips_the_weight_gradient():
+    """autograd.grad w.r.t. the input (R1's first step) computes no weight gradient, though the
+    weight requires grad; a later backward w.r.t. the weight does compute it."""
+    x, w, b = _leaves("cpu", (2, 3, 8, 8), (4, 3, 4, 4), "contiguous")
+    out = fastgan.ops.conv2d(x, w, b, 2, 1)
+    with _ConvolutionBackwardMasks() as recorder:
+        (grad_x,) = torch.autograd.grad(out.sum(), x, create_graph=True)
+    assert recorder.masks == [(True, False, False)]
+    with _ConvolutionBackwardMasks() as recorder:
+        grad_x.square().sum().backward()
+    assert recorder.masks and all(mask == (False, True, False) for mask in recorder.masks)
+    assert w.grad is not None and x.grad is None
+
+
+def test_module_is_nn_conv2d_computing_channels_last():
+    torch.manual_seed(0)
+    module = fastgan.nn.Conv2d(3, 8, 4, 2, 1, bias=True)
+    reference = torch.nn.Conv2d(3, 8, 4, 2, 1, bias=True)
+    reference.load_state_dict(module.state_dict())
+    assert module.state_dict().keys() == reference.state_dict().keys()
+    x = make_input((2, 3, 10, 10), torch.float32)
+    out = module(x)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert_close(out, reference(x))
+    same = fastgan.nn.Conv2d(3, 8, 3, padding="same")
+    reference = torch.nn.Conv2d(3, 8, 3, padding="same")
+    reference.load_state_dict(same.state_dict())
+    assert_close(same(x), reference(x))
+
+
+def test_errors_name_the_argument():
+    x, w = torch.randn(2, 3, 8, 8), torch.randn(4, 3, 3, 3)
+    with pytest.raises(ValueError, match="stride must be >= 1"):
+        fastgan.ops.conv2d(x, w, stride=0)
+    with pytest.raises(ValueError, match="input must have 3 or 4 dimensions"):
+        fastgan.ops.conv2d(x[0, 0], w)
+    with pytest.raises(TypeError, match="weight must be a floating-point tensor"):
+        fastgan.ops.conv2d(x, w.long())
+
+
+def test_autocast_computes_like_torch():
+    """Under autocast the convolution and both backward orders run in its lower precision, as
+    torch's conv2d does."""
+    def run(conv):
+        x, w, b = _leaves("cpu", (2, 4, 8, 8), (6, 4, 4, 4), "contiguous")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = conv(x.float(), w.float(), b.float(), 2, 1)
+            (grad_x,) = torch.autograd.grad(out.float().square().sum(), x, create_graph=True)
+        grad_x.square().sum().backward()
+        return out, grad_x, w.grad, b.grad
+
+    for actual, expected in zip(run(fastgan.ops.conv2d), run(F.conv2d)):
+        assert actual.dtype == expected.dtype
+        torch.testing.assert_close(actual, expected, rtol=2e-2, atol=2e-2)
