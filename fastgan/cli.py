@@ -100,16 +100,16 @@ def _train(args):
             r1_gamma=recipe["r1_gamma"] if args.r1_gamma is None else args.r1_gamma,
             r1_interval=recipe["r1_interval"],
             lr_g=recipe["lr"], lr_d=recipe["lr"], ema_decay=ema or None, device=args.device,
-            amp=args.amp, out_dir=out, seed=args.seed)
+            amp=args.amp, out_dir=out, seed=args.seed, keep_checkpoints=args.keep_checkpoints)
     print(f"training on {args.data} for {steps} steps (batch {batch_size}) on "
           f"{trainer.device}; writing to {out}", flush=True)
     try:
         trainer.fit(data, steps, batch_size, evaluate=evaluate, modes=modes,
                     progress=not args.quiet)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit) as stop:  # Ctrl-C or SIGTERM: fit saved first
         print(f"interrupted at step {trainer.step}; saved {trainer.checkpoint_path} (continue "
               f"with --resume)", file=sys.stderr)
-        return 130
+        return stop.code if isinstance(stop, SystemExit) else 130
     except FloatingPointError as error:
         print(f"fastgan: {error}", file=sys.stderr)
         return 1
@@ -181,6 +181,9 @@ def build_parser():
     train.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA)")
     train.add_argument("--resume", nargs="?", const="", metavar="CHECKPOINT",
                        help="continue from CHECKPOINT (default: OUT/checkpoint.pt)")
+    train.add_argument("--keep-checkpoints", type=int, default=1, metavar="K",
+                       help="also keep the K newest checkpoints in OUT/checkpoints/ (default 1: "
+                            "only OUT/checkpoint.pt)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(run=_train)
 
