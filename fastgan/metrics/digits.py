@@ -71,10 +71,12 @@ def digits_classifier():
     return _classifier
 
 
-def _check_digit_images(name, images):
+def _check_digit_images(name, images, minimum=1):
     check_tensor(name, images, dims=(4,))
     if images.shape[1] != 1:
         raise ValueError(f"{name} must be grey (N, 1, H, W) digits, got {tuple(images.shape)}")
+    if len(images) < minimum:
+        raise ValueError(f"{name} must hold at least {minimum} images, got {len(images)}")
     return images.detach().float().cpu()
 
 
@@ -101,8 +103,9 @@ def frechet_distance(images, reference):
     """||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)) between Gaussians fitted to the
     classifier's features of the two image sets."""
     classifier = digits_classifier()
-    mean1, cov1 = _gaussian(classifier.embed(_check_digit_images("images", images)))
-    mean2, cov2 = _gaussian(classifier.embed(_check_digit_images("reference", reference)))
+    # A covariance needs two samples.
+    mean1, cov1 = _gaussian(classifier.embed(_check_digit_images("images", images, 2)))
+    mean2, cov2 = _gaussian(classifier.embed(_check_digit_images("reference", reference, 2)))
     root1 = _sqrt_psd(cov1)
     # tr((S1 S2)^(1/2)) = tr((S1^(1/2) S2 S1^(1/2))^(1/2)), the latter symmetric
     cross = torch.linalg.eigvalsh(root1 @ cov2 @ root1).clamp_min(0).sqrt().sum()
@@ -112,6 +115,7 @@ def frechet_distance(images, reference):
 def digits_quality(images):
     """The scores of `images` next to the real digits' own: the real classifier score, and the
     Frechet distance between two halves of the real data (the floor for this sample size)."""
+    _check_digit_images("images", images, 2)
     real = digits(images.shape[-1]).tensors[0]
     half = len(real) // 2
     return {"classifier_score": classifier_score(images),

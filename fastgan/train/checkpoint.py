@@ -26,11 +26,17 @@ def _fsync_directory(directory):
         os.close(descriptor)
 
 
+def check_path(name, path):
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{name} must be a str or os.PathLike, got {type(path).__name__}")
+    return os.fspath(path)
+
+
 def atomic_save(obj, path):
     """torch.save to a temporary file in the target's directory, fsync, os.replace, then fsync the
     directory: the path holds either the previous file or the complete new one. On failure (a
     full disk, say) the temporary file is removed and an OSError names the path."""
-    path = os.fspath(path)
+    path = check_path("path", path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-",
@@ -54,7 +60,7 @@ def safe_load(path):
     """torch.load(path, weights_only=True) onto the CPU, with errors that name the file: a
     truncated or corrupt file, or one holding Python objects other than tensors and plain values
     (which could run code when unpickled), raises ValueError."""
-    path = os.fspath(path)
+    path = check_path("path", path)
     if not os.path.isfile(path):
         raise ValueError(f"path {path!r} is not a checkpoint file")
     # torch.save writes zip archives; a truncated one loses its central directory at the end.

@@ -15,9 +15,9 @@ from torch import nn
 from fastgan import losses
 from fastgan.models import REGISTRY
 from fastgan.models._checks import check_choice, check_int
-from fastgan.ops._checks import check_number
+from fastgan.ops._checks import check_number, check_tensor
 from fastgan.train.batches import make_batches
-from fastgan.train.checkpoint import atomic_save, safe_load
+from fastgan.train.checkpoint import atomic_save, check_path, safe_load
 from fastgan.train.plots import save_image_grid, save_loss_plot, save_scatter
 from fastgan.train.regularization import lazy_adam_settings, r1_penalty
 
@@ -114,6 +114,8 @@ class Trainer:
         check_int("n_critic", n_critic, minimum=1)
         check_int("seed", seed)
         check_int("keep_checkpoints", keep_checkpoints, minimum=1)
+        if out_dir is not None:
+            check_path("out_dir", out_dir)
         if not isinstance(amp, bool):
             raise TypeError(f"amp must be a bool, got {type(amp).__name__}")
         self.device = resolve_device(device)
@@ -267,6 +269,8 @@ class Trainer:
             check_int(name, value, minimum=0)
         if evaluate is not None and not callable(evaluate):
             raise TypeError("evaluate must be callable (trainer -> dict of numbers)")
+        if modes is not None:
+            check_tensor("modes", modes, dims=(2,))
         check_batches = make_batches(data, batch_size, self.config["seed"])
         self._check_data(check_batches)
         self._batches = make_batches(data, batch_size, self.config["seed"])
@@ -545,7 +549,6 @@ class Trainer:
         """A trainer restored from a checkpoint, ready to `fit` on. fastgan's own models are
         rebuilt from the saved config; a user's models must be passed in (freshly built, same
         architecture). out_dir defaults to the saved one."""
-        path = os.fspath(path)
         state = safe_load(path)
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"path {path!r} is not a fastgan checkpoint (format "
@@ -558,7 +561,7 @@ class Trainer:
             models[name] = given if given is not None else REGISTRY[spec["name"]](**spec["config"])
         config = dict(state["config"])
         if out_dir is not None:
-            config["out_dir"] = os.fspath(out_dir)
+            config["out_dir"] = check_path("out_dir", out_dir)
         trainer = cls(models["generator"], models["discriminator"], device=device, **config)
         trainer.load_state_dict(state)
         return trainer
