@@ -56,6 +56,14 @@ def _leaves(tensors, dtype=None):
             for t in tensors]
 
 
+def _near_kink(pre_activation):
+    """Whether some pre-activation is so close to 0 that rounding may choose either side of
+    (leaky_)relu's kink: the gradients may then differ by the slope change, legitimately."""
+    if pre_activation.numel() == 0:
+        return False
+    return bool((pre_activation.abs() <= 1e-5 * (1 + pre_activation.abs().max())).any())
+
+
 def _assert_all_close(actual, expected, dtype):
     for a, e in zip(actual, expected):
         torch.testing.assert_close(a.double(), e.double(), **_tolerance(dtype))
@@ -87,13 +95,14 @@ def batch_norm_cases(draw):
             "upstream": torch.randn(shape, generator=generator, dtype=dtype)}
 
 
-def _run_batch_norm(fn, case, dtype):
+def _run_batch_norm(fn, case, dtype, slope=None):
+    """[output, running statistics..., gradients...]."""
     x, weight, bias = _leaves((case["x"], case["weight"], case["bias"]), dtype)
     stats = [None if s is None else s.to(dtype, copy=True) for s in case["stats"]]
     out = fn(x, stats[0], stats[1], weight, bias, case["training"], case["momentum"],
-             case["eps"], case["slope"])
+             case["eps"], case["slope"] if slope is None else slope)
     grads = _grads(out, (x, weight, bias), case["upstream"].to(dtype))
-    return [out, *grads, *[s for s in stats if s is not None]]
+    return [out, *[s for s in stats if s is not None], *grads]
 
 
 def _torch_batch_norm(x, mean, var, weight, bias, training, momentum, eps, slope):
@@ -104,10 +113,14 @@ def _torch_batch_norm(x, mean, var, weight, bias, training, momentum, eps, slope
 def test_batch_norm_leaky_relu_matches_the_reference(case):
     dtype = case["x"].dtype
     actual = _run_batch_norm(fastgan.ops.batch_norm_leaky_relu, case, dtype)
-    _assert_all_close(actual, _run_batch_norm(_reference.batch_norm_leaky_relu, case,
-                                              torch.float64), dtype)
-    _assert_all_close(actual, _run_batch_norm(_torch_batch_norm, case, dtype), dtype)
     assert actual[0].shape == case["x"].shape
+    compared = len(actual)
+    if case["slope"] != 1 and _near_kink(_run_batch_norm(_torch_batch_norm, case, torch.float64,
+                                                         slope=1.0)[0]):
+        compared -= 3 if case["weight"] is not None else 1  # outputs and statistics only
+    for expected in (_run_batch_norm(_reference.batch_norm_leaky_relu, case, torch.float64),
+                     _run_batch_norm(_torch_batch_norm, case, dtype)):
+        _assert_all_close(actual[:compared], expected[:compared], dtype)
 
 
 @given(st.integers(1, 4), st.integers(0, 2), DTYPES)
@@ -184,5 +197,10 @@ def test_conv_transpose2d_matches_the_reference(case):
     dtype = case["x"].dtype
     actual = _run_conv(fastgan.ops.conv_transpose2d, case, dtype)
     assert actual[0].shape == case["upstream"].shape
-    _assert_all_close(actual, _run_conv(_reference.conv_transpose2d, case, torch.float64), dtype)
-    _assert_all_close(actual, _run_conv(_torch_conv, case, dtype), dtype)
+    compared = len(actual)
+    if case["activation"] in ("relu", "leaky_relu") and _near_kink(
+            _run_conv(_torch_conv, {**case, "activation": None}, torch.float64)[0]):
+        compared = 1  # the output only
+    for expected in (_run_conv(_reference.conv_transpose2d, case, torch.float64),
+                     _run_conv(_torch_conv, case, dtype)):
+        _assert_all_close(actual[:compared], expected[:compared], dtype)
