@@ -2,6 +2,7 @@
 classifier score (the Inception Score with this classifier) and a Frechet distance in its
 feature space (FID with this classifier), next to the same numbers for the real data."""
 import os
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -9,7 +10,7 @@ from torch import nn
 
 from fastgan.data.images import DIGITS_CLASSES, digits
 from fastgan.ops._checks import check_tensor
-from fastgan.train.checkpoint import atomic_save
+from fastgan.train.checkpoint import atomic_save, safe_load
 
 _NATIVE_SIZE = 8  # the digits are 8x8: every input is average-pooled back to it
 _TRAINING_SIZES = (8, 32)
@@ -61,10 +62,15 @@ def digits_classifier():
     global _classifier
     if _classifier is None:
         path = os.path.join(cache_dir(), _CACHE_NAME)
-        classifier = DigitsClassifier()
+        classifier = None
         if os.path.exists(path):
-            classifier.load_state_dict(torch.load(path, weights_only=True))
-        else:
+            try:
+                classifier = DigitsClassifier()
+                classifier.load_state_dict(safe_load(path))
+            except (ValueError, RuntimeError) as error:  # a damaged cache: train again
+                warnings.warn(f"retraining the digits classifier: {error}", stacklevel=2)
+                classifier = None
+        if classifier is None:
             classifier = _train_classifier()
             atomic_save(classifier.state_dict(), path)
         _classifier = classifier.eval().requires_grad_(False)
