@@ -13,10 +13,12 @@ import torch  # noqa: E402
 
 import fastgan  # noqa: E402
 import bench_batch_norm_leaky_relu  # noqa: E402
+import bench_convert  # noqa: E402
 import bench_conv_transpose2d  # noqa: E402
 from common import copy_bandwidth, matmul_rate  # noqa: E402
 
-SUITES = {"bn": bench_batch_norm_leaky_relu, "convt": bench_conv_transpose2d}
+SUITES = {"bn": bench_batch_norm_leaky_relu, "convt": bench_conv_transpose2d,
+          "convert": bench_convert}
 
 
 def main():

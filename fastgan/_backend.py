@@ -49,7 +49,8 @@ def has_kernels(device):
     """Whether fastgan's compiled kernels can run on tensors on `device`."""
     if extension is None:
         return False
-    return device.type == "cpu" or (device.type == "cuda" and extension.cuda)
+    # Meta tensors (shapes only) run the fake kernels the ops register.
+    return device.type in ("cpu", "meta") or (device.type == "cuda" and extension.cuda)
 
 
 _warned_devices = set()

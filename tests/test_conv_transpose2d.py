@@ -19,11 +19,16 @@ CASES = {
     "stride1": (3, 5, 3, 1, 0, 0, 1, 1, (5, 4)),
     "dcgan": (4, 6, 4, 2, 1, 0, 1, 1, (4, 5)),
     "dcgan_first": (5, 8, 4, 1, 0, 0, 1, 1, (1, 1)),
+    "one_pixel_grouped": (6, 4, (3, 2), 2, 0, 0, 2, 1, (1, 1)),
+    "one_pixel_padded": (5, 8, 4, 1, 1, 0, 1, 1, (1, 1)),
     "non_square": (4, 6, (3, 2), (2, 3), (1, 0), (1, 2), 2, 1, (4, 3)),
     "dilated": (6, 4, 3, 3, 2, (2, 0), 2, (2, 1), (3, 4)),
     "output_padding_below_dilation": (2, 3, (1, 3), 2, 0, 2, 1, 3, (3, 3)),
     "grouped": (8, 8, 2, 2, 0, 0, 4, 1, (3, 3)),
     "three_outputs": (5, 3, 4, 2, 1, 0, 1, 1, (6, 6)),
+    # 16 or more output channels per group: NCHW operands take the row path, not the planar one.
+    "wide": (4, 16, 4, 2, 1, 0, 1, 1, (5, 6)),
+    "wide_grouped": (6, 32, 3, (2, 3), 1, 1, 2, (1, 2), (4, 3)),
 }
 
 # Few channels: the numerical Jacobians cost one evaluation per input and parameter element.
@@ -82,9 +87,11 @@ def test_matches_torch(device, dtype, layout, activation, bias, case):
 @pytest.mark.parametrize("batch", [0, 1, 17])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("activation", ["tanh", "leaky_relu"])
-def test_batch_sizes(device, batch, layout, activation):
-    """Empty, single and odd batches; 17 images of 16x16 run as several blocks of images."""
-    case = (3, 4, 4, 2, 1, 0, 1, 1, (16, 16))
+@pytest.mark.parametrize("case", [(3, 4, 4, 2, 1, 0, 1, 1, (16, 16)), (3, 4, 4, 1, 0, 0, 1, 1, (1, 1))],
+                         ids=["16x16", "1x1"])
+def test_batch_sizes(device, batch, layout, activation, case):
+    """Empty, single and odd batches; 17 images of 16x16 run as several blocks of images, 1x1
+    images as one GEMM."""
     x, weight, b = make_operands(case, batch, torch.float64, device, layout)
     out, grads = output_and_grads(conv_t, x, weight, b, hyper(case, activation))
     expected, expected_grads = output_and_grads(_reference.conv_transpose2d, x, weight, b,

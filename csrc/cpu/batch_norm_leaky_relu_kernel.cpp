@@ -94,8 +94,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu(
   constexpr const char* op = "fastgan::batch_norm_leaky_relu";
   const at::Tensor w = weight.value_or(at::Tensor()), b = bias.value_or(at::Tensor());
   const at::Tensor m = mean.value_or(at::Tensor()), v = var.value_or(at::Tensor());
-  check_inputs(op, input, m, v, w, b, training, input.scalar_type(), input.scalar_type(), eps);
+  // Unsupported dtypes first: the Python wrapper passes float32 weights with half input.
   check_cpu(op, input);
+  check_inputs(op, input, m, v, w, b, training, input.scalar_type(), input.scalar_type(), eps);
   const auto layout = choose_layout(input);
   const int64_t C = layout.channels;
   const at::Tensor x = to_layout(input, layout);

@@ -2,5 +2,10 @@
 differentiable twice."""
 from fastgan.ops.batch_norm_leaky_relu import batch_norm_leaky_relu
 from fastgan.ops.conv_transpose2d import conv_transpose2d
+from fastgan import _backend
+from fastgan.ops import _autocast
+
+if _backend.extension is not None:
+    _autocast.register()
 
 __all__ = ["batch_norm_leaky_relu", "conv_transpose2d"]

@@ -81,7 +81,11 @@ def _pair(name, value, minimum):
 
 def _check_operands(input, weight, bias, groups):
     in_channels = input.shape[1]
-    if weight.dtype != input.dtype:
+    # Under autocast the operands are cast to one dtype (fastgan/ops/_autocast.py).
+    device_type = input.device.type
+    same_dtype_needed = not (torch.amp.is_autocast_available(device_type)
+                             and torch.is_autocast_enabled(device_type))
+    if weight.dtype != input.dtype and same_dtype_needed:
         raise TypeError(f"weight must have the input's dtype {input.dtype}, got {weight.dtype}")
     if weight.device != input.device:
         raise ValueError(f"weight is on {weight.device} but input is on {input.device}")
@@ -97,7 +101,7 @@ def _check_operands(input, weight, bias, groups):
     if bias.shape[0] != out_channels:
         raise ValueError(f"bias must have shape ({out_channels},) (the output's channels), got "
                          f"{tuple(bias.shape)}")
-    if bias.dtype != input.dtype:
+    if bias.dtype != input.dtype and same_dtype_needed:
         raise TypeError(f"bias must have the input's dtype {input.dtype}, got {bias.dtype}")
     if bias.device != input.device:
         raise ValueError(f"bias is on {bias.device} but input is on {input.device}")

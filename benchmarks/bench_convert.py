@@ -1,0 +1,167 @@
+"""A DCGAN-64 training iteration as pytorch/examples writes it (nn.Sequential generator and
+discriminator, BCE loss, Adam), before and after `fastgan.nn.convert`.
+
+    python benchmarks/bench_convert.py [--batch 64] [--threads 2] [--dtype bfloat16]
+
+A dtype other than float32 runs the iteration under torch.autocast with that dtype."""
+import argparse
+import contextlib
+import os
+import sys
+
+if __name__ == "__main__":  # run as a script: the checkout this file lives in comes first
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+import fastgan  # noqa: E402
+from common import median_seconds, table  # noqa: E402
+
+NZ, NGF, NDF, NC = 100, 64, 64, 3  # pytorch/examples' defaults: 64x64 RGB images
+
+
+# --- the user's model: pytorch/examples' dcgan/main.py -----------------------------------------
+
+def weights_init(m):
+    classname = m.__class__.__name__
+    if classname.find("Conv") != -1:
+        torch.nn.init.normal_(m.weight, 0.0, 0.02)
+    elif classname.find("BatchNorm") != -1:
+        torch.nn.init.normal_(m.weight, 1.0, 0.02)
+        torch.nn.init.zeros_(m.bias)
+
+
+class Generator(nn.Module):
+    def __init__(self, ngpu=1):
+        super().__init__()
+        self.ngpu = ngpu
+        self.main = nn.Sequential(
+            # input is Z, going into a convolution
+            nn.ConvTranspose2d(NZ, NGF * 8, 4, 1, 0, bias=False),
+            nn.BatchNorm2d(NGF * 8),
+            nn.ReLU(True),
+            # state size. (ngf*8) x 4 x 4
+            nn.ConvTranspose2d(NGF * 8, NGF * 4, 4, 2, 1, bias=False),
+            nn.BatchNorm2d(NGF * 4),
+            nn.ReLU(True),
+            # state size. (ngf*4) x 8 x 8
+            nn.ConvTranspose2d(NGF * 4, NGF * 2, 4, 2, 1, bias=False),
+            nn.BatchNorm2d(NGF * 2),
+            nn.ReLU(True),
+            # state size. (ngf*2) x 16 x 16
+            nn.ConvTranspose2d(NGF * 2, NGF, 4, 2, 1, bias=False),
+            nn.BatchNorm2d(NGF),
+            nn.ReLU(True),
+            # state size. (ngf) x 32 x 32
+            nn.ConvTranspose2d(NGF, NC, 4, 2, 1, bias=False),
+            nn.Tanh()
+            # state size. (nc) x 64 x 64
+        )
+
+    def forward(self, input):
+        if input.is_cuda and self.ngpu > 1:
+            output = nn.parallel.data_parallel(self.main, input, range(self.ngpu))
+        else:
+            output = self.main(input)
+        return output
+
+
+class Discriminator(nn.Module):
+    def __init__(self, ngpu=1):
+        super().__init__()
+        self.ngpu = ngpu
+        self.main = nn.Sequential(
+            # input is (nc) x 64 x 64
+            nn.Conv2d(NC, NDF, 4, 2, 1, bias=False),
+            nn.LeakyReLU(0.2, inplace=True),
+            # state size. (ndf) x 32 x 32
+            nn.Conv2d(NDF, NDF * 2, 4, 2, 1, bias=False),
+            nn.BatchNorm2d(NDF * 2),
+            nn.LeakyReLU(0.2, inplace=True),
+            # state size. (ndf*2) x 16 x 16
+            nn.Conv2d(NDF * 2, NDF * 4, 4, 2, 1, bias=False),
+            nn.BatchNorm2d(NDF * 4),
+            nn.LeakyReLU(0.2, inplace=True),
+            # state size. (ndf*4) x 8 x 8
+            nn.Conv2d(NDF * 4, NDF * 8, 4, 2, 1, bias=False),
+            nn.BatchNorm2d(NDF * 8),
+            nn.LeakyReLU(0.2, inplace=True),
+            # state size. (ndf*8) x 4 x 4
+            nn.Conv2d(NDF * 8, 1, 4, 1, 0, bias=False),
+            nn.Sigmoid()
+        )
+
+    def forward(self, input):
+        if input.is_cuda and self.ngpu > 1:
+            output = nn.parallel.data_parallel(self.main, input, range(self.ngpu))
+        else:
+            output = self.main(input)
+        return output.view(-1, 1).squeeze(1)
+
+
+def training_iteration(netG, netD, batch, device, autocast_dtype):
+    """One D step (real and fake batches) and one G step, as in pytorch/examples."""
+    criterion = nn.BCELoss()
+    optimizerD = torch.optim.Adam(netD.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    optimizerG = torch.optim.Adam(netG.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    real = torch.rand(batch, NC, 64, 64, device=device) * 2 - 1
+    noise = torch.randn(batch, NZ, 1, 1, device=device)
+    real_label = torch.ones(batch, device=device)
+    fake_label = torch.zeros(batch, device=device)
+
+    def forward(model, input):
+        """The models run under autocast, the loss (unsafe to autocast) in float32."""
+        with (contextlib.nullcontext() if autocast_dtype == torch.float32
+              else torch.autocast(device.type, dtype=autocast_dtype)):
+            return model(input)
+
+    def step():
+        netD.zero_grad()
+        errD_real = criterion(forward(netD, real).float(), real_label)
+        errD_real.backward()
+        fake = forward(netG, noise)
+        errD_fake = criterion(forward(netD, fake.detach()).float(), fake_label)
+        errD_fake.backward()
+        optimizerD.step()
+        netG.zero_grad()
+        errG = criterion(forward(netD, fake).float(), real_label)
+        errG.backward()
+        optimizerG.step()
+    return step
+
+
+def run(device="cpu", dtype=torch.float32, min_run_time=1.0, batch=64):
+    device = torch.device(device)
+    torch.manual_seed(0)
+    netG, netD = Generator().to(device), Discriminator().to(device)
+    netG.apply(weights_init)
+    netD.apply(weights_init)
+    models = {"torch": (netG, netD),
+              "converted": (fastgan.nn.convert(netG), fastgan.nn.convert(netD))}
+    seconds = {name: median_seconds(training_iteration(g, d, batch, device, dtype), device,
+                                    min_run_time)
+               for name, (g, d) in models.items()}
+    ratio = seconds["torch"] / seconds["converted"]
+    rows = [["torch (unconverted)", f"{seconds['torch'] * 1e3:.1f}", "1.00x"],
+            ["fastgan.nn.convert", f"{seconds['converted'] * 1e3:.1f}", f"**{ratio:.2f}x**"]]
+    precision = "float32" if dtype == torch.float32 else f"autocast {dtype}"
+    return (f"### pytorch/examples DCGAN-64 training iteration (D step + G step), batch {batch}, "
+            f"{precision}\n\n" + table(["model", "ms / iteration", "speedup"], rows))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--min-run-time", type=float, default=2.0)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(run(args.device, getattr(torch, args.dtype), args.min_run_time, args.batch))
+
+
+if __name__ == "__main__":
+    main()
