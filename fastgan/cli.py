@@ -100,7 +100,7 @@ def _train(args):
             r1_gamma=recipe["r1_gamma"] if args.r1_gamma is None else args.r1_gamma,
             r1_interval=recipe["r1_interval"],
             lr_g=recipe["lr"], lr_d=recipe["lr"], ema_decay=ema or None, device=args.device,
-            amp=args.amp, out_dir=out, seed=args.seed)
+            amp=args.amp, out_dir=out, seed=args.seed, keep_checkpoints=args.keep_checkpoints)
     report = print if trainer.rank == 0 else lambda *args, **kwargs: None  # torchrun: once
     report(f"training on {args.data} for {steps} steps (batch {batch_size}"
            f"{f' over {trainer.world_size} processes' if trainer.world_size > 1 else ''}) on "
@@ -108,10 +108,10 @@ def _train(args):
     try:
         trainer.fit(data, steps, batch_size, evaluate=evaluate, modes=modes,
                     progress=not args.quiet)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit) as stop:  # Ctrl-C or SIGTERM: fit saved first
         report(f"interrupted at step {trainer.step}; saved {trainer.checkpoint_path} (continue "
                f"with --resume)", file=sys.stderr)
-        return 130
+        return stop.code if isinstance(stop, SystemExit) else 130
     except FloatingPointError as error:
         print(f"fastgan: {error}", file=sys.stderr)
         return 1
@@ -183,6 +183,9 @@ def build_parser():
     train.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA)")
     train.add_argument("--resume", nargs="?", const="", metavar="CHECKPOINT",
                        help="continue from CHECKPOINT (default: OUT/checkpoint.pt)")
+    train.add_argument("--keep-checkpoints", type=int, default=1, metavar="K",
+                       help="also keep the K newest checkpoints in OUT/checkpoints/ (default 1: "
+                            "only OUT/checkpoint.pt)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(run=_train)
 

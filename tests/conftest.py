@@ -6,6 +6,17 @@ import torch
 
 import fastgan
 
+try:  # property-based tests' budgets (tests/test_properties.py)
+    from hypothesis import settings as _hypothesis_settings
+except ImportError:
+    pass
+else:
+    # CI: bounded and reproducible; "thorough" for a long search before a release.
+    _hypothesis_settings.register_profile("ci", max_examples=30, deadline=None,
+                                          derandomize=True, print_blob=True)
+    _hypothesis_settings.register_profile("thorough", max_examples=1000, deadline=None)
+    _hypothesis_settings.load_profile(os.environ.get("FASTGAN_HYPOTHESIS_PROFILE", "ci"))
+
 HAS_CUDA_KERNELS = torch.cuda.is_available() and fastgan.backend_info()["cuda_kernels"]
 
 # Every device fastgan's kernels can run on here; CUDA entries are marked and skip cleanly.

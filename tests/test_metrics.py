@@ -70,6 +70,19 @@ def test_classifier_is_cached_on_disk(classifier_cache):
     assert torch.equal(first(images), reloaded(images))
 
 
+def test_a_damaged_classifier_cache_is_retrained(classifier_cache):
+    first = metrics.digits_classifier()
+    path = classifier_cache / digits_metrics._CACHE_NAME
+    path.write_bytes(path.read_bytes()[:100])  # truncated
+    digits_metrics._classifier = None
+    with pytest.warns(UserWarning, match="retraining the digits classifier"):
+        retrained = metrics.digits_classifier()
+    images = data.digits(16).tensors[0][:50]
+    torch.testing.assert_close(first(images), retrained(images))
+    digits_metrics._classifier = None
+    assert torch.equal(metrics.digits_classifier()(images), retrained(images))  # saved again
+
+
 def test_classifier_score_and_frechet_distance(classifier_cache):
     real = data.digits(32).tensors[0]
     # identical images: p(y|x) = p(y), so KL = 0 and the score is exactly 1

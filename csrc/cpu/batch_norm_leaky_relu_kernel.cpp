@@ -14,6 +14,10 @@ namespace {
 
 using namespace fastgan::bn_lrelu;
 
+// How far (in squared standard deviations) the shift of the statistics' sums may lie from the
+// mean: beyond it float32 partial sums lose digits to cancellation and are summed again.
+constexpr double kMaxShiftOffsetSquared = 16.0;
+
 void check_cpu(const char* op, const at::Tensor& input) {
   TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble, op,
               ": the CPU kernels support float32 and float64 input, got ", input.scalar_type());
@@ -42,8 +46,9 @@ struct Coefficients {
   }
 };
 
-// What every pass needs per channel: the statistics, weight, bias and the folded affine transform
-// y = x * scale + shift.
+// What every pass needs per channel: the statistics, weight, bias and the affine transform
+// y = (x - mean) * scale + shift, centered so that float32 rounds the small x - mean, not the
+// large x * scale (exact for constant channels, accurate when |mean| >> std).
 struct ChannelParams {
   std::vector<double> mean, invstd, weight, scale, shift;
   ChannelParams(int64_t C, const at::Tensor& mean_t, const at::Tensor& var_t,
@@ -59,23 +64,26 @@ struct ChannelParams {
       shift[c] = a.shift;
     }
   }
-  // Coefficient arrays 0, 1, 2 = scale, shift, mean, as the backward passes read them.
+  // Coefficient arrays 0, 1, 2 = scale, shift, mean, as the backward passes read them: the shift
+  // goes with x minus the mean as rounded to scalar_t.
   template <typename scalar_t, int P>
   void store_affine(Coefficients<scalar_t, P>& coef) const {
     for (size_t c = 0; c < mean.size(); ++c) {
+      const auto center = static_cast<scalar_t>(mean[c]);
       coef.values[0][c] = static_cast<scalar_t>(scale[c]);
-      coef.values[1][c] = static_cast<scalar_t>(shift[c]);
-      coef.values[2][c] = static_cast<scalar_t>(mean[c]);
+      const double centered_shift = shift[c] + static_cast<double>(center) * scale[c];
+      coef.values[1][c] = static_cast<scalar_t>(centered_shift);
+      coef.values[2][c] = center;
     }
   }
 };
 
-// leaky_relu'(x * scale + shift), vectorized (the header's leaky_relu_grad).
+// leaky_relu'(xc * scale + shift) for xc = x - mean, vectorized (the header's leaky_relu_grad).
 template <typename scalar_t>
-inline Vec<scalar_t> activation_slope(const Vec<scalar_t>& x, const Vec<scalar_t>& scale,
+inline Vec<scalar_t> activation_slope(const Vec<scalar_t>& xc, const Vec<scalar_t>& scale,
                                       const Vec<scalar_t>& shift, const Vec<scalar_t>& slope) {
   using V = Vec<scalar_t>;
-  const V y = at::vec::fmadd(x, scale, shift);
+  const V y = at::vec::fmadd(xc, scale, shift);
   return V::blendv(slope, V(scalar_t(1)), y > V(scalar_t(0)));
 }
 
@@ -100,7 +108,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu(
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "batch_norm_leaky_relu", [&] {
     using V = Vec<scalar_t>;
     const scalar_t* data = x.const_data_ptr<scalar_t>();
-    Coefficients<scalar_t, 3> coef(C);  // shift for the sums, then y = x * scale + shift
+    // The shift of the sums, then y = (x - center) * scale + shift.
+    Coefficients<scalar_t, 4> coef(C);
     if (training && count > 0) {
       // Sums are of x minus the channel's first element (see moments_from_shifted_sums).
       for (int64_t c = 0; c < C; ++c) {
@@ -109,22 +118,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu(
     }
     auto set_affine = [&](int64_t c) {
       const auto a = affine(batch_mean[c], inverse_std(batch_var[c], eps), weights[c], biases[c]);
+      const auto center = static_cast<scalar_t>(batch_mean[c]);
       coef.values[1][c] = static_cast<scalar_t>(a.scale);
-      coef.values[2][c] = static_cast<scalar_t>(a.shift);
+      coef.values[2][c] = static_cast<scalar_t>(a.shift + static_cast<double>(center) * a.scale);
+      coef.values[3][c] = center;
     };
     const V slope(static_cast<scalar_t>(negative_slope));
     auto apply = [&](const V* in, const V* k, V* result) {
-      const V y = at::vec::fmadd(in[0], k[1], k[2]);
+      const V y = at::vec::fmadd(in[0] - k[3], k[1], k[2]);
       result[0] = V::blendv(y * slope, y, y > V(scalar_t(0)));
     };
     if (!training) {
       for (int64_t c = 0; c < C; ++c) set_affine(c);
-      reduce_then_map<scalar_t, 0, 1, 3, 1>(
+      reduce_then_map<scalar_t, 0, 1, 4, 1>(
           layout, {data}, coef.pointers(), {out.mutable_data_ptr<scalar_t>()},
           [](V*, const V*, const V*) {}, [](int64_t, const double*) {}, apply);
       return;
     }
-    reduce_then_map<scalar_t, 2, 1, 3, 1>(
+    reduce_then_map<scalar_t, 2, 1, 4, 1>(
         layout, {data}, coef.pointers(), {out.mutable_data_ptr<scalar_t>()},
         [](V* acc, const V* in, const V* k) {
           const V d = in[0] - k[0];
@@ -132,11 +143,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu(
           acc[1] = at::vec::fmadd(d, d, acc[1]);
         },
         [&](int64_t c, const double* sums) {
-          const auto moments = moments_from_shifted_sums<double>(
-              count, static_cast<double>(coef.values[0][c]), sums[0], sums[1]);
+          const double shift = coef.values[0][c];
+          const auto moments = moments_from_shifted_sums<double>(count, shift, sums[0], sums[1]);
           batch_mean[c] = moments.mean;
           batch_var[c] = moments.var;
           set_affine(c);
+          // The shifted sums cancel when the shift (the first element, an outlier maybe) lies
+          // many standard deviations from the mean: then sum again around the mean.
+          const double offset = moments.mean - shift;
+          if (offset * offset <= kMaxShiftOffsetSquared * moments.var) return true;
+          coef.values[0][c] = static_cast<scalar_t>(moments.mean);
+          return false;
         },
         apply);
   });
@@ -176,17 +193,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu_backward(
                                                    ch.weight[c], sum_g, sum_g_xc);
       coef.values[3][c] = static_cast<scalar_t>(k.grad);
       coef.values[4][c] = static_cast<scalar_t>(k.input);
-      coef.values[5][c] = static_cast<scalar_t>(k.constant);
+      // grad_input's x * input + constant, rewritten for x - center (coefficient 2)
+      coef.values[5][c] = static_cast<scalar_t>(k.constant + coef.values[2][c] * k.input);
     };
     // Sums of g and g * (x - mean), g = grad_out * leaky_relu'(y).
     auto accumulate = [&](V* acc, const V* in, const V* k) {
-      const V g = in[1] * activation_slope(in[0], k[0], k[1], slope);
+      const V xc = in[0] - k[2];
+      const V g = in[1] * activation_slope(xc, k[0], k[1], slope);
       acc[0] = acc[0] + g;
-      acc[1] = at::vec::fmadd(g, in[0] - k[2], acc[1]);
+      acc[1] = at::vec::fmadd(g, xc, acc[1]);
     };
     auto apply = [&](const V* in, const V* k, V* result) {
-      const V g = in[1] * activation_slope(in[0], k[0], k[1], slope);
-      result[0] = at::vec::fmadd(g, k[3], at::vec::fmadd(in[0], k[4], k[5]));
+      const V xc = in[0] - k[2];
+      const V g = in[1] * activation_slope(xc, k[0], k[1], slope);
+      result[0] = at::vec::fmadd(g, k[3], at::vec::fmadd(xc, k[4], k[5]));
     };
     const std::array<const scalar_t*, 2> data{x.const_data_ptr<scalar_t>(),
                                                go.const_data_ptr<scalar_t>()};
@@ -249,8 +269,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu_double_back
         {grad_grad_output.mutable_data_ptr<scalar_t>(), grad_input.mutable_data_ptr<scalar_t>()},
         // The five sums of DoubleBackwardSums.
         [&](V* acc, const V* in, const V* k) {
-          const V g = in[1] * activation_slope(in[0], k[0], k[1], slope);
           const V xc = in[0] - k[2];
+          const V g = in[1] * activation_slope(xc, k[0], k[1], slope);
           acc[0] = acc[0] + g;
           acc[1] = at::vec::fmadd(g, xc, acc[1]);
           acc[2] = acc[2] + in[2];
@@ -261,18 +281,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu_double_back
           const DoubleBackwardSums<double> s{sums[0], sums[1], sums[2], sums[3], sums[4]};
           const auto k = double_backward_coefficients<double>(
               training, count, ch.mean[c], ch.invstd[c], ch.weight[c], ggw[c], ggb[c], s);
-          const double values[7] = {k.go_ggi, k.go_x, k.go_const, k.x_ggi,
-                                    k.x_g,    k.x_x,  k.x_const};
+          // The constants go with x - center (coefficient 2) rather than x.
+          const double center = coef.values[2][c];
+          const double values[7] = {k.go_ggi, k.go_x, k.go_const + center * k.go_x, k.x_ggi,
+                                    k.x_g,    k.x_x,  k.x_const + center * k.x_x};
           for (int i = 0; i < 7; ++i) coef.values[3 + i][c] = static_cast<scalar_t>(values[i]);
           grad_weight[c] = k.grad_weight;
         },
         // grad_grad_output and grad_input, both linear per channel.
         [&](const V* in, const V* k, V* result) {
-          const V activation = activation_slope(in[0], k[0], k[1], slope);
+          const V xc = in[0] - k[2];
+          const V activation = activation_slope(xc, k[0], k[1], slope);
           const V g = in[1] * activation;
-          result[0] = activation * at::vec::fmadd(in[2], k[3], at::vec::fmadd(in[0], k[4], k[5]));
+          result[0] = activation * at::vec::fmadd(in[2], k[3], at::vec::fmadd(xc, k[4], k[5]));
           result[1] = at::vec::fmadd(in[2], k[6],
-                                     at::vec::fmadd(g, k[7], at::vec::fmadd(in[0], k[8], k[9])));
+                                     at::vec::fmadd(g, k[7], at::vec::fmadd(xc, k[8], k[9])));
         });
   });
   return {output_mask[0] ? grad_grad_output : input.new_empty({0}),

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <array>
+#include <type_traits>
 #include <vector>
 
 #include "../channel_layout.h"
@@ -29,10 +30,23 @@ constexpr int64_t kFlushElements = 1024;
 constexpr int64_t kRowBlocks = 16;
 constexpr int64_t kTileRows = 32;
 
+// Calls finish(c, sums); false when it returned false: it updated the coefficients that the
+// reduction reads and asks for the channel's sums again. A void finish always accepts.
+template <typename Finish>
+bool finish_accepts(const Finish& finish, int64_t c, const double* sums) {
+  if constexpr (std::is_same_v<decltype(finish(c, sums)), bool>) {
+    return finish(c, sums);
+  } else {
+    finish(c, sums);
+    return true;
+  }
+}
+
 // For each channel c:
 //   1. K sums over its elements of accumulate(Vec acc[K], const Vec in[I], const Vec coef[P]),
 //   2. finish(c, const double sums[K]) sets the channel's coefficients (coefficients[p][c],
-//      including those that the map reads),
+//      including those that the map reads); a finish returning false is given the channel's sums
+//      once more, reduced with the coefficients it set, and its second answer is final,
 //   3. map(const Vec in[I], const Vec coef[P], Vec out[O]) for all its elements.
 // in[i] holds elements of inputs[i] and coef[p] the matching channels' coefficients[p]. K == 0 skips
 // the reduction; O == 0 the map. The summation order depends only on the shape, never on the
@@ -87,35 +101,43 @@ void reduce_then_map(const ChannelLayout& layout, const std::array<const scalar_
   if (!layout.channels_last) {
     // A channel is N rows of S contiguous elements, one row per sample.
     const int64_t S = layout.spatial;
+    // The K sums of channel c, with its current coefficients.
+    auto reduce_channel = [&](int64_t c, double* sums) {
+      V coef[P];
+      for (int p = 0; p < P; ++p) coef[p] = V(coefficients[p][c]);
+      double totals[K > 0 ? K : 1][width] = {};
+      if (K > 0 && per_channel > 0) {
+        V acc[K > 0 ? K : 1];
+        for (int k = 0; k < K; ++k) acc[k] = V(scalar_t(0));
+        int64_t pending = 0;
+        for (int64_t n = 0; n < layout.batch; ++n) {
+          const int64_t row = (n * C + c) * S;
+          for (int64_t i = 0; i < S; i += width) {
+            accumulate_at(acc, row + i, coef, std::min(width, S - i));
+          }
+          pending += S;
+          if (pending >= kFlushElements * width) {
+            flush(acc, totals);
+            pending = 0;
+          }
+        }
+        flush(acc, totals);
+      }
+      for (int k = 0; k < K; ++k) {
+        sums[k] = 0;
+        for (int64_t l = 0; l < width; ++l) sums[k] += totals[k][l];
+      }
+    };
     at::parallel_for(0, C, 1, [&](int64_t begin, int64_t end) {
       for (int64_t c = begin; c < end; ++c) {
-        V coef[P];
-        for (int p = 0; p < P; ++p) coef[p] = V(coefficients[p][c]);
-        double totals[K > 0 ? K : 1][width] = {};
-        if (K > 0 && per_channel > 0) {
-          V acc[K > 0 ? K : 1];
-          for (int k = 0; k < K; ++k) acc[k] = V(scalar_t(0));
-          int64_t pending = 0;
-          for (int64_t n = 0; n < layout.batch; ++n) {
-            const int64_t row = (n * C + c) * S;
-            for (int64_t i = 0; i < S; i += width) {
-              accumulate_at(acc, row + i, coef, std::min(width, S - i));
-            }
-            pending += S;
-            if (pending >= kFlushElements * width) {
-              flush(acc, totals);
-              pending = 0;
-            }
-          }
-          flush(acc, totals);
+        double sums[K > 0 ? K : 1] = {};
+        reduce_channel(c, sums);
+        if (!finish_accepts(finish, c, sums)) {
+          reduce_channel(c, sums);
+          finish(c, sums);
         }
-        double sums[K > 0 ? K : 1];
-        for (int k = 0; k < K; ++k) {
-          sums[k] = 0;
-          for (int64_t l = 0; l < width; ++l) sums[k] += totals[k][l];
-        }
-        finish(c, sums);
         if (O == 0) continue;
+        V coef[P];
         for (int p = 0; p < P; ++p) coef[p] = V(coefficients[p][c]);
         for (int64_t n = 0; n < layout.batch; ++n) {
           const int64_t row = (n * C + c) * S;
@@ -139,7 +161,10 @@ void reduce_then_map(const ChannelLayout& layout, const std::array<const scalar_
     for (int p = 0; p < P; ++p) coef[p] = V::loadu(coefficients[p] + c, count);
   };
   std::vector<double> sums(std::max<int64_t>(K, 1) * C, 0.0);
-  if (K > 0 && rows > 0) {
+  // sums[k * C + c]: the K sums of every channel, with the current coefficients.
+  auto reduce_all = [&] {
+    std::fill(sums.begin(), sums.end(), 0.0);
+    if (K == 0 || rows == 0) return;
     const int64_t blocks = std::min<int64_t>(rows, kRowBlocks);
     const int64_t rows_per_block = (rows + blocks - 1) / blocks;
     std::vector<double> partial(blocks * K * C, 0.0);
@@ -172,11 +197,20 @@ void reduce_then_map(const ChannelLayout& layout, const std::array<const scalar_
     for (int64_t block = 0; block < blocks; ++block) {
       for (int64_t j = 0; j < K * C; ++j) sums[j] += partial[block * K * C + j];
     }
-  }
+  };
+  reduce_all();
+  auto channel_sums = [&](int64_t c) {
+    std::array<double, (K > 0 ? K : 1)> result{};
+    for (int k = 0; k < K; ++k) result[k] = sums[k * C + c];
+    return result;
+  };
+  std::vector<int64_t> again;
   for (int64_t c = 0; c < C; ++c) {
-    double channel_sums[K > 0 ? K : 1];
-    for (int k = 0; k < K; ++k) channel_sums[k] = sums[k * C + c];
-    finish(c, channel_sums);
+    if (!finish_accepts(finish, c, channel_sums(c).data())) again.push_back(c);
+  }
+  if (!again.empty()) {
+    reduce_all();
+    for (int64_t c : again) finish(c, channel_sums(c).data());
   }
   if (O == 0 || rows == 0) return;
   const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(C, 1));

@@ -5,7 +5,13 @@ import math
 import torch
 
 from fastgan.models._checks import check_int
-from fastgan.ops._checks import check_number
+from fastgan.ops._checks import check_number, check_tensor
+
+
+def _check_generator(generator):
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got "
+                        f"{type(generator).__name__}")
 
 
 def ring_means(modes=8, radius=1.0):
@@ -28,7 +34,11 @@ def grid_means(side=5, spacing=2.0):
 def sample_mixture(n, means, std, generator=None):
     """n samples from the equal-weight mixture of isotropic Gaussians N(mean, std^2 I)."""
     check_int("n", n, minimum=1)
+    check_tensor("means", means, dims=(2,))
+    if len(means) == 0:
+        raise ValueError("means must hold at least one mode, got shape (0, ...)")
     check_number("std", std, positive=True)
+    _check_generator(generator)
     modes = torch.randint(len(means), (n,), generator=generator)
     return means[modes] + std * torch.randn(n, means.shape[1], generator=generator)
 

@@ -2,6 +2,7 @@
 classifier score (the Inception Score with this classifier) and a Frechet distance in its
 feature space (FID with this classifier), next to the same numbers for the real data."""
 import os
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -9,7 +10,7 @@ from torch import nn
 
 from fastgan.data.images import DIGITS_CLASSES, digits
 from fastgan.ops._checks import check_tensor
-from fastgan.train.checkpoint import atomic_save
+from fastgan.train.checkpoint import atomic_save, safe_load
 
 _NATIVE_SIZE = 8  # the digits are 8x8: every input is average-pooled back to it
 _TRAINING_SIZES = (8, 32)
@@ -61,20 +62,27 @@ def digits_classifier():
     global _classifier
     if _classifier is None:
         path = os.path.join(cache_dir(), _CACHE_NAME)
-        classifier = DigitsClassifier()
+        classifier = None
         if os.path.exists(path):
-            classifier.load_state_dict(torch.load(path, weights_only=True))
-        else:
+            try:
+                classifier = DigitsClassifier()
+                classifier.load_state_dict(safe_load(path))
+            except (ValueError, RuntimeError) as error:  # a damaged cache: train again
+                warnings.warn(f"retraining the digits classifier: {error}", stacklevel=2)
+                classifier = None
+        if classifier is None:
             classifier = _train_classifier()
             atomic_save(classifier.state_dict(), path)
         _classifier = classifier.eval().requires_grad_(False)
     return _classifier
 
 
-def _check_digit_images(name, images):
+def _check_digit_images(name, images, minimum=1):
     check_tensor(name, images, dims=(4,))
     if images.shape[1] != 1:
         raise ValueError(f"{name} must be grey (N, 1, H, W) digits, got {tuple(images.shape)}")
+    if len(images) < minimum:
+        raise ValueError(f"{name} must hold at least {minimum} images, got {len(images)}")
     return images.detach().float().cpu()
 
 
@@ -101,8 +109,9 @@ def frechet_distance(images, reference):
     """||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)) between Gaussians fitted to the
     classifier's features of the two image sets."""
     classifier = digits_classifier()
-    mean1, cov1 = _gaussian(classifier.embed(_check_digit_images("images", images)))
-    mean2, cov2 = _gaussian(classifier.embed(_check_digit_images("reference", reference)))
+    # A covariance needs two samples.
+    mean1, cov1 = _gaussian(classifier.embed(_check_digit_images("images", images, 2)))
+    mean2, cov2 = _gaussian(classifier.embed(_check_digit_images("reference", reference, 2)))
     root1 = _sqrt_psd(cov1)
     # tr((S1 S2)^(1/2)) = tr((S1^(1/2) S2 S1^(1/2))^(1/2)), the latter symmetric
     cross = torch.linalg.eigvalsh(root1 @ cov2 @ root1).clamp_min(0).sqrt().sum()
@@ -112,6 +121,7 @@ def frechet_distance(images, reference):
 def digits_quality(images):
     """The scores of `images` next to the real digits' own: the real classifier score, and the
     Frechet distance between two halves of the real data (the floor for this sample size)."""
+    _check_digit_images("images", images, 2)
     real = digits(images.shape[-1]).tensors[0]
     half = len(real) // 2
     return {"classifier_score": classifier_score(images),

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from fastgan.models._checks import check_int
+from fastgan.ops._checks import check_tensor
 from fastgan.models.layers import (batch_norm_leaky_relu2d, batch_norm_relu2d, conv2d,
                                    conv_transpose2d, init_dcgan_weights)
 
@@ -55,6 +56,7 @@ class DCGANGenerator(nn.Module):
         init_dcgan_weights(self)
 
     def forward(self, z, labels=None):
+        check_tensor("z", z)
         if z.dim() != 2 or z.shape[1] != self.z_dim:
             raise ValueError(f"z must have shape (N, {self.z_dim}), got {tuple(z.shape)}")
         check_labels(labels, self.num_classes, z.shape[0])
@@ -88,6 +90,7 @@ class DCGANDiscriminator(nn.Module):
         init_dcgan_weights(self)
 
     def forward(self, images, labels=None):
+        check_tensor("images", images)
         if images.dim() != 4 or tuple(images.shape[1:]) != self.input_shape:
             raise ValueError(f"images must have shape (N, {', '.join(map(str, self.input_shape))})"
                              f", got {tuple(images.shape)}")

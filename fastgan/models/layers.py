@@ -35,6 +35,8 @@ def batch_norm_leaky_relu1d(features):
 def init_dcgan_weights(module):
     """DCGAN's initialization (Radford et al. 2016): convolution, linear and embedding weights
     N(0, 0.02); BatchNorm weights N(1, 0.02); biases zero."""
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
     for layer in module.modules():
         if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.Embedding)):
             nn.init.normal_(layer.weight, 0.0, 0.02)

@@ -5,11 +5,13 @@ They keep PyTorch's default initialization: with DCGAN's N(0, 0.02) the 2D recip
 twice the steps to cover the modes (measured on the ring and the grid)."""
 from torch import nn
 
-from fastgan.models._checks import check_int
+from fastgan.models._checks import check_bool, check_int
+from fastgan.ops._checks import check_tensor
 from fastgan.models.layers import batch_norm_leaky_relu1d, batch_norm_relu1d
 
 
 def _check_vectors(name, value, features):
+    check_tensor(name, value)
     if value.dim() != 2 or value.shape[1] != features:
         raise ValueError(f"{name} must have shape (N, {features}), got {tuple(value.shape)}")
 
@@ -47,7 +49,7 @@ class MLPDiscriminator(nn.Module):
         self.config = {"in_features": check_int("in_features", in_features, minimum=1),
                        "hidden": check_int("hidden", hidden, minimum=1),
                        "layers": check_int("layers", layers, minimum=1),
-                       "batch_norm": bool(batch_norm)}
+                       "batch_norm": check_bool("batch_norm", batch_norm)}
         self.in_features = in_features
         blocks = [nn.Linear(in_features, hidden), nn.LeakyReLU(0.2)]
         for _ in range(layers - 1):

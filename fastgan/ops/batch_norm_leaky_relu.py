@@ -24,6 +24,8 @@ def batch_norm_leaky_relu(input, running_mean, running_var, weight=None, bias=No
         raise ValueError("running_mean and running_var must be given together")
     if not training and running_mean is None:
         raise ValueError("running_mean and running_var are required when training=False")
+    if not isinstance(training, bool):
+        raise TypeError(f"training must be a bool, got {type(training).__name__}")
     check_number("momentum", momentum, minimum=0.0, maximum=1.0)
     check_number("eps", eps, positive=True)
     check_number("negative_slope", negative_slope)

@@ -15,15 +15,17 @@ from torch import nn
 from fastgan import losses
 from fastgan.models import REGISTRY
 from fastgan.models._checks import check_choice, check_int
-from fastgan.ops._checks import check_number
+from fastgan.ops._checks import check_number, check_tensor
 from fastgan.train import distributed
 from fastgan.train.batches import make_batches
-from fastgan.train.checkpoint import atomic_save
+from fastgan.train.checkpoint import atomic_save, check_path, safe_load
 from fastgan.train.plots import save_image_grid, save_loss_plot, save_scatter
 from fastgan.train.regularization import lazy_adam_settings, r1_penalty
 
 CHECKPOINT_FORMAT = 1
 CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_HISTORY = "checkpoints"  # out_dir's folder of the last keep_checkpoints checkpoints
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _GRID_SAMPLES = 64      # images in a sample grid
 _SCATTER_SAMPLES = 2000  # points in a 2D scatter plot
 _CALIBRATION_BATCHES, _CALIBRATION_BATCH = 4, 256  # for the EMA generator's BatchNorm statistics
@@ -79,8 +81,9 @@ class Trainer:
     r1_interval steps (lazily, scaled by the interval, with StyleGAN2's Adam adjustment for D).
     ema_decay keeps an exponential moving average of G, which `sample` and the pictures use.
     n_critic: D updates per G update. amp: bfloat16 autocast (CUDA only). out_dir: where
-    metrics.jsonl, pictures and checkpoint.pt go (None: nowhere). seed seeds torch, numpy,
-    Python's random and the data order.
+    metrics.jsonl, pictures and checkpoint.pt go (None: nowhere); keep_checkpoints > 1 also
+    keeps that many of the newest in out_dir/checkpoints/step_NNNNNN.pt. seed seeds torch,
+    numpy, Python's random and the data order.
 
     Under torchrun (or an initialized torch.distributed group) it trains data-parallel: G and D
     in DDP with synced BatchNorm, each process on its shard of every batch; rank 0 alone
@@ -89,7 +92,7 @@ class Trainer:
     def __init__(self, generator, discriminator, *, loss="non_saturating", r1_gamma=0.0,
                  r1_interval=16, lr_g=2e-4, lr_d=2e-4, betas=(0.5, 0.999), ema_decay=None,
                  label_smoothing=0.0, n_critic=1, device="auto", amp=False, out_dir=None,
-                 seed=0):
+                 seed=0, keep_checkpoints=1):
         for name, model in (("generator", generator), ("discriminator", discriminator)):
             if not isinstance(model, nn.Module):
                 raise TypeError(f"{name} must be a torch.nn.Module, got {type(model).__name__}")
@@ -115,6 +118,9 @@ class Trainer:
                              f"losses, not {loss!r}")
         check_int("n_critic", n_critic, minimum=1)
         check_int("seed", seed)
+        check_int("keep_checkpoints", keep_checkpoints, minimum=1)
+        if out_dir is not None:
+            check_path("out_dir", out_dir)
         if not isinstance(amp, bool):
             raise TypeError(f"amp must be a bool, got {type(amp).__name__}")
         self.device, self.rank, self.world_size = distributed.setup(resolve_device(device))
@@ -125,7 +131,7 @@ class Trainer:
                        "ema_decay": None if ema_decay is None else float(ema_decay),
                        "label_smoothing": float(label_smoothing), "n_critic": int(n_critic),
                        "amp": amp, "out_dir": None if out_dir is None else os.fspath(out_dir),
-                       "seed": int(seed)}
+                       "seed": int(seed), "keep_checkpoints": int(keep_checkpoints)}
         self.out_dir = self.config["out_dir"] if self.rank == 0 else None  # rank 0 writes
         # Each rank its own noise (the data order comes from `seed` alone).
         random.seed(seed + self.rank)
@@ -154,7 +160,7 @@ class Trainer:
                                         generator=torch.Generator().manual_seed(seed + 2))
         self._batches = None
         self._data_state = None
-        self._interrupted = False
+        self._interrupted = None  # the stop signal received during fit, if any
         self._ema_calibrated_step = None
         self.latest_samples_path = None  # the newest picture of samples, once fit wrote one
         self.last_evaluation = None  # what fit's `evaluate` returned last
@@ -263,7 +269,9 @@ class Trainer:
         metrics go to the progress bar, out_dir/metrics.jsonl and TensorBoard (if installed);
         every sample_every steps a picture of fixed-noise samples (2D data: a scatter plot,
         `modes` marked) and `evaluate(trainer)`'s metrics; every checkpoint_every steps and at
-        the end out_dir/checkpoint.pt. Ctrl-C finishes the step, saves and re-raises."""
+        the end out_dir/checkpoint.pt. Ctrl-C finishes the step, saves and raises
+        KeyboardInterrupt; SIGTERM does the same, then raises SystemExit(143) as the signal
+        would have ended the process."""
         check_int("steps", steps, minimum=0)
         check_int("batch_size", batch_size, minimum=2)
         for name, value in (("log_every", log_every), ("sample_every", sample_every),
@@ -271,6 +279,8 @@ class Trainer:
             check_int(name, value, minimum=0)
         if evaluate is not None and not callable(evaluate):
             raise TypeError("evaluate must be callable (trainer -> dict of numbers)")
+        if modes is not None:
+            check_tensor("modes", modes, dims=(2,))
         shard = (self.rank, self.world_size)
         check_batches = make_batches(data, batch_size, self.config["seed"], *shard)
         self._check_data(check_batches)
@@ -283,14 +293,14 @@ class Trainer:
             os.makedirs(self.out_dir, exist_ok=True)
             self._truncate_metrics_log()
         writer = self._tensorboard_writer()
-        previous_handler = self._catch_interrupts()
+        previous_handlers = self._catch_interrupts()
         try:
             self._run(steps, log_every, sample_every, checkpoint_every, evaluate, modes, progress,
                       writer)
         finally:
             self._data_state = self._batches.state_dict()
-            if previous_handler is not None:
-                signal.signal(signal.SIGINT, previous_handler)
+            for signum, handler in previous_handlers.items():
+                signal.signal(signum, handler)
             if writer is not None:
                 writer.close()
         return self
@@ -326,26 +336,32 @@ class Trainer:
                                   history=False)
                 if checkpoint_every and self.step % checkpoint_every == 0 or last:
                     self._save_checkpoint()
-                if distributed.any_rank(self._interrupted):
+                if distributed.any_rank(self._interrupted is not None):
                     self._save_checkpoint()
                     bar.close()
-                    raise KeyboardInterrupt(f"training interrupted after step {self.step}"
-                                            + (f"; saved {self.checkpoint_path}"
-                                               if self.out_dir else ""))
+                    self._stop(f"training interrupted after step {self.step}"
+                               + (f"; saved {self.checkpoint_path}" if self.out_dir else ""))
+
+    def _stop(self, message):
+        """Ends fit as the stop signal would have: SIGTERM exits with 128 + 15, as a shell
+        reports a terminated process."""
+        if self._interrupted == signal.SIGTERM:
+            raise SystemExit(128 + signal.SIGTERM)
+        raise KeyboardInterrupt(message)
 
     def _catch_interrupts(self):
-        """The first Ctrl-C lets the current step finish (then fit saves and raises); a second
-        one stops at once. Returns the previous handler (None off the main thread)."""
+        """The first Ctrl-C or SIGTERM lets the current step finish (then fit saves and stops);
+        a second one stops at once. Returns the previous handlers (none off the main thread)."""
         if threading.current_thread() is not threading.main_thread():
-            return None
-        self._interrupted = False
+            return {}
+        self._interrupted = None
 
         def handler(signum, frame):
-            if self._interrupted:
-                raise KeyboardInterrupt
-            self._interrupted = True
+            if self._interrupted is not None:
+                self._stop(f"training interrupted during step {self.step + 1}")
+            self._interrupted = signum
 
-        return signal.signal(signal.SIGINT, handler)
+        return {signum: signal.signal(signum, handler) for signum in _STOP_SIGNALS}
 
     # --- outputs ----------------------------------------------------------------------------
 
@@ -360,9 +376,36 @@ class Trainer:
             if self.world_size > 1:
                 state["rng_per_rank"] = rng_per_rank
             atomic_save(state, self.checkpoint_path)
+            if self.config["keep_checkpoints"] > 1:
+                self._keep_checkpoint()
             if self.history:
                 save_loss_plot(self.history, os.path.join(self.out_dir, "losses.png"))
         distributed.barrier()
+
+    def _kept_checkpoints(self):
+        """{step: path} of the checkpoints in out_dir/checkpoints."""
+        folder = os.path.join(self.out_dir, CHECKPOINT_HISTORY)
+        if not os.path.isdir(folder):
+            return {}
+        steps = (name[len("step_"):-len(".pt")] for name in os.listdir(folder)
+                 if name.startswith("step_") and name.endswith(".pt"))
+        return {int(step): os.path.join(folder, f"step_{step}.pt") for step in steps
+                if step.isdigit()}
+
+    def _keep_checkpoint(self):
+        """Links the new checkpoint.pt into out_dir/checkpoints (a copy where the filesystem has
+        no hard links) and deletes all but the newest keep_checkpoints there."""
+        kept = os.path.join(self.out_dir, CHECKPOINT_HISTORY, f"step_{self.step:06d}.pt")
+        os.makedirs(os.path.dirname(kept), exist_ok=True)
+        if os.path.exists(kept):
+            os.unlink(kept)  # saved at this step before, by the run this one resumes
+        try:
+            os.link(self.checkpoint_path, kept)
+        except OSError:
+            atomic_save(self.state_dict(), kept)
+        history = self._kept_checkpoints()
+        for step in sorted(history)[:-self.config["keep_checkpoints"]]:
+            os.unlink(history[step])
 
     def _tensorboard_writer(self):
         if not self.out_dir:
@@ -385,7 +428,11 @@ class Trainer:
                     writer.add_scalar(key, value, entry["step"])
 
     def _truncate_metrics_log(self):
-        """Drops lines logged after the checkpoint this run resumes from."""
+        """Drops lines logged, and kept checkpoints saved, after the checkpoint this run resumes
+        from."""
+        for step, kept in self._kept_checkpoints().items():
+            if step > self.step:
+                os.unlink(kept)
         path = os.path.join(self.out_dir, "metrics.jsonl")
         if not os.path.exists(path):
             return
@@ -529,10 +576,7 @@ class Trainer:
         """A trainer restored from a checkpoint, ready to `fit` on. fastgan's own models are
         rebuilt from the saved config; a user's models must be passed in (freshly built, same
         architecture). out_dir defaults to the saved one."""
-        path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise ValueError(f"path {path!r} is not a checkpoint file")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = safe_load(path)
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"path {path!r} is not a fastgan checkpoint (format "
                              f"{CHECKPOINT_FORMAT})")
@@ -544,7 +588,7 @@ class Trainer:
             models[name] = given if given is not None else REGISTRY[spec["name"]](**spec["config"])
         config = dict(state["config"])
         if out_dir is not None:
-            config["out_dir"] = os.fspath(out_dir)
+            config["out_dir"] = check_path("out_dir", out_dir)
         trainer = cls(models["generator"], models["discriminator"], device=device, **config)
         trainer.load_state_dict(state)
         return trainer
