@@ -29,8 +29,10 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     unbatched = input.dim() == 3
     if unbatched:
         input = input.unsqueeze(0)
-    if not torch.is_grad_enabled() or not (input.requires_grad or weight.requires_grad or (
-            bias is not None and bias.requires_grad)):
+    needs_grad = input.requires_grad or weight.requires_grad or (
+        bias is not None and bias.requires_grad)
+    # torch.compile traces torch's convolution (its graphs have no double backward to speed up).
+    if torch.compiler.is_compiling() or not torch.is_grad_enabled() or not needs_grad:
         out = F.conv2d(input, weight, bias, *geometry)
     else:
         device = input.device.type

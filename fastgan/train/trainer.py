@@ -54,6 +54,10 @@ def _model_spec(model):
     return None
 
 
+def _trainable(model):
+    return [p for p in model.parameters() if p.requires_grad]
+
+
 def _rng_state():
     numpy_state = np.random.get_state()
     return {"torch": torch.get_rng_state(),
@@ -194,9 +198,11 @@ class Trainer:
             loss = losses.d_loss(real_logits.float(), fake_logits.float(), self.config["loss"],
                                  self.config["label_smoothing"])
             penalty = r1_penalty(real_logits, real, gamma) if combined else None
-        self._check_finite("the discriminator loss", loss if penalty is None else loss + penalty)
+        total = loss if penalty is None else loss + penalty
+        self._check_finite("the discriminator loss", total)
         self.optimizer_d.zero_grad(set_to_none=True)
-        (loss if penalty is None else loss + penalty).backward()
+        # Only D's parameters: not the reals' input gradient that R1 made them require.
+        total.backward(inputs=_trainable(self.discriminator))
         self.optimizer_d.step()
         if regularize and self.lazy_r1:
             # StyleGAN2's lazy regularization: its own optimizer step, scaled by the interval.
@@ -206,7 +212,8 @@ class Trainer:
                 penalty = r1_penalty(logits, real, gamma)
             self._check_finite("the R1 penalty", penalty)
             self.optimizer_d.zero_grad(set_to_none=True)
-            (penalty * interval + distributed.every_parameter_term(logits)).backward()
+            (penalty * interval + distributed.every_parameter_term(logits)).backward(
+                inputs=_trainable(self.discriminator))
             self.optimizer_d.step()
         metrics = {"d_loss": loss.item(), "D(x)": real_logits.detach().sigmoid().mean().item(),
                    "D(G(z))": fake_logits.detach().sigmoid().mean().item()}
@@ -222,7 +229,7 @@ class Trainer:
             loss = losses.g_loss(fake_logits.float(), self.config["loss"])
         self._check_finite("the generator loss", loss)
         self.optimizer_g.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward(inputs=_trainable(self.generator))  # not D's weight gradients
         self.optimizer_g.step()
         if self.ema is not None:
             self._update_ema()
