@@ -14,7 +14,7 @@ import fastgan
 # 0; 2D data uses fastgan's MLPs with the "mlp" arguments, images DCGAN).
 RECIPES = {
     "ring": {"steps": 16000, "batch_size": 512, "loss": "non_saturating", "r1_gamma": 0.01,
-             "r1_interval": 4, "ema": 0.99, "lr": 1e-3, "lr_decay_start": 0.25,
+             "r1_interval": 4, "ema": 0.999, "lr": 1e-3, "lr_decay_start": 0.25,
              "mlp": {"hidden": 256, "layers": 3, "batch_norm": False}},
     "grid": {"steps": 16000, "batch_size": 512, "loss": "non_saturating", "r1_gamma": 0.05,
              "r1_interval": 4, "ema": 0.999, "lr": 1e-3, "lr_decay_start": None,
