@@ -9,13 +9,16 @@ import torch
 
 import fastgan
 
-# Defaults per dataset, tuned on a (shared) 2-core CPU: see the measured results in the report
-# of issue 10 (lr is both G's and D's; 2D data uses fastgan's MLPs, images DCGAN).
+# Defaults per dataset, tuned on a (shared) 2-core CPU with scripts/evaluate_recipes.py (lr is
+# both G's and D's; lr_decay_start: the fraction of the steps after which both fall linearly to
+# 0; 2D data uses fastgan's MLPs with the "mlp" arguments, images DCGAN).
 RECIPES = {
-    "ring": {"steps": 14000, "batch_size": 256, "loss": "non_saturating", "r1_gamma": 0.01,
-             "r1_interval": 4, "ema": 0.9995, "lr": 1e-3},
+    "ring": {"steps": 16000, "batch_size": 512, "loss": "non_saturating", "r1_gamma": 0.01,
+             "r1_interval": 4, "ema": 0.999, "lr": 1e-3, "lr_decay_start": 0.25,
+             "mlp": {"hidden": 256, "layers": 3, "batch_norm": False}},
     "grid": {"steps": 16000, "batch_size": 512, "loss": "non_saturating", "r1_gamma": 0.05,
-             "r1_interval": 4, "ema": 0.999, "lr": 1e-3},
+             "r1_interval": 4, "ema": 0.999, "lr": 1e-3, "lr_decay_start": None,
+             "mlp": {"hidden": 400, "layers": 4, "batch_norm": True}},
     "digits": {"steps": 8000, "batch_size": 64, "loss": "non_saturating", "r1_gamma": 0.0,
                "r1_interval": 16, "ema": 0.999, "lr": 2e-4, "image_size": 32},
     "folder": {"steps": 20000, "batch_size": 64, "loss": "non_saturating", "r1_gamma": 0.0,
@@ -53,7 +56,8 @@ def _build(args, recipe):
                     "smallest_mode_share": min(coverage["counts"]) * len(means)
                     / EVALUATION_SAMPLES}
 
-        models = fastgan.models.MLPGenerator(), fastgan.models.MLPDiscriminator()
+        models = (fastgan.models.MLPGenerator(**recipe["mlp"]),
+                  fastgan.models.MLPDiscriminator())
         return (data, *models, evaluate, means)
     image_size = recipe["image_size"] if args.image_size is None else args.image_size
     if kind == "digits":
@@ -99,8 +103,11 @@ def _train(args):
             generator, discriminator, loss=args.loss or recipe["loss"],
             r1_gamma=recipe["r1_gamma"] if args.r1_gamma is None else args.r1_gamma,
             r1_interval=recipe["r1_interval"],
-            lr_g=recipe["lr"], lr_d=recipe["lr"], ema_decay=ema or None, device=args.device,
-            amp=args.amp, out_dir=out, seed=args.seed, keep_checkpoints=args.keep_checkpoints)
+            lr_g=recipe["lr"], lr_d=recipe["lr"], ema_decay=ema or None,
+            lr_decay=(None if recipe.get("lr_decay_start") is None
+                      else (int(recipe["lr_decay_start"] * steps), max(steps, 1))),
+            device=args.device, amp=args.amp, out_dir=out, seed=args.seed,
+            keep_checkpoints=args.keep_checkpoints)
     report = print if trainer.rank == 0 else lambda *args, **kwargs: None  # torchrun: once
     report(f"training on {args.data} for {steps} steps (batch {batch_size}"
            f"{f' over {trainer.world_size} processes' if trainer.world_size > 1 else ''}) on "

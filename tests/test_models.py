@@ -95,6 +95,10 @@ def test_mlp_shapes_and_layers():
     assert sum(isinstance(m, BatchNormLeakyReLU1d) for m in discriminator.modules()) == 2
     plain = MLPDiscriminator(hidden=8, layers=3)
     assert not any(isinstance(m, BatchNormLeakyReLU1d) for m in plain.modules())
+    plain_generator = MLPGenerator(hidden=8, layers=3, batch_norm=False)
+    assert plain_generator(torch.randn(4, 2)).shape == (4, 2)
+    assert not any(isinstance(m, BatchNormLeakyReLU1d) for m in plain_generator.modules())
+    assert sum(isinstance(m, torch.nn.ReLU) for m in plain_generator.modules()) == 3
     with pytest.raises(ValueError, match="z must have shape"):
         generator(torch.randn(5, 2))
 

@@ -151,6 +151,23 @@ def test_resume_gives_the_same_parameters(tmp_path, kind):
     assert torch.equal(uninterrupted.sample(5), resumed.sample(5))
 
 
+def test_lr_decay_falls_linearly_to_zero_and_resumes(tmp_path):
+    options = {"lr_g": 1e-3, "lr_d": 2e-3, "lr_decay": (2, 6)}
+    trainer = _trainer(_mlp_models(), tmp_path, **options)
+    learning_rates = []
+    for steps in range(1, 7):
+        _fit(trainer, _ring(), steps)
+        learning_rates.append((trainer.optimizer_g.param_groups[0]["lr"],
+                               trainer.optimizer_d.param_groups[0]["lr"]))
+    # step s (0-based) trains with lr * (6 - s) / 4 once s >= 2
+    expected = [1, 1, 1, 0.75, 0.5, 0.25]
+    assert learning_rates == pytest.approx([(1e-3 * f, 2e-3 * f) for f in expected])
+    resumed = fastgan.Trainer.load(tmp_path / "checkpoint.pt", device="cpu")
+    assert resumed.config["lr_decay"] == [2, 6]
+    _fit(resumed, _ring(), 7)  # past the end the learning rates stay at 0
+    assert resumed.optimizer_g.param_groups[0]["lr"] == 0.0
+
+
 def test_checkpoint_round_trip(tmp_path):
     trainer = _trainer(_dcgan_models(), tmp_path, ema_decay=0.9)
     _fit(trainer, _digits(), 2)
@@ -250,7 +267,8 @@ def test_bad_input_fails_before_training(tmp_path):
 @pytest.mark.parametrize("kwargs, match", [
     ({"loss": "lsgan"}, "loss"), ({"amp": True}, "amp"), ({"r1_interval": 0}, "r1_interval"),
     ({"ema_decay": 1.5}, "ema_decay"), ({"device": "tpu9"}, "device"),
-    ({"loss": "hinge", "label_smoothing": 0.1}, "label_smoothing"), ({"betas": (0.5,)}, "betas")])
+    ({"loss": "hinge", "label_smoothing": 0.1}, "label_smoothing"), ({"betas": (0.5,)}, "betas"),
+    ({"lr_decay": 5}, "lr_decay"), ({"lr_decay": (4, 4)}, "lr_decay end")])
 def test_trainer_rejects_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         _trainer(_mlp_models(), **kwargs)

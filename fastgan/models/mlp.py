@@ -17,18 +17,21 @@ def _check_vectors(name, value, features):
 
 
 class MLPGenerator(nn.Module):
-    """z (N, z_dim) -> samples (N, out_features): `layers` hidden Linear+BN+ReLU layers."""
+    """z (N, z_dim) -> samples (N, out_features): `layers` hidden Linear+BN+ReLU layers, or
+    Linear+ReLU without batch_norm."""
 
-    def __init__(self, z_dim=2, out_features=2, hidden=400, layers=4):
+    def __init__(self, z_dim=2, out_features=2, hidden=400, layers=4, batch_norm=True):
         super().__init__()
         self.config = {"z_dim": check_int("z_dim", z_dim, minimum=1),
                        "out_features": check_int("out_features", out_features, minimum=1),
                        "hidden": check_int("hidden", hidden, minimum=1),
-                       "layers": check_int("layers", layers, minimum=1)}
+                       "layers": check_int("layers", layers, minimum=1),
+                       "batch_norm": bool(batch_norm)}
         self.z_dim = z_dim
         blocks, width = [], z_dim
         for _ in range(layers):
-            blocks += [nn.Linear(width, hidden, bias=False), batch_norm_relu1d(hidden)]
+            blocks += ([nn.Linear(width, hidden, bias=False), batch_norm_relu1d(hidden)]
+                       if batch_norm else [nn.Linear(width, hidden), nn.ReLU()])
             width = hidden
         blocks.append(nn.Linear(hidden, out_features))
         self.net = nn.Sequential(*blocks)

@@ -84,10 +84,12 @@ class Trainer:
     loss: a fastgan.losses kind. r1_gamma > 0 adds the R1 penalty on real data every
     r1_interval steps (lazily, scaled by the interval, with StyleGAN2's Adam adjustment for D).
     ema_decay keeps an exponential moving average of G, which `sample` and the pictures use.
-    n_critic: D updates per G update. amp: bfloat16 autocast (CUDA only). out_dir: where
-    metrics.jsonl, pictures and checkpoint.pt go (None: nowhere); keep_checkpoints > 1 also
-    keeps that many of the newest in out_dir/checkpoints/step_NNNNNN.pt. seed seeds torch,
-    numpy, Python's random and the data order.
+    n_critic: D updates per G update. lr_decay: None, or (start, end) steps between which both
+    learning rates fall linearly to 0 (a final annealing that sharpens the samples). amp:
+    bfloat16 autocast (CUDA only). out_dir: where metrics.jsonl, pictures and checkpoint.pt go
+    (None: nowhere); keep_checkpoints > 1 also keeps that many of the newest in
+    out_dir/checkpoints/step_NNNNNN.pt. seed seeds torch, numpy, Python's random and the data
+    order.
 
     Under torchrun (or an initialized torch.distributed group) it trains data-parallel: G and D
     in DDP with synced BatchNorm, each process on its shard of every batch; rank 0 alone
@@ -95,8 +97,8 @@ class Trainer:
 
     def __init__(self, generator, discriminator, *, loss="non_saturating", r1_gamma=0.0,
                  r1_interval=16, lr_g=2e-4, lr_d=2e-4, betas=(0.5, 0.999), ema_decay=None,
-                 label_smoothing=0.0, n_critic=1, device="auto", amp=False, out_dir=None,
-                 seed=0, keep_checkpoints=1):
+                 label_smoothing=0.0, n_critic=1, lr_decay=None, device="auto", amp=False,
+                 out_dir=None, seed=0, keep_checkpoints=1):
         for name, model in (("generator", generator), ("discriminator", discriminator)):
             if not isinstance(model, nn.Module):
                 raise TypeError(f"{name} must be a torch.nn.Module, got {type(model).__name__}")
@@ -121,6 +123,12 @@ class Trainer:
             raise ValueError(f"label_smoothing applies to the minimax and non_saturating "
                              f"losses, not {loss!r}")
         check_int("n_critic", n_critic, minimum=1)
+        if lr_decay is not None:
+            if not isinstance(lr_decay, (tuple, list)) or len(lr_decay) != 2:
+                raise ValueError(f"lr_decay must be None or a (start, end) pair of steps, got "
+                                 f"{lr_decay!r}")
+            check_int("lr_decay start", lr_decay[0], minimum=0)
+            check_int("lr_decay end", lr_decay[1], minimum=lr_decay[0] + 1)
         check_int("seed", seed)
         check_int("keep_checkpoints", keep_checkpoints, minimum=1)
         if out_dir is not None:
@@ -134,6 +142,7 @@ class Trainer:
                        "lr_g": float(lr_g), "lr_d": float(lr_d), "betas": [float(b) for b in betas],
                        "ema_decay": None if ema_decay is None else float(ema_decay),
                        "label_smoothing": float(label_smoothing), "n_critic": int(n_critic),
+                       "lr_decay": None if lr_decay is None else [int(step) for step in lr_decay],
                        "amp": amp, "out_dir": None if out_dir is None else os.fspath(out_dir),
                        "seed": int(seed), "keep_checkpoints": int(keep_checkpoints)}
         self.out_dir = self.config["out_dir"] if self.rank == 0 else None  # rank 0 writes
@@ -155,6 +164,8 @@ class Trainer:
                          else (lr_d, tuple(betas)))
         self.optimizer_g = torch.optim.Adam(generator.parameters(), lr=lr_g, betas=tuple(betas))
         self.optimizer_d = torch.optim.Adam(discriminator.parameters(), lr=lr_d, betas=betas_d)
+        self._initial_lrs = {optimizer: [group["lr"] for group in optimizer.param_groups]
+                             for optimizer in (self.optimizer_g, self.optimizer_d)}
         self.step = 0
         self.history = []  # the logged metrics, one dict per log line
         # Noise for sample() and the pictures: separate generators, so that looking at samples
@@ -241,7 +252,17 @@ class Trainer:
         for average, current in zip(self.ema.parameters(), self.generator.parameters()):
             average.lerp_(current, 1 - decay)
 
+    def _set_learning_rates(self):
+        if self.config["lr_decay"] is None:
+            return
+        start, end = self.config["lr_decay"]
+        scale = min(1.0, max(0.0, (end - self.step) / (end - start)))
+        for optimizer, lrs in self._initial_lrs.items():
+            for group, lr in zip(optimizer.param_groups, lrs):
+                group["lr"] = lr * scale
+
     def _train_step(self):
+        self._set_learning_rates()
         metrics = {}
         for _ in range(self.config["n_critic"]):
             real, labels = next(self._batches)
