@@ -24,27 +24,15 @@ import torch  # noqa: E402
 import torch.utils.cpp_extension as cpp_extension  # noqa: E402
 
 from fastgan import _reference  # noqa: E402
+from test_conv_transpose2d import CASES as TEST_CASES  # noqa: E402
 
 BUILD = os.path.join(ROOT, "build", "cuda_emulation")
 
 # (C_in, C_out, kernel, stride, padding, output_padding, groups, dilation, (H, W)): the test
 # suite's cases, plus geometries aimed at the GEMMs' edges.
 CASES = {
-    "stride1": (3, 5, 3, 1, 0, 0, 1, 1, (5, 4)),
-    "dcgan": (4, 6, 4, 2, 1, 0, 1, 1, (4, 5)),
-    "dcgan_first": (5, 8, 4, 1, 0, 0, 1, 1, (1, 1)),
-    "one_pixel_grouped": (6, 4, (3, 2), 2, 0, 0, 2, 1, (1, 1)),
-    "one_pixel_padded": (5, 8, 4, 1, 1, 0, 1, 1, (1, 1)),
-    "non_square": (4, 6, (3, 2), (2, 3), (1, 0), (1, 2), 2, 1, (4, 3)),
-    "dilated": (6, 4, 3, 3, 2, (2, 0), 2, (2, 1), (3, 4)),
-    "output_padding_below_dilation": (2, 3, (1, 3), 2, 0, 2, 1, 3, (3, 3)),
-    "grouped": (8, 8, 2, 2, 0, 0, 4, 1, (3, 3)),
-    "three_outputs": (5, 3, 4, 2, 1, 0, 1, 1, (6, 6)),
-    "wide": (4, 16, 4, 2, 1, 0, 1, 1, (5, 6)),
-    "wide_grouped": (6, 32, 3, (2, 3), 1, 1, 2, (1, 2), (4, 3)),
-    "gemm_tiles": (48, 140, 3, 2, 1, 1, 2, 1, (9, 7)),
+    **TEST_CASES,
     "kernel1_stride2": (3, 4, 1, 2, 0, 1, 1, 1, (3, 3)),
-    "phases_without_taps": (3, 4, 3, 2, 1, 1, 1, 2, (4, 3)),
     "large_padding": (3, 4, 5, 3, 4, 0, 1, 2, (4, 5)),
 }
 QUICK = ["dcgan", "non_square", "gemm_tiles", "phases_without_taps"]
