@@ -1,5 +1,8 @@
-"""fastgan.ops.conv2d and fastgan.nn.Conv2d against torch: values, first and second order, and
-no weight gradient computed where a backward pass does not need one."""
+"""fastgan.ops.conv2d and fastgan.nn.Conv2d against torch: values, first and second order, with
+each part computed by torch and by fastgan's transposed-convolution kernels, and no weight
+gradient computed where a backward pass does not need one."""
+import importlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,12 +12,30 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import fastgan
 from conftest import DEVICES, assert_close, make_input
 
+conv2d_module = importlib.import_module("fastgan.ops.conv2d")
+
 GEOMETRIES = [  # (input shape, weight shape, stride, padding, dilation, groups)
     ((3, 4, 9, 8), (6, 4, 4, 4), 2, 1, 1, 1),
     ((2, 4, 7, 7), (4, 2, 3, 3), 1, 2, 2, 2),
     ((1, 3, 6, 5), (5, 3, 2, 3), (2, 1), (0, 1), 1, 1),
     ((4, 6, 4, 4), (1, 6, 4, 4), 1, 0, 1, 1),
+    ((0, 4, 6, 6), (3, 4, 3, 3), 2, 1, 1, 1),
 ]
+
+
+@pytest.fixture(params=["default", "torch", "fastgan"])
+def engine(request, monkeypatch):
+    """Which kernels compute the forward, input gradient and weight gradient: as chosen by
+    shape (default), all torch's, or all fastgan's (where it has them)."""
+    if request.param != "default":
+        if request.param == "fastgan" and fastgan._backend.extension is None:
+            pytest.skip("fastgan's kernels are not built")
+        chosen = (request.param == "fastgan",) * 3
+        original = conv2d_module._own_kernels
+        monkeypatch.setattr(conv2d_module, "_own_kernels",
+                            lambda input, *args: original(input, *args) if input.is_cuda
+                            else chosen)
+    return request.param
 
 
 def _leaves(device, input_shape, weight_shape, layout, bias=True):
@@ -28,7 +49,7 @@ def _leaves(device, input_shape, weight_shape, layout, bias=True):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "non_contiguous"])
 @pytest.mark.parametrize("geometry", GEOMETRIES, ids=str)
-def test_matches_torch_to_second_order(device, layout, geometry):
+def test_matches_torch_to_second_order(device, layout, geometry, engine):
     input_shape, weight_shape, *args = geometry
     x, w, b = _leaves(device, input_shape, weight_shape, layout)
 
@@ -47,7 +68,7 @@ def test_matches_torch_to_second_order(device, layout, geometry):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_gradcheck_and_gradgradcheck(device, layout):
+def test_gradcheck_and_gradgradcheck(device, layout, engine):
     x, w, b = _leaves(device, (2, 2, 5, 4), (2, 1, 3, 3), layout)
     conv = lambda x, w, b: fastgan.ops.conv2d(x, w, b, 2, 1, 1, 2)  # noqa: E731
     assert gradcheck(conv, (x, w, b))
@@ -59,31 +80,52 @@ def test_unbatched_input():
     assert_close(fastgan.ops.conv2d(x, w, b, 1, 1), F.conv2d(x, w, b, 1, 1))
 
 
-class _ConvolutionBackwardMasks(TorchDispatchMode):
-    """Records the output_mask of every aten.convolution_backward call."""
+class _WeightGradients(TorchDispatchMode):
+    """Counts the weight gradients computed, by torch's or fastgan's kernels, and the calls to
+    fastgan's."""
 
     def __init__(self):
         super().__init__()
-        self.masks = []
+        self.weight_gradients = self.fastgan_calls = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func is torch.ops.aten.convolution_backward.default:
-            self.masks.append(tuple(args[-1]))
+        if func in (torch.ops.aten.convolution_backward.default,
+                    torch.ops.fastgan.conv_transpose2d_backward.default):
+            self.weight_gradients += args[-1][1]
+        self.fastgan_calls += func.namespace == "fastgan"
         return func(*args, **(kwargs or {}))
 
 
-def test_input_gradient_alone_skips_the_weight_gradient():
+@pytest.mark.parametrize("weight_shape", [(4, 3, 4, 4), (8, 128, 4, 4)])
+def test_input_gradient_alone_skips_the_weight_gradient(weight_shape, engine):
     """autograd.grad w.r.t. the input (R1's first step) computes no weight gradient, though the
     weight requires grad; a later backward w.r.t. the weight does compute it."""
-    x, w, b = _leaves("cpu", (2, 3, 8, 8), (4, 3, 4, 4), "contiguous")
+    x, w, b = _leaves("cpu", (2, weight_shape[1], 8, 8), weight_shape, "contiguous")
     out = fastgan.ops.conv2d(x, w, b, 2, 1)
-    with _ConvolutionBackwardMasks() as recorder:
+    with _WeightGradients() as recorder:
         (grad_x,) = torch.autograd.grad(out.sum(), x, create_graph=True)
-    assert recorder.masks == [(True, False, False)]
-    with _ConvolutionBackwardMasks() as recorder:
+    assert recorder.weight_gradients == 0
+    with _WeightGradients() as recorder:
         grad_x.square().sum().backward()
-    assert recorder.masks and all(mask == (False, True, False) for mask in recorder.masks)
+    assert recorder.weight_gradients == 1
     assert w.grad is not None and x.grad is None
+
+
+@pytest.mark.skipif(fastgan._backend.extension is None, reason="fastgan's kernels are not built")
+def test_shape_chooses_the_engine():
+    """fastgan's kernels serve the input gradient of few-channel images, and all three parts of
+    a convolution to a map of at most 4x4 pixels with a long reduction (the DCGAN
+    discriminator's 256 -> 512 layer); torch's serve the rest (its 128 -> 256 layer)."""
+    cases = [((2, 3, 16, 16), (8, 3, 4, 4), 1), ((2, 256, 8, 8), (16, 256, 4, 4), 3),
+             ((2, 128, 16, 16), (16, 128, 4, 4), 0)]
+    for input_shape, weight_shape, fastgan_calls in cases:
+        x, w, b = _leaves("cpu", input_shape, weight_shape, "channels_last", bias=False)
+        with _WeightGradients() as recorder:
+            out = fastgan.ops.conv2d(x, w, None, 2, 1)
+            (grad_x,) = torch.autograd.grad(out.square().sum(), x, create_graph=True)
+            grad_x.square().sum().backward()
+        assert recorder.fastgan_calls >= fastgan_calls, (input_shape, weight_shape)
+        assert (recorder.fastgan_calls == 0) == (fastgan_calls == 0), (input_shape, weight_shape)
 
 
 def test_module_is_nn_conv2d_computing_channels_last():

@@ -6,16 +6,28 @@ convolution of the transposed incoming gradient with the transposed output gradi
 the stride (plus four transposing copies), while it is simply the weight gradient of a convolution
 whose input is the incoming gradient: one backward-weights call, several times faster on the CPU
 (DCGAN-64 discriminator layers, oneDNN). And, as torch's own convolution does, gradients that a
-backward pass does not need (the weights', during autograd.grad w.r.t. the inputs) are skipped."""
+backward pass does not need (the weights', during autograd.grad w.r.t. the inputs) are skipped.
+
+A convolution's input gradient is a transposed convolution, and its forward and weight gradient
+are the transposed convolution's input and weight gradients: on the CPU, fastgan's own
+conv_transpose2d kernels compute whichever of the three they compute faster than oneDNN
+(_own_kernels)."""
 import contextlib
 
 import torch
 import torch.nn.functional as F
 
 from fastgan.ops._checks import check_tensor
-from fastgan.ops.conv_transpose2d import _integer, _pair
+from fastgan.ops.conv_transpose2d import _integer, _ops, _pair
 
 _convolution_backward = torch.ops.aten.convolution_backward
+# _own_kernels' thresholds, from per-layer timings of both engines on a 2-core CPU (float32,
+# batch 16-256, benchmarks/RESULTS.md): oneDNN blocks its work over output pixels and falls to
+# about 60% of fastgan's GEMM-based speed on maps of up to 4x4 pixels with long reductions, and
+# computes the input gradient of images (1-3 channels) at a fraction of its usual rate.
+_SMALL_MAP_PIXELS = 16
+_LONG_REDUCTION = 2048
+_FEW_INPUT_CHANNELS = 4
 
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
@@ -43,8 +55,87 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
             dtype = torch.get_autocast_dtype(device)
             input, weight, bias = (t if t is None else t.to(dtype) for t in (input, weight, bias))
         with torch.autocast(device, enabled=False) if autocast else contextlib.nullcontext():
-            out = _Conv2d.apply(input, _with_own_node(weight), _with_own_node(bias), geometry)
+            out = _Conv2d.apply(input, _with_own_node(weight), _with_own_node(bias), geometry,
+                                _own_kernels(input, weight, geometry))
     return out.squeeze(0) if unbatched else out
+
+
+def _own_kernels(input, weight, geometry):
+    """Which of (forward, input gradient, weight gradient) fastgan's kernels compute: those
+    where they are faster than torch's (the thresholds above); none off the CPU, where the CUDA
+    kernels have not been verified yet, or without the extension."""
+    if _ops is None or input.device.type != "cpu" or input.dtype not in (torch.float32,
+                                                                          torch.float64):
+        return (False, False, False)
+    out_h, out_w = _out_size(input, weight, geometry)
+    small_map = out_h * out_w <= _SMALL_MAP_PIXELS and weight[0].numel() >= _LONG_REDUCTION
+    few_channels = weight.shape[1] <= _FEW_INPUT_CHANNELS
+    return (small_map, small_map or few_channels, small_map)
+
+
+def _forward(input, weight, bias, geometry, own):
+    """F.conv2d(input, weight, bias, *geometry), by fastgan's kernels when `own`: as the input
+    gradient of the transposed convolution whose output has input's shape."""
+    if not own:
+        return F.conv2d(input, weight, bias, *geometry)
+    stride, padding, dilation, groups = geometry
+    shape_of_out = torch.empty((input.shape[0], weight.shape[0],
+                                *_out_size(input, weight, geometry)), dtype=input.dtype,
+                               device=input.device, memory_format=_layout(input))
+    out = _ops.conv_transpose2d_backward(
+        input, shape_of_out, weight, None, stride, padding,
+        _output_padding(input, shape_of_out, weight, geometry), groups, dilation, "none", 0.0,
+        [True, False, False])[0]
+    return out if bias is None else out.add_(bias.view(1, -1, 1, 1))
+
+
+def _input_grad(grad_output, input, weight, geometry, own):
+    """conv2d's input gradient (input gives its shape), by fastgan's kernels when `own`: a
+    transposed convolution of grad_output."""
+    stride, padding, dilation, groups = geometry
+    if not own:
+        return _convolution_backward(grad_output, input, weight, None, stride, padding, dilation,
+                                     False, [0, 0], groups, [True, False, False])[0]
+    return _ops.conv_transpose2d(grad_output, weight, None, stride, padding,
+                                 _output_padding(input, grad_output, weight, geometry), groups,
+                                 dilation, "none", 0.0)
+
+
+def _weight_grad(grad_output, input, weight, geometry, own):
+    """conv2d's weight gradient (weight gives its shape), by fastgan's kernels when `own`: the
+    weight gradient of the transposed convolution from grad_output's shape to input's."""
+    stride, padding, dilation, groups = geometry
+    if not own:
+        if weight.dtype == torch.float64:
+            # Only weight's shape matters here, and torch's float64 CPU kernel rejects some
+            # channels-last weights (size-1 dimensions with unusual strides); oneDNN does not.
+            weight = weight.contiguous()
+        return _convolution_backward(grad_output, input, weight, None, stride, padding, dilation,
+                                     False, [0, 0], groups, [False, True, False])[1]
+    return _ops.conv_transpose2d_backward(
+        input, grad_output, weight, None, stride, padding,
+        _output_padding(input, grad_output, weight, geometry), groups, dilation, "none", 0.0,
+        [False, True, False])[1]
+
+
+def _out_size(input, weight, geometry):
+    stride, padding, dilation, _ = geometry
+    return [(input.shape[2 + d] + 2 * padding[d] - dilation[d] * (weight.shape[2 + d] - 1) - 1)
+            // stride[d] + 1 for d in range(2)]
+
+
+def _output_padding(input, output, weight, geometry):
+    """The output_padding that makes the transposed convolution from output's size return
+    input's: the rows and columns that the convolution's stride skipped."""
+    stride, padding, dilation, _ = geometry
+    return [input.shape[2 + d] - ((output.shape[2 + d] - 1) * stride[d] - 2 * padding[d]
+                                  + dilation[d] * (weight.shape[2 + d] - 1) + 1)
+            for d in range(2)]
+
+
+def _layout(t):
+    return (torch.channels_last if not t.is_contiguous()
+            and t.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format)
 
 
 def _with_own_node(tensor):
@@ -69,33 +160,37 @@ def _needed(ctx, index):
 
 class _Conv2d(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, input, weight, bias, geometry):
+    def forward(ctx, input, weight, bias, geometry, own):
         ctx.save_for_backward(input, weight)
-        ctx.geometry = geometry
+        ctx.geometry, ctx.own = geometry, own
         ctx.has_bias = bias is not None
-        return F.conv2d(input, weight, bias, *geometry)
+        return _forward(input, weight, bias, geometry, own[0])
 
     @staticmethod
     def backward(ctx, grad_output):
         input, weight = ctx.saved_tensors
         mask = [_needed(ctx, 0), _needed(ctx, 1), ctx.has_bias and _needed(ctx, 2)]
         stride, padding, dilation, groups = ctx.geometry
-        bias_sizes = [weight.shape[0]] if mask[2] else None
-        if not torch.is_grad_enabled():  # a plain backward: one call for everything
+        own_input, own_weight = ctx.own[1:]
+        if not torch.is_grad_enabled() and not (own_input or own_weight):
+            # A plain backward by torch: one call for everything.
+            bias_sizes = [weight.shape[0]] if mask[2] else None
             grads = _convolution_backward(grad_output, input, weight, bias_sizes, stride, padding,
                                           dilation, False, [0, 0], groups, mask)
-            return (*(g if wanted else None for g, wanted in zip(grads, mask)), None)
-        # create_graph: the input gradient is an op of its own with the fast double backward; the
-        # others keep torch's (rarely differentiated: they do not depend on the input gradient).
-        grad_input = _Conv2dInputGrad.apply(grad_output, input, weight, ctx.geometry) \
-            if mask[0] else None
-        grad_weight = grad_bias = None
-        if mask[1] or mask[2]:
-            _, grad_weight, grad_bias = _convolution_backward(
-                grad_output, input, weight, bias_sizes, stride, padding, dilation, False, [0, 0],
-                groups, [False, mask[1], mask[2]])
-        return (grad_input, grad_weight if mask[1] else None, grad_bias if mask[2] else None,
-                None)
+            return (*(g if wanted else None for g, wanted in zip(grads, mask)), None, None)
+        # With create_graph, the input gradient is an op of its own with the fast double
+        # backward; the others keep their usual autograd (rarely differentiated: they do not
+        # depend on the input gradient).
+        grad_input = grad_weight = grad_bias = None
+        if mask[0]:
+            grad_input = (_Conv2dInputGrad.apply(grad_output, input, weight, ctx.geometry,
+                                                 ctx.own) if torch.is_grad_enabled()
+                          else _input_grad(grad_output, input, weight, ctx.geometry, own_input))
+        if mask[1]:
+            grad_weight = _weight_grad(grad_output, input, weight, ctx.geometry, own_weight)
+        if mask[2]:
+            grad_bias = grad_output.sum((0, 2, 3))
+        return grad_input, grad_weight, grad_bias, None, None
 
 
 class _Conv2dInputGrad(torch.autograd.Function):
@@ -103,28 +198,20 @@ class _Conv2dInputGrad(torch.autograd.Function):
     gives its shape)."""
 
     @staticmethod
-    def forward(ctx, grad_output, input, weight, geometry):
+    def forward(ctx, grad_output, input, weight, geometry, own):
         ctx.save_for_backward(grad_output, input, weight)
-        ctx.geometry = geometry
-        stride, padding, dilation, groups = geometry
-        return _convolution_backward(grad_output, input, weight, None, stride, padding, dilation,
-                                     False, [0, 0], groups, [True, False, False])[0]
+        ctx.geometry, ctx.own = geometry, own
+        return _input_grad(grad_output, input, weight, geometry, own[1])
 
     @staticmethod
     def backward(ctx, grad_grad_input):
         grad_output, input, weight = ctx.saved_tensors
-        stride, padding, dilation, groups = ctx.geometry
         # <grad_grad_input, grad_input(grad_output, weight)> is conv2d(grad_grad_input, weight)
         # paired with grad_output: its gradients are that convolution and its weight gradient.
         grad_grad_output = grad_weight = None
         if _needed(ctx, 0):
-            grad_grad_output = F.conv2d(grad_grad_input, weight, None, *ctx.geometry)
+            grad_grad_output = _forward(grad_grad_input, weight, None, ctx.geometry, ctx.own[0])
         if _needed(ctx, 2):
-            if weight.dtype == torch.float64:
-                # Only weight's shape matters here, and torch's float64 CPU kernel rejects some
-                # channels-last weights (size-1 dimensions with unusual strides); oneDNN does not.
-                weight = weight.contiguous()
-            grad_weight = _convolution_backward(grad_output, grad_grad_input, weight, None,
-                                                stride, padding, dilation, False, [0, 0], groups,
-                                                [False, True, False])[1]
-        return grad_grad_output, None, grad_weight, None
+            grad_weight = _weight_grad(grad_output, grad_grad_input, weight, ctx.geometry,
+                                       ctx.own[2])
+        return grad_grad_output, None, grad_weight, None, None
