@@ -42,6 +42,69 @@ bool finish_accepts(const Finish& finish, int64_t c, const double* sums) {
   }
 }
 
+// `steps` vectors of `count` (<= width) elements, the s-th at offset + s * stride in every input:
+// acc[k] += their K sums (lanes past `count` are kept). The accumulators and pointers are locals,
+// so they stay in registers through the loop.
+template <typename scalar_t, int K, int I, typename Accumulate>
+inline void accumulate_run(Vec<scalar_t>* acc, const std::array<const scalar_t*, I>& inputs,
+                           int64_t offset, int64_t stride, int64_t steps, int64_t count,
+                           int64_t prefetch_ahead, const Vec<scalar_t>* coef,
+                           const Accumulate& accumulate) {
+  using V = Vec<scalar_t>;
+  V sums[K > 0 ? K : 1], in[I];
+  for (int k = 0; k < K; ++k) sums[k] = acc[k];
+  const scalar_t* at[I];
+  for (int i = 0; i < I; ++i) at[i] = inputs[i] + offset;
+  if (count == V::size()) {
+    for (int64_t s = 0; s < steps; ++s) {
+      for (int i = 0; i < I; ++i) {
+        if (prefetch_ahead) __builtin_prefetch(at[i] + prefetch_ahead);
+        in[i] = V::loadu(at[i]);
+        at[i] += stride;
+      }
+      accumulate(sums, in, coef);
+    }
+  } else {
+    for (int64_t s = 0; s < steps; ++s) {
+      for (int i = 0; i < I; ++i) {
+        in[i] = V::loadu(at[i], count);
+        at[i] += stride;
+      }
+      V updated[K > 0 ? K : 1];
+      for (int k = 0; k < K; ++k) updated[k] = sums[k];
+      accumulate(updated, in, coef);
+      for (int k = 0; k < K; ++k) sums[k] = V::set(sums[k], updated[k], count);
+    }
+  }
+  for (int k = 0; k < K; ++k) acc[k] = sums[k];
+}
+
+// map over `steps` vectors of `count` elements, placed as in accumulate_run.
+template <typename scalar_t, int I, int O, typename Map>
+inline void map_run(const std::array<const scalar_t*, I>& inputs,
+                    const std::array<scalar_t*, O>& outputs, int64_t offset, int64_t stride,
+                    int64_t steps, int64_t count, int64_t prefetch_ahead,
+                    const Vec<scalar_t>* coef, const Map& map) {
+  using V = Vec<scalar_t>;
+  const scalar_t* at[I];
+  scalar_t* to[O > 0 ? O : 1];
+  for (int i = 0; i < I; ++i) at[i] = inputs[i] + offset;
+  for (int o = 0; o < O; ++o) to[o] = outputs[o] + offset;
+  V in[I], out[O > 0 ? O : 1];
+  for (int64_t s = 0; s < steps; ++s) {
+    for (int i = 0; i < I; ++i) {
+      if (prefetch_ahead) __builtin_prefetch(at[i] + prefetch_ahead);
+      in[i] = V::loadu(at[i], count);
+      at[i] += stride;
+    }
+    map(in, coef, out);
+    for (int o = 0; o < O; ++o) {
+      out[o].store(to[o], count);
+      to[o] += stride;
+    }
+  }
+}
+
 // For each channel c:
 //   1. K sums over its elements of accumulate(Vec acc[K], const Vec in[I], const Vec coef[P]),
 //   2. finish(c, const double sums[K]) sets the channel's coefficients (coefficients[p][c],
@@ -60,35 +123,6 @@ void reduce_then_map(const ChannelLayout& layout, const std::array<const scalar_
   using V = Vec<scalar_t>;
   constexpr int64_t width = V::size();
   const int64_t C = layout.channels, per_channel = layout.per_channel();
-
-  // Channels-first passes walk a channel's rows, one per sample, a stride apart: the hardware
-  // prefetcher restarts at each row, so fetch the next sample's row explicitly.
-  const int64_t ahead = layout.channels_last ? 0 : C * layout.spatial;
-  auto prefetch = [&](int64_t offset) {
-    if (ahead == 0) return;
-    for (int i = 0; i < I; ++i) __builtin_prefetch(inputs[i] + offset + ahead);
-  };
-  // One vector of `count` (<= width) elements at `offset`: reduction lanes past `count` are kept.
-  auto accumulate_at = [&](V* acc, int64_t offset, const V* coef, int64_t count) {
-    prefetch(offset);
-    V in[I];
-    for (int i = 0; i < I; ++i) in[i] = V::loadu(inputs[i] + offset, count);
-    if (count == width) {
-      accumulate(acc, in, coef);
-      return;
-    }
-    V updated[K > 0 ? K : 1];
-    std::copy(acc, acc + K, updated);
-    accumulate(updated, in, coef);
-    for (int k = 0; k < K; ++k) acc[k] = V::set(acc[k], updated[k], count);
-  };
-  auto map_at = [&](int64_t offset, const V* coef, int64_t count) {
-    prefetch(offset);
-    V in[I], out[O > 0 ? O : 1];
-    for (int i = 0; i < I; ++i) in[i] = V::loadu(inputs[i] + offset, count);
-    map(in, coef, out);
-    for (int o = 0; o < O; ++o) out[o].store(outputs[o] + offset, count);
-  };
   auto flush = [](V* acc, double (*totals)[width]) {
     for (int k = 0; k < K; ++k) {
       scalar_t lanes[width];
@@ -99,8 +133,18 @@ void reduce_then_map(const ChannelLayout& layout, const std::array<const scalar_
   };
 
   if (!layout.channels_last) {
-    // A channel is N rows of S contiguous elements, one row per sample.
-    const int64_t S = layout.spatial;
+    // A channel is N rows of S contiguous elements, one row per sample, a stride apart: the
+    // hardware prefetcher restarts at each row, so the passes fetch the next sample's row.
+    const int64_t S = layout.spatial, row_stride = C * S;
+    const int64_t full = S / width * width;
+    // Runs over channel c's rows: the full vectors, then the tail.
+    auto for_each_run = [&](int64_t c, auto&& run) {
+      for (int64_t n = 0; n < layout.batch; ++n) {
+        const int64_t row = n * row_stride + c * S;
+        if (full > 0) run(row, full / width, width);
+        if (full < S) run(row + full, 1, S - full);
+      }
+    };
     // The K sums of channel c, with its current coefficients.
     auto reduce_channel = [&](int64_t c, double* sums) {
       V coef[P];
@@ -110,17 +154,15 @@ void reduce_then_map(const ChannelLayout& layout, const std::array<const scalar_
         V acc[K > 0 ? K : 1];
         for (int k = 0; k < K; ++k) acc[k] = V(scalar_t(0));
         int64_t pending = 0;
-        for (int64_t n = 0; n < layout.batch; ++n) {
-          const int64_t row = (n * C + c) * S;
-          for (int64_t i = 0; i < S; i += width) {
-            accumulate_at(acc, row + i, coef, std::min(width, S - i));
-          }
-          pending += S;
+        for_each_run(c, [&](int64_t offset, int64_t steps, int64_t count) {
+          accumulate_run<scalar_t, K, I>(acc, inputs, offset, width, steps, count, row_stride,
+                                         coef, accumulate);
+          pending += steps * count;
           if (pending >= kFlushElements * width) {
             flush(acc, totals);
             pending = 0;
           }
-        }
+        });
         flush(acc, totals);
       }
       for (int k = 0; k < K; ++k) {
@@ -139,19 +181,21 @@ void reduce_then_map(const ChannelLayout& layout, const std::array<const scalar_
         if (O == 0) continue;
         V coef[P];
         for (int p = 0; p < P; ++p) coef[p] = V(coefficients[p][c]);
-        for (int64_t n = 0; n < layout.batch; ++n) {
-          const int64_t row = (n * C + c) * S;
-          for (int64_t i = 0; i < S; i += width) map_at(row + i, coef, std::min(width, S - i));
-        }
+        for_each_run(c, [&](int64_t offset, int64_t steps, int64_t count) {
+          map_run<scalar_t, I, O>(inputs, outputs, offset, width, steps, count, row_stride, coef,
+                                  map);
+        });
       }
     });
     return;
   }
 
   // Channels-last: rows of C channels, one per sample and position. A channel's elements are a
-  // column, so both passes stream whole rows instead: the reduction in a fixed number of row blocks
-  // (for a result independent of the thread count) with K x C partial sums each, added up in block
-  // order, then `finish` for every channel, then the map.
+  // column, so both passes stream whole rows instead, in tiles of rows small enough for L1: down
+  // a tile, one channel vector at a time (its coefficients and accumulators in registers), the
+  // tile's other channels then read from cache. The reduction runs in a fixed number of row
+  // blocks (for a result independent of the thread count) with K x C partial sums each, added up
+  // in block order, then `finish` for every channel, then the map.
   const int64_t rows = per_channel;
   const int64_t padded = (C + width - 1) / width * width;
   auto for_each_vector = [&](auto&& body) {
@@ -174,15 +218,14 @@ void reduce_then_map(const ChannelLayout& layout, const std::array<const scalar_
         double* block_sums = partial.data() + block * K * C;
         const int64_t first = block * rows_per_block, last = std::min(rows, first + rows_per_block);
         std::fill(acc_buffer.begin(), acc_buffer.end(), scalar_t(0));
-        // Tiles of rows small enough for L1: each channel vector's accumulators stay in registers
-        // down a tile, and the tile's other channels are then read from cache.
         for (int64_t tile = first; tile < last; tile += kTileRows) {
           const int64_t tile_end = std::min(last, tile + kTileRows);
           for_each_vector([&](int64_t c, int64_t count) {
             V coef[P], acc[K > 0 ? K : 1];
             load_coefficients(coef, c, count);
             for (int k = 0; k < K; ++k) acc[k] = V::loadu(acc_buffer.data() + k * padded + c);
-            for (int64_t r = tile; r < tile_end; ++r) accumulate_at(acc, r * C + c, coef, count);
+            accumulate_run<scalar_t, K, I>(acc, inputs, tile * C + c, C, tile_end - tile, count,
+                                           0, coef, accumulate);
             for (int k = 0; k < K; ++k) acc[k].store(acc_buffer.data() + k * padded + c);
           });
           if ((tile_end - first) % kFlushElements == 0 || tile_end == last) {
@@ -213,13 +256,16 @@ void reduce_then_map(const ChannelLayout& layout, const std::array<const scalar_
     for (int64_t c : again) finish(c, channel_sums(c).data());
   }
   if (O == 0 || rows == 0) return;
-  const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(C, 1));
-  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
+  const int64_t tiles = (rows + kTileRows - 1) / kTileRows;
+  const int64_t grain =
+      std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(C * kTileRows, 1));
+  at::parallel_for(0, tiles, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t tile = begin; tile < end; ++tile) {
+      const int64_t first = tile * kTileRows, steps = std::min(rows, first + kTileRows) - first;
       for_each_vector([&](int64_t c, int64_t count) {
         V coef[P];
         load_coefficients(coef, c, count);
-        map_at(r * C + c, coef, count);
+        map_run<scalar_t, I, O>(inputs, outputs, first * C + c, C, steps, count, 0, coef, map);
       });
     }
   });
