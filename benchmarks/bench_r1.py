@@ -2,8 +2,11 @@
 fastgan.nn.Conv2d computing channels-last with its fast double backward, fused penalty) against
 the same models, same weights, in pure PyTorch eager (nn.Conv2d + nn.BatchNorm2d + nn.LeakyReLU,
 autograd.grad penalty) in NCHW, its default and here its faster layout, with the floor of each
-step (its convolution FLOPs over the measured matmul rate) and profiles of the R1 step's top
-operators."""
+step (its convolution FLOPs over the measured matmul rate), profiles of the R1 step's top
+operators, and each discriminator convolution's three parts (forward, input gradient, weight
+gradient) by torch's and by fastgan's kernels, with the one fastgan.ops.conv2d chooses."""
+import importlib
+
 import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
@@ -14,6 +17,7 @@ from common import matmul_rate, median_seconds, table
 
 BATCH, IMAGE_SIZE, Z_DIM, GAMMA = 64, 64, 100, 10.0
 PROFILE_ROWS = 12
+conv2d_module = importlib.import_module("fastgan.ops.conv2d")
 
 
 class Setup:
@@ -111,6 +115,41 @@ def top_operators(step, rows=PROFILE_ROWS):
              f"{100 * e.self_cpu_time_total / total:.0f}%"] for e in events[:rows]]
 
 
+def conv2d_parts(device, dtype, min_run_time):
+    """Rows per discriminator convolution and part: torch's and fastgan's time, and the choice."""
+    if conv2d_module._ops is None or device.type != "cpu":
+        return []
+    discriminator = fastgan.models.DCGANDiscriminator(3, IMAGE_SIZE).to(device, dtype)
+    shapes = []
+    hooks = [m.register_forward_hook(lambda m, args, out: shapes.append((m, args[0].shape)))
+             for m in discriminator.modules() if isinstance(m, torch.nn.Conv2d)]
+    with torch.no_grad():
+        discriminator(torch.zeros(BATCH, 3, IMAGE_SIZE, IMAGE_SIZE, device=device, dtype=dtype))
+    for hook in hooks:
+        hook.remove()
+    parts = (("forward", lambda x, w, g, geometry, own:
+              conv2d_module._forward(x, w, None, geometry, own)),
+             ("input gradient", lambda x, w, g, geometry, own:
+              conv2d_module._input_grad(g, x, w, geometry, own)),
+             ("weight gradient", lambda x, w, g, geometry, own:
+              conv2d_module._weight_grad(g, x, w, geometry, own)))
+    rows = []
+    for module, shape in shapes:
+        layout = torch.channels_last
+        x = torch.randn(shape, device=device, dtype=dtype).to(memory_format=layout)
+        w = module.weight.detach().to(memory_format=layout)
+        geometry = (module.stride, module.padding, module.dilation, module.groups)
+        g = torch.randn_like(conv2d_module._forward(x, w, None, geometry, False))
+        chosen = conv2d_module._own_kernels(x, w, geometry)
+        for (part, fn), own in zip(parts, chosen):
+            t = [median_seconds(lambda own=own_kernels: fn(x, w, g, geometry, own), device,
+                                min_run_time / 4) for own_kernels in (False, True)]
+            rows.append([f"{module.in_channels} -> {module.out_channels}, "
+                         f"{shape[2]}x{shape[3]}", part, f"{t[0] * 1e3:.2f}", f"{t[1] * 1e3:.2f}",
+                         f"{t[0] / t[1]:.2f}x", "fastgan" if own else "torch"])
+    return rows
+
+
 def run(device="cpu", dtype=torch.float32, min_run_time=1.0):
     device = torch.device(device)
     setups = {kind: Setup(kind, device, dtype) for kind in ("pure", "fastgan")}
@@ -132,6 +171,12 @@ def run(device="cpu", dtype=torch.float32, min_run_time=1.0):
     out = [f"### DCGAN-{IMAGE_SIZE} steps with R1 (batch {BATCH}, gamma {GAMMA})\n",
            table(header, rows),
            f"\nfloor = convolution FLOPs / matmul rate ({rate / 1e9:.0f} GFLOP/s)"]
+    parts = conv2d_parts(device, dtype, min_run_time)
+    if parts:
+        out += [f"\n#### The discriminator's convolutions (batch {BATCH}, channels-last): torch's "
+                "kernels (oneDNN) or fastgan's transposed-convolution kernels\n",
+                table(["layer (input)", "part", "torch ms", "fastgan ms", "torch / fastgan",
+                       "fastgan.ops.conv2d uses"], parts)]
     for kind, setup in setups.items():
         out += [f"\n#### Top operators (self CPU time) of one D step with R1: {kind}\n",
                 table(["operator", "calls", "self ms", "share"],
