@@ -45,8 +45,8 @@ class Conv2d(torch.nn.Conv2d):
     It computes channels-last: its weight is stored so and batched input is converted (a no-op
     after the first such layer), because oneDNN convolves NHWC without the layout reorders that
     NCHW costs it in every forward, backward and double backward (NHWC is also the native layout
-    of cuDNN's tensor-core convolutions). The values are nn.Conv2d's. String padding and padding modes other than "zeros" run nn.Conv2d's
-    forward."""
+    of cuDNN's tensor-core convolutions). The values are nn.Conv2d's. String padding and padding
+    modes other than "zeros" run nn.Conv2d's forward."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
