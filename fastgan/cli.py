@@ -18,7 +18,7 @@ RECIPES = {
              "mlp": {"hidden": 256, "layers": 3, "batch_norm": False}},
     "grid": {"steps": 16000, "batch_size": 512, "loss": "non_saturating", "r1_gamma": 0.05,
              "r1_interval": 4, "ema": 0.999, "lr": 1e-3, "lr_decay_start": 0.25,
-             "mlp": {"hidden": 400, "layers": 4, "batch_norm": True}},
+             "mlp": {"hidden": 256, "layers": 3, "batch_norm": False}},
     "digits": {"steps": 8000, "batch_size": 64, "loss": "non_saturating", "r1_gamma": 0.0,
                "r1_interval": 16, "ema": 0.999, "lr": 2e-4, "image_size": 32},
     "folder": {"steps": 20000, "batch_size": 64, "loss": "non_saturating", "r1_gamma": 0.0,
