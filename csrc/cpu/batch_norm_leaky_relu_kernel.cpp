@@ -78,6 +78,21 @@ struct ChannelParams {
   }
 };
 
+// What both backward ops read: the input and grad_output in the input's layout, and the
+// per-channel parameters.
+struct SavedOperands {
+  ChannelLayout layout;
+  at::Tensor x, go;
+  ChannelParams ch;
+  SavedOperands(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& mean,
+                const at::Tensor& var, const at::Tensor& weight, const at::Tensor& bias,
+                double eps)
+      : layout(choose_layout(input)),
+        x(to_layout(input, layout)),
+        go(to_layout(grad_output, layout)),
+        ch(layout.channels, mean, var, weight, bias, eps) {}
+};
+
 // leaky_relu'(xc * scale + shift) for xc = x - mean, vectorized (the header's leaky_relu_grad).
 template <typename scalar_t>
 inline Vec<scalar_t> activation_slope(const Vec<scalar_t>& xc, const Vec<scalar_t>& scale,
@@ -171,11 +186,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu_backward(
   check_inputs(op, input, mean, var, w, b, false, input.scalar_type(), input.scalar_type(), eps);
   check_like_input(op, "grad_output", grad_output, input);
   check_cpu(op, input);
-  const auto layout = choose_layout(input);
+  const SavedOperands saved(grad_output, input, mean, var, w, b, eps);
+  const ChannelLayout& layout = saved.layout;
+  const at::Tensor &x = saved.x, &go = saved.go;
+  const ChannelParams& ch = saved.ch;
   const int64_t C = layout.channels;
   const double count = static_cast<double>(layout.per_channel());
-  const ChannelParams ch(C, mean, var, w, b, eps);
-  const at::Tensor x = to_layout(input, layout), go = to_layout(grad_output, layout);
   at::Tensor grad_input = output_mask[0] ? at::empty_like(x) : at::Tensor();
   std::vector<double> grad_weight(C, 0.0), grad_bias(C, 0.0);
   const bool need_sums = output_mask[1] || output_mask[2] || (training && output_mask[0]);
@@ -246,12 +262,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu_double_back
   check_channel_tensor(op, "grad_grad_weight", ggw_in, input, input.scalar_type());
   check_channel_tensor(op, "grad_grad_bias", ggb_in, input, input.scalar_type());
   check_cpu(op, input);
-
-  const auto layout = choose_layout(input);
+  const SavedOperands saved(grad_output, input, mean, var, w, b, eps);
+  const ChannelLayout& layout = saved.layout;
+  const at::Tensor &x = saved.x, &go = saved.go;
+  const ChannelParams& ch = saved.ch;
   const int64_t C = layout.channels;
   const double count = static_cast<double>(layout.per_channel());
-  const ChannelParams ch(C, mean, var, w, b, eps);
-  const at::Tensor x = to_layout(input, layout), go = to_layout(grad_output, layout);
   const at::Tensor ggi = ggi_in.defined() ? to_layout(ggi_in, layout) : at::zeros_like(x);
   const auto ggw = channel_values(ggw_in, C, 0.0), ggb = channel_values(ggb_in, C, 0.0);
   at::Tensor grad_grad_output = at::empty_like(x), grad_input = at::empty_like(x);
