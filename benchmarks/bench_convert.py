@@ -9,95 +9,17 @@ import contextlib
 import os
 import sys
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if __name__ == "__main__":  # run as a script: the checkout this file lives in comes first
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    sys.path.insert(0, ROOT)
+sys.path.append(os.path.join(ROOT, "tests"))  # the user's model, shared with test_convert.py
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 import fastgan  # noqa: E402
 from common import median_seconds, table  # noqa: E402
-
-NZ, NGF, NDF, NC = 100, 64, 64, 3  # pytorch/examples' defaults: 64x64 RGB images
-
-
-# --- the user's model: pytorch/examples' dcgan/main.py -----------------------------------------
-
-def weights_init(m):
-    classname = m.__class__.__name__
-    if classname.find("Conv") != -1:
-        torch.nn.init.normal_(m.weight, 0.0, 0.02)
-    elif classname.find("BatchNorm") != -1:
-        torch.nn.init.normal_(m.weight, 1.0, 0.02)
-        torch.nn.init.zeros_(m.bias)
-
-
-class Generator(nn.Module):
-    def __init__(self, ngpu=1):
-        super().__init__()
-        self.ngpu = ngpu
-        self.main = nn.Sequential(
-            # input is Z, going into a convolution
-            nn.ConvTranspose2d(NZ, NGF * 8, 4, 1, 0, bias=False),
-            nn.BatchNorm2d(NGF * 8),
-            nn.ReLU(True),
-            # state size. (ngf*8) x 4 x 4
-            nn.ConvTranspose2d(NGF * 8, NGF * 4, 4, 2, 1, bias=False),
-            nn.BatchNorm2d(NGF * 4),
-            nn.ReLU(True),
-            # state size. (ngf*4) x 8 x 8
-            nn.ConvTranspose2d(NGF * 4, NGF * 2, 4, 2, 1, bias=False),
-            nn.BatchNorm2d(NGF * 2),
-            nn.ReLU(True),
-            # state size. (ngf*2) x 16 x 16
-            nn.ConvTranspose2d(NGF * 2, NGF, 4, 2, 1, bias=False),
-            nn.BatchNorm2d(NGF),
-            nn.ReLU(True),
-            # state size. (ngf) x 32 x 32
-            nn.ConvTranspose2d(NGF, NC, 4, 2, 1, bias=False),
-            nn.Tanh()
-            # state size. (nc) x 64 x 64
-        )
-
-    def forward(self, input):
-        if input.is_cuda and self.ngpu > 1:
-            output = nn.parallel.data_parallel(self.main, input, range(self.ngpu))
-        else:
-            output = self.main(input)
-        return output
-
-
-class Discriminator(nn.Module):
-    def __init__(self, ngpu=1):
-        super().__init__()
-        self.ngpu = ngpu
-        self.main = nn.Sequential(
-            # input is (nc) x 64 x 64
-            nn.Conv2d(NC, NDF, 4, 2, 1, bias=False),
-            nn.LeakyReLU(0.2, inplace=True),
-            # state size. (ndf) x 32 x 32
-            nn.Conv2d(NDF, NDF * 2, 4, 2, 1, bias=False),
-            nn.BatchNorm2d(NDF * 2),
-            nn.LeakyReLU(0.2, inplace=True),
-            # state size. (ndf*2) x 16 x 16
-            nn.Conv2d(NDF * 2, NDF * 4, 4, 2, 1, bias=False),
-            nn.BatchNorm2d(NDF * 4),
-            nn.LeakyReLU(0.2, inplace=True),
-            # state size. (ndf*4) x 8 x 8
-            nn.Conv2d(NDF * 4, NDF * 8, 4, 2, 1, bias=False),
-            nn.BatchNorm2d(NDF * 8),
-            nn.LeakyReLU(0.2, inplace=True),
-            # state size. (ndf*8) x 4 x 4
-            nn.Conv2d(NDF * 8, 1, 4, 1, 0, bias=False),
-            nn.Sigmoid()
-        )
-
-    def forward(self, input):
-        if input.is_cuda and self.ngpu > 1:
-            output = nn.parallel.data_parallel(self.main, input, range(self.ngpu))
-        else:
-            output = self.main(input)
-        return output.view(-1, 1).squeeze(1)
+from pytorch_examples_dcgan import NC, NZ, Discriminator, Generator, weights_init  # noqa: E402
 
 
 def training_iteration(netG, netD, batch, device, autocast_dtype):

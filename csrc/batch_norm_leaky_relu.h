@@ -48,8 +48,21 @@ C10_HOST_DEVICE inline Moments<T> moments_from_shifted_sums(T count, T shift, T 
   return {shift + shifted_mean, var > T(0) ? var : T(0)};
 }
 
+// The shifted sums lose about (1 + offset^2 / var) units in the last place of the variance to
+// cancellation, offset = mean - shift. A shift further than this (in squared standard deviations)
+// from the mean (an outlier taken as the shift) asks for the sums again, shifted by the mean.
+constexpr double kMaxShiftOffsetSquared = 16.0;
+
+template <typename T>
+C10_HOST_DEVICE inline bool shifted_sums_accurate(const Moments<T>& moments, T shift) {
+  const T offset = moments.mean - shift;
+  return offset * offset <= T(kMaxShiftOffsetSquared) * moments.var;  // false for NaN
+}
+
 // Normalization and the affine transform folded into one multiply-add: y = x * scale + shift. The
 // forward and both backward passes compute y through this, so they agree on the activation mask.
+// The kernels evaluate it centered, y = (x - center) * scale + (shift + center * scale) with center
+// about the mean, so that float32 rounds the small x - center rather than a large x * scale.
 template <typename T>
 struct Affine {
   T scale, shift;
@@ -71,13 +84,24 @@ struct BackwardCoefficients {
   T grad, input, constant;
 };
 
+// Centered: grad_input = g * grad + xc * input + constant, so that no constant cancels against
+// x * input when |mean| >> std.
 template <typename T>
-C10_HOST_DEVICE inline BackwardCoefficients<T> backward_coefficients(
-    bool training, T count, T mean, T invstd, T weight, T sum_g, T sum_g_xc) {
+C10_HOST_DEVICE inline BackwardCoefficients<T> centered_backward_coefficients(
+    bool training, T count, T invstd, T weight, T sum_g, T sum_g_xc) {
   const T grad = weight * invstd;
   if (!training || count <= T(0)) return {grad, T(0), T(0)};
   const T input = -grad * invstd * invstd * sum_g_xc / count;
-  return {grad, input, -grad * sum_g / count - mean * input};
+  return {grad, input, -grad * sum_g / count};
+}
+
+template <typename T>
+C10_HOST_DEVICE inline BackwardCoefficients<T> backward_coefficients(
+    bool training, T count, T mean, T invstd, T weight, T sum_g, T sum_g_xc) {
+  BackwardCoefficients<T> k =
+      centered_backward_coefficients(training, count, invstd, weight, sum_g, sum_g_xc);
+  k.constant -= mean * k.input;
+  return k;
 }
 
 // Second-order backward. Upstream gradients: ggi (per element, for grad_input), ggw and ggb (per
@@ -99,15 +123,15 @@ struct DoubleBackwardCoefficients {
   T grad_weight;
 };
 
+// Centered, like centered_backward_coefficients: the constants go with xc rather than x.
 template <typename T>
-C10_HOST_DEVICE inline DoubleBackwardCoefficients<T> double_backward_coefficients(
-    bool training, T count, T mean, T invstd, T weight, T ggw, T ggb,
-    const DoubleBackwardSums<T>& sum) {
+C10_HOST_DEVICE inline DoubleBackwardCoefficients<T> centered_double_backward_coefficients(
+    bool training, T count, T invstd, T weight, T ggw, T ggb, const DoubleBackwardSums<T>& sum) {
   const T w_inv = weight * invstd;
   if (!training || count <= T(0)) {
     // grad_input = w * invstd * g: the only path back to x is grad_weight = sum(g * xc) * invstd.
     const T go_x = invstd * ggw;
-    return {w_inv, go_x, ggb - mean * go_x, T(0), go_x, T(0), T(0), invstd * sum.ggi_g};
+    return {w_inv, go_x, ggb, T(0), go_x, T(0), T(0), invstd * sum.ggi_g};
   }
   const T mean_g = sum.g / count;
   const T mean_g_xh = invstd * sum.g_xc / count;      // c in the derivation
@@ -117,7 +141,7 @@ C10_HOST_DEVICE inline DoubleBackwardCoefficients<T> double_backward_coefficient
   const T a = sum.ggi_g - mean_g * sum.ggi - mean_g_xh * invstd * sum.ggi_xc;
   // d/dg: w * invstd * (ggi - mean(ggi) - xh * m) + ggw * xh + ggb.
   const T go_x = invstd * (ggw - w_inv * mean_ggi_xh);
-  const T go_const = ggb - w_inv * mean_ggi - mean * go_x;
+  const T go_const = ggb - w_inv * mean_ggi;
   // d/dx through xh and invstd. With e = ggi * (-w_inv * c) + g * (ggw - w_inv * m):
   //   invstd * (e - mean(e) - xh * mean(e * xh)) - w * invstd^2 * xh * A / M.
   const T e_ggi = -w_inv * mean_g_xh;
@@ -125,9 +149,19 @@ C10_HOST_DEVICE inline DoubleBackwardCoefficients<T> double_backward_coefficient
   const T mean_e = e_ggi * mean_ggi + e_g * mean_g;
   const T mean_e_xh = e_ggi * mean_ggi_xh + e_g * mean_g_xh;
   const T q = invstd * mean_e_xh + w_inv * invstd * a / count;
-  return {w_inv,        go_x,           go_const,
-          invstd * e_ggi, invstd * e_g, -invstd * q, invstd * (mean * q - mean_e),
+  return {w_inv, go_x, go_const, invstd * e_ggi, invstd * e_g, -invstd * q, -invstd * mean_e,
           invstd * a};
+}
+
+template <typename T>
+C10_HOST_DEVICE inline DoubleBackwardCoefficients<T> double_backward_coefficients(
+    bool training, T count, T mean, T invstd, T weight, T ggw, T ggb,
+    const DoubleBackwardSums<T>& sum) {
+  DoubleBackwardCoefficients<T> k =
+      centered_double_backward_coefficients(training, count, invstd, weight, ggw, ggb, sum);
+  k.go_const -= mean * k.go_x;
+  k.x_const -= mean * k.x_x;
+  return k;
 }
 
 // Argument checks shared by every backend; `op` names the op in the message.

@@ -11,13 +11,17 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty_like.h>
 #include <c10/macros/Macros.h>
 #include <c10/util/Exception.h>
+#include <c10/util/string_view.h>
+#include <torch/library.h>
 
 #include <array>
 #include <cmath>
 #include <cstdint>
 #include <string_view>
+#include <utility>
 
 namespace fastgan {
 namespace conv_t {
@@ -144,6 +148,8 @@ C10_HOST_DEVICE inline Range inputs_reaching_output(int64_t tap, int64_t in_size
 
 enum class Activation : int { kNone = 0, kRelu = 1, kLeakyRelu = 2, kTanh = 3 };
 
+inline std::string_view as_std(c10::string_view s) { return {s.data(), s.size()}; }
+
 // Names as the Python API spells them; "none" stands for activation=None.
 inline Activation parse_activation(const char* op, std::string_view name) {
   if (name == "none") return Activation::kNone;
@@ -189,6 +195,13 @@ inline void check_negative_slope(const char* op, Activation activation, double n
   TORCH_CHECK(activation != Activation::kLeakyRelu || negative_slope >= 0, op,
               ": the fused leaky_relu needs negative_slope >= 0 (its derivative is read from the "
               "output's sign), got ", negative_slope);
+}
+
+// The activation an op's arguments name, checked.
+inline Activation checked_activation(const char* op, c10::string_view name, double negative_slope) {
+  const Activation activation = parse_activation(op, as_std(name));
+  check_negative_slope(op, activation, negative_slope);
+  return activation;
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -274,6 +287,71 @@ inline void check_output_like(const char* op, const char* name, const at::Tensor
               input.scalar_type(), ", got ", t.scalar_type());
   TORCH_CHECK(t.device() == input.device(), op, ": ", name, " is on ", t.device(),
               " but input is on ", input.device());
+}
+
+// The backward's tensors in the output's shape: grad_output, and the saved result (the forward's
+// output), which an activation's derivative is read from.
+inline void check_backward_tensors(const char* op, const at::Tensor& grad_output,
+                                   const at::Tensor& result, const at::Tensor& input,
+                                   const Geometry& g, Activation activation,
+                                   c10::string_view activation_name) {
+  check_output_like(op, "grad_output", grad_output, input, g);
+  if (activation == Activation::kNone) return;
+  TORCH_CHECK(result.defined(), op, ": result (the forward's output) is required for activation \"",
+              as_std(activation_name), "\"");
+  check_output_like(op, "result", result, input, g);
+}
+
+// Channels-last storage that is not also plain contiguous (mirrored by fastgan/ops for the fake
+// kernels): such tensors are read in place, and the op's results take that layout too.
+inline bool stored_channels_last(const at::Tensor& t) {
+  return !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+// conv_transpose2d_activation_double_backward after its argument checks: every tensor dense in
+// result's storage order, so that one flat pass covers all of them, and the outputs allocated
+// (distinct empty tensors where not asked for).
+struct ActivationDoubleBackward {
+  Activation activation;
+  at::Tensor grad_preactivation, grad_output, result;
+  at::Tensor grad_grad_output, grad_result;
+};
+
+inline ActivationDoubleBackward prepare_activation_double_backward(
+    const char* op, const at::Tensor& grad_preactivation, const at::Tensor& grad_output,
+    const at::Tensor& result, c10::string_view activation_name, double negative_slope,
+    std::array<bool, 2> output_mask) {
+  const Activation activation = checked_activation(op, activation_name, negative_slope);
+  TORCH_CHECK(result.dim() == 4, op, ": result must have shape (N, C, H, W), got ",
+              result.sizes());
+  for (const auto& [name, t] : {std::pair{"grad_preactivation", &grad_preactivation},
+                                std::pair{"grad_output", &grad_output}}) {
+    TORCH_CHECK(t->sizes() == result.sizes(), op, ": ", name, " must have the shape of result ",
+                result.sizes(), ", got ", t->sizes());
+    TORCH_CHECK(t->scalar_type() == result.scalar_type(), op, ": ", name, " must have dtype ",
+                result.scalar_type(), ", got ", t->scalar_type());
+    TORCH_CHECK(t->device() == result.device(), op, ": ", name, " is on ", t->device(),
+                " but result is on ", result.device());
+  }
+  const auto format = stored_channels_last(result) ? at::MemoryFormat::ChannelsLast
+                                                   : at::MemoryFormat::Contiguous;
+  const at::Tensor res = result.contiguous(format);
+  auto output = [&](bool wanted) { return wanted ? at::empty_like(res) : result.new_empty({0}); };
+  return {activation,
+          grad_preactivation.contiguous(format),
+          grad_output.contiguous(format),
+          res,
+          output(output_mask[0]),
+          output(output_mask[1])};
+}
+
+// Every backend registers its kernels through this.
+template <typename Forward, typename Backward, typename DoubleBackward>
+void register_kernels(torch::Library& m, Forward forward, Backward backward,
+                      DoubleBackward activation_double_backward) {
+  m.impl("conv_transpose2d", forward);
+  m.impl("conv_transpose2d_backward", backward);
+  m.impl("conv_transpose2d_activation_double_backward", activation_double_backward);
 }
 
 }  // namespace conv_t

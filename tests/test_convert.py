@@ -9,44 +9,24 @@ from torch import nn
 
 import fastgan
 from fastgan.nn import BatchNormLeakyReLU1d, BatchNormLeakyReLU2d, convert
+from pytorch_examples_dcgan import Discriminator, Generator
 
 
 # --- pytorch/examples' DCGAN (scaled down to 16x16 images), as a user would have written it ---
 
-class ExamplesGenerator(nn.Module):
-    def __init__(self, ngpu=1, nz=8, ngf=4, nc=3):
-        super().__init__()
-        self.ngpu = ngpu
-        self.main = nn.Sequential(
-            nn.ConvTranspose2d(nz, ngf * 4, 4, 1, 0, bias=False),
-            nn.BatchNorm2d(ngf * 4),
-            nn.ReLU(True),
-            nn.ConvTranspose2d(ngf * 4, ngf * 2, 4, 2, 1, bias=False),
-            nn.BatchNorm2d(ngf * 2),
-            nn.ReLU(True),
-            nn.ConvTranspose2d(ngf * 2, nc, 4, 2, 1, bias=False),
-            nn.Tanh(),
-        )
+class ExamplesGenerator(Generator):
+    """Layers of 16 and 8 channels; the forward cannot be traced (see _DataParallel)."""
 
-    def forward(self, input):
-        # Data-parallel branch on a tensor attribute: torch.fx cannot trace this forward.
-        if input.is_cuda and self.ngpu > 1:
-            return nn.parallel.data_parallel(self.main, input, range(self.ngpu))
-        return self.main(input)
+    def __init__(self):
+        super().__init__(nz=8, ngf=8, image_size=16)
 
 
-class ExamplesDiscriminator(nn.Module):
-    def __init__(self, nc=3, ndf=4):
-        super().__init__()
-        self.main = nn.Sequential(
-            nn.Conv2d(nc, ndf, 4, 2, 1, bias=False),
-            nn.LeakyReLU(0.2, inplace=True),
-            nn.Conv2d(ndf, ndf * 2, 4, 2, 1, bias=False),
-            nn.BatchNorm2d(ndf * 2),
-            nn.LeakyReLU(0.2, inplace=True),
-            nn.Conv2d(ndf * 2, 1, 4, 1, 0, bias=False),
-            nn.Sigmoid(),
-        )
+class ExamplesDiscriminator(Discriminator):
+    """Layers of 4 and 8 channels, and a forward that torch.fx can trace (no data-parallel
+    branch)."""
+
+    def __init__(self):
+        super().__init__(ndf=4, image_size=16)
 
     def forward(self, input):
         return self.main(input).view(-1, 1).squeeze(1)

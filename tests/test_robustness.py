@@ -7,18 +7,21 @@ import torch.nn.functional as F
 
 import fastgan
 from fastgan import _reference
+from conftest import DEVICES
 
 EPS32 = torch.finfo(torch.float32).eps
 
 
 def _bn_case(x, slope, training=True, momentum=0.1, eps=1e-5, seed=0):
-    """fastgan in x's dtype and the float64 reference on the same values: (output, grads of x,
-    weight and bias, running mean and var) for both."""
+    """fastgan in x's dtype and the float64 reference on the same values (on x's device): (output,
+    grads of x, weight and bias, running mean and var) for both."""
     g = torch.Generator().manual_seed(seed)
     channels = x.shape[1]
     weight, bias = torch.randn(channels, generator=g) + 2, torch.randn(channels, generator=g)
     stats = torch.randn(channels, generator=g), torch.rand(channels, generator=g) + 0.5
     upstream = torch.randn(x.shape, generator=g).to(x.dtype)
+    weight, bias, upstream = (t.to(x.device) for t in (weight, bias, upstream))
+    stats = tuple(t.to(x.device) for t in stats)
     results = []
     for fn, dtype in ((fastgan.ops.batch_norm_leaky_relu, x.dtype),
                       (_reference.batch_norm_leaky_relu, torch.float64)):
@@ -63,22 +66,24 @@ def _layout(x, layout):
     return x.to(memory_format=torch.channels_last) if layout == "channels_last" else x
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("value", [0.0, 3.0, -1e4])
-def test_constant_channels(layout, value):
+def test_constant_channels(device, layout, value):
     x = torch.randn(8, 4, 5, 5)
     x[:, 1] = value  # zero variance: normalized to 0, the output is leaky_relu(bias)
-    actual, expected = _check_bn(_layout(x, layout))
+    actual, expected = _check_bn(_layout(x, layout).to(device))
     # Exactly the bias's activation (up to rounding of the bias itself), like the reference.
     torch.testing.assert_close(actual[0][:, 1].double(), expected[0][:, 1], rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("offset, scale", [(1e4, 1.0), (0.0, 1e3), (-3e3, 1e2)], ids=str)
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-def test_large_magnitudes(layout, offset, scale, training):
+def test_large_magnitudes(device, layout, offset, scale, training):
     x = torch.randn(16, 4, 8, 8, generator=torch.Generator().manual_seed(1)) * scale + offset
-    _check_bn(_layout(x, layout), training=training)
+    _check_bn(_layout(x, layout).to(device), training=training)
 
 
 def _huge_channel(first=None):
@@ -97,12 +102,13 @@ def test_a_naive_float32_variance_fails_on_the_huge_channel():
     assert abs(naive.item() - exact.item()) > 0.5 * exact.item()
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("layout, first, slope", [
     ("contiguous", None, 0.2), ("channels_last", None, 1.0), ("contiguous", 0.0, 1.0),
     ("channels_last", 0.0, 0.2)], ids=str)
-def test_huge_channel(layout, first, slope):
+def test_huge_channel(device, layout, first, slope):
     """A kernel that shifts its sums by one element must not trust an outlier as the shift."""
-    _check_bn(_layout(_huge_channel(first), layout), slope=slope)
+    _check_bn(_layout(_huge_channel(first), layout).to(device), slope=slope)
 
 
 def _absolute_products(x, weight, upstream, geometry):

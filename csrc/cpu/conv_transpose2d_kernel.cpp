@@ -46,12 +46,6 @@ using Vec = at::vec::Vectorized<scalar_t>;
 // ------------------------------------------------------------------------------------------------
 // Layout
 
-// Channels-last storage that is not also plain contiguous (mirrored by fastgan/ops for the fake
-// kernels): such tensors are read in place, and the op's results take that layout too.
-bool stored_channels_last(const at::Tensor& t) {
-  return !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast);
-}
-
 // An (N, C, H, W) tensor as the kernels read it: dense, channels-last or NCHW.
 struct Dense {
   at::Tensor tensor;
@@ -663,9 +657,7 @@ at::Tensor conv_transpose2d(const at::Tensor& input, const at::Tensor& weight,
   const at::Tensor bias = bias_opt.value_or(at::Tensor());
   const Geometry g = describe(op, input, weight, bias, stride, padding, output_padding, groups,
                               dilation);
-  const Activation activation = parse_activation(
-      op, std::string_view(activation_name.data(), activation_name.size()));
-  check_negative_slope(op, activation, negative_slope);
+  const Activation activation = checked_activation(op, activation_name, negative_slope);
 
   if (single_pixel(g)) {
     return single_pixel_forward(g, input, weight, bias, activation, negative_slope);
@@ -869,15 +861,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose2d_backward(
   constexpr const char* op = "fastgan::conv_transpose2d_backward";
   const Geometry g = describe(op, input, weight, at::Tensor(), stride, padding, output_padding,
                               groups, dilation);
-  const Activation activation = parse_activation(
-      op, std::string_view(activation_name.data(), activation_name.size()));
-  check_negative_slope(op, activation, negative_slope);
-  check_output_like(op, "grad_output", grad_output, input, g);
+  const Activation activation = checked_activation(op, activation_name, negative_slope);
   const at::Tensor result = result_opt.value_or(at::Tensor());
-  TORCH_CHECK(activation == Activation::kNone || result.defined(), op,
-              ": result (the forward's output) is required for activation \"",
-              std::string_view(activation_name.data(), activation_name.size()), "\"");
-  if (activation != Activation::kNone) check_output_like(op, "result", result, input, g);
+  check_backward_tensors(op, grad_output, result, input, g, activation, activation_name);
 
   if (single_pixel(g)) {
     return single_pixel_backward(g, grad_output, input, weight, result, activation,
@@ -944,61 +930,42 @@ std::tuple<at::Tensor, at::Tensor> conv_transpose2d_activation_double_backward(
     const at::Tensor& grad_preactivation, const at::Tensor& grad_output, const at::Tensor& result,
     c10::string_view activation_name, double negative_slope, std::array<bool, 2> output_mask) {
   constexpr const char* op = "fastgan::conv_transpose2d_activation_double_backward";
-  const Activation activation = parse_activation(
-      op, std::string_view(activation_name.data(), activation_name.size()));
-  check_negative_slope(op, activation, negative_slope);
+  const ActivationDoubleBackward a = prepare_activation_double_backward(
+      op, grad_preactivation, grad_output, result, activation_name, negative_slope, output_mask);
   check_cpu(op, result);
-  for (const auto& [name, t] : {std::pair{"grad_preactivation", &grad_preactivation},
-                                std::pair{"grad_output", &grad_output}}) {
-    TORCH_CHECK(t->sizes() == result.sizes(), op, ": ", name, " must have the shape of result ",
-                result.sizes(), ", got ", t->sizes());
-    TORCH_CHECK(t->scalar_type() == result.scalar_type(), op, ": ", name, " must have dtype ",
-                result.scalar_type(), ", got ", t->scalar_type());
-  }
-  TORCH_CHECK(result.dim() == 4, op, ": result must have shape (N, C, H, W), got ",
-              result.sizes());
-  // Every tensor in result's storage order, so that one flat pass covers all three.
-  const auto format = stored_channels_last(result) ? at::MemoryFormat::ChannelsLast
-                                                   : at::MemoryFormat::Contiguous;
-  const at::Tensor gp = grad_preactivation.contiguous(format);
-  const at::Tensor go = grad_output.contiguous(format);
-  const at::Tensor res = result.contiguous(format);
-  at::Tensor grad_grad_output = output_mask[0] ? at::empty_like(res) : result.new_empty({0});
-  at::Tensor grad_result = output_mask[1] ? at::empty_like(res) : result.new_empty({0});
-  const int64_t count = res.numel();
+  const Activation activation = a.activation;
+  const int64_t count = a.result.numel();
   AT_DISPATCH_FLOATING_TYPES(result.scalar_type(), "conv_transpose2d_activation_double_backward",
                              [&] {
     using V = Vec<scalar_t>;
     const V slope(static_cast<scalar_t>(negative_slope));
-    const scalar_t* gp_data = gp.const_data_ptr<scalar_t>();
-    const scalar_t* go_data = go.const_data_ptr<scalar_t>();
-    const scalar_t* res_data = res.const_data_ptr<scalar_t>();
+    const scalar_t* gp_data = a.grad_preactivation.const_data_ptr<scalar_t>();
+    const scalar_t* go_data = a.grad_output.const_data_ptr<scalar_t>();
+    const scalar_t* res_data = a.result.const_data_ptr<scalar_t>();
     at::parallel_for(0, count, at::internal::GRAIN_SIZE, [&](int64_t begin, int64_t end) {
       if (output_mask[0]) {
         map_contiguous<scalar_t, 2>(
             end - begin, {gp_data + begin, res_data + begin},
-            grad_grad_output.mutable_data_ptr<scalar_t>() + begin,
+            a.grad_grad_output.mutable_data_ptr<scalar_t>() + begin,
             [&](const V* v) { return v[0] * activation_grad(activation, v[1], slope); });
       }
       if (output_mask[1]) {
         map_contiguous<scalar_t, 3>(
             end - begin, {gp_data + begin, go_data + begin, res_data + begin},
-            grad_result.mutable_data_ptr<scalar_t>() + begin, [&](const V* v) {
+            a.grad_result.mutable_data_ptr<scalar_t>() + begin, [&](const V* v) {
               return v[0] * v[1] * activation_grad_derivative<V>(activation, v[2]);
             });
       }
     });
   });
-  return {grad_grad_output, grad_result};
+  return {a.grad_grad_output, a.grad_result};
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastgan, CPU, m) {
-  m.impl("conv_transpose2d", &conv_transpose2d);
-  m.impl("conv_transpose2d_backward", &conv_transpose2d_backward);
-  m.impl("conv_transpose2d_activation_double_backward",
-         &conv_transpose2d_activation_double_backward);
+  register_kernels(m, &conv_transpose2d, &conv_transpose2d_backward,
+                   &conv_transpose2d_activation_double_backward);
 }
 
 }  // namespace cpu

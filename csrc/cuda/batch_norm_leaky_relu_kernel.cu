@@ -1,7 +1,16 @@
 // Fused BatchNorm + LeakyReLU on CUDA. Every op is at most three launches on the current stream:
 // a per-channel reduction into partial sums, a per-channel kernel that combines them and evaluates
 // the header's coefficients, and one element-wise pass. Channels-first (N, C, S) and channels-last
-// (N, S, C) storage both run natively, and nothing is ever read back to the host.
+// (N, S, C) storage both run natively, and nothing is ever read back to the host. Training's
+// forward adds a re-sum pass (two launches) for the channels whose shifted sums were inaccurate.
+//
+// Every pass computes y = (x - mean) * scale + bias: float32 then rounds the small x - mean rather
+// than a large x * scale (exact for constant channels, accurate when |mean| >> std), and the
+// backward passes' constants go with x - mean too (the header's centered_* coefficients).
+//
+// UNVERIFIED ON A GPU: this file is compiled (scripts/cuda_check.sh) and its kernels are run on the
+// CPU by scripts/cuda_emulation/emulate_batch_norm_leaky_relu.py, but it has not been run on CUDA
+// hardware since the centering and the re-sum were added.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -36,7 +45,7 @@ struct Pointers {
   P value[N];
 };
 
-// Explicit fma, so that every pass rounds y = x * scale + shift identically (same activation mask).
+// Explicit fma, so that every pass rounds y = xc * scale + bias identically (same activation mask).
 template <typename T>
 __device__ __forceinline__ T fused_multiply_add(T a, T b, T c) {
   if constexpr (std::is_same_v<T, double>) {
@@ -104,43 +113,57 @@ struct ChannelParams {
   T eps;
 };
 
+// y = (x - mean) * scale + bias.
 template <typename T>
 struct ChannelState {
-  T mean, invstd, weight, scale, shift;
+  T mean, invstd, weight, scale, bias;
 };
 
 // noinline: a single instance of this code serves every kernel, so the reductions and the
-// element-wise passes derive bit-identical scale/shift and agree on the activation mask.
+// element-wise passes derive bit-identical scale and agree on the activation mask.
 template <typename T>
 __device__ __noinline__ ChannelState<T> channel_state(ChannelParams<T> params, int64_t c) {
   const T mean = params.mean[c];
   const T invstd = inverse_std(params.var[c], params.eps);
   const T weight = params.weight != nullptr ? params.weight[c] : T(1);
   const T bias = params.bias != nullptr ? params.bias[c] : T(0);
-  const Affine<T> a = affine(mean, invstd, weight, bias);
-  return {mean, invstd, weight, a.scale, a.shift};
+  return {mean, invstd, weight, affine(mean, invstd, weight, bias).scale, bias};
 }
 
+// leaky_relu'(y) for xc = x - mean.
 template <typename T>
-__device__ __forceinline__ T activation_grad(T x, T scale, T shift, T slope) {
-  return leaky_relu_grad(fused_multiply_add(x, scale, shift), slope);
+__device__ __forceinline__ T activation_grad(T xc, T scale, T bias, T slope) {
+  return leaky_relu_grad(fused_multiply_add(xc, scale, bias), slope);
+}
+
+// Writes a channel's P coefficients to coefficients[p * channels + c].
+template <typename T, int P>
+__device__ __forceinline__ void store_coefficients(T* coefficients, int64_t channels, int64_t c,
+                                                   const T (&values)[P]) {
+#pragma unroll
+  for (int p = 0; p < P; ++p) coefficients[p * channels + c] = values[p];
 }
 
 // ------------------------------------------------------------------------------------------------
 // Reductions. An op has K sums over I inputs: channel(c) gives the per-channel constants, and
-// accumulate(constants, elements, sums) adds one element of each input.
+// accumulate(constants, elements, sums) adds one element of each input. The reductions can be
+// restricted to the channels c with selected[c] (the other channels' sums are not written).
 
-// Sums of d and d^2, d = x minus the channel's first element (see moments_from_shifted_sums).
+// Sums of d and d^2, d = x - shift (see moments_from_shifted_sums). The shift is the channel's
+// first element, or in a re-sum, center[c] (the mean from the first sums).
 template <typename scalar_t>
 struct StatsReduce {
   using T = at::opmath_type<scalar_t>;
   static constexpr int K = 2, I = 1;
   const scalar_t* x;
   int64_t channel_stride;  // x[c * channel_stride] is channel c's first element
+  const T* center;         // null for the first sums
   struct Channel {
     T shift;
   };
-  __device__ Channel channel(int64_t c) const { return {static_cast<T>(x[c * channel_stride])}; }
+  __device__ Channel channel(int64_t c) const {
+    return {center != nullptr ? center[c] : static_cast<T>(x[c * channel_stride])};
+  }
   __device__ void accumulate(const Channel& ch, const T (&in)[I], RunningSum<T> (&acc)[K]) const {
     const T d = in[0] - ch.shift;
     acc[0].add(d);
@@ -148,39 +171,27 @@ struct StatsReduce {
   }
 };
 
-// sum(g) and sum(g * (x - mean)) over inputs (x, grad_output).
-template <typename scalar_t>
-struct BackwardReduce {
+// sum(g) and sum(g * (x - mean)) over inputs (x, grad_output), g = grad_output * leaky_relu'(y);
+// the double backward's reduction adds sum(ggi), sum(ggi * xc) and sum(ggi * g) over a third input,
+// grad_grad_input (the five sums of DoubleBackwardSums).
+template <typename scalar_t, bool kDoubleBackward>
+struct GradientReduce {
   using T = at::opmath_type<scalar_t>;
-  static constexpr int K = 2, I = 2;
+  static constexpr int K = kDoubleBackward ? 5 : 2, I = kDoubleBackward ? 3 : 2;
   ChannelParams<T> params;
   T slope;
   using Channel = ChannelState<T>;
   __device__ Channel channel(int64_t c) const { return channel_state(params, c); }
   __device__ void accumulate(const Channel& ch, const T (&in)[I], RunningSum<T> (&acc)[K]) const {
-    const T g = in[1] * activation_grad(in[0], ch.scale, ch.shift, slope);
-    acc[0].add(g);
-    acc[1].add(g * (in[0] - ch.mean));
-  }
-};
-
-// The five sums of DoubleBackwardSums over inputs (x, grad_output, grad_grad_input).
-template <typename scalar_t>
-struct DoubleBackwardReduce {
-  using T = at::opmath_type<scalar_t>;
-  static constexpr int K = 5, I = 3;
-  ChannelParams<T> params;
-  T slope;
-  using Channel = ChannelState<T>;
-  __device__ Channel channel(int64_t c) const { return channel_state(params, c); }
-  __device__ void accumulate(const Channel& ch, const T (&in)[I], RunningSum<T> (&acc)[K]) const {
-    const T g = in[1] * activation_grad(in[0], ch.scale, ch.shift, slope);
     const T xc = in[0] - ch.mean;
+    const T g = in[1] * activation_grad(xc, ch.scale, ch.bias, slope);
     acc[0].add(g);
     acc[1].add(g * xc);
-    acc[2].add(in[2]);
-    acc[3].add(in[2] * xc);
-    acc[4].add(in[2] * g);
+    if constexpr (kDoubleBackward) {
+      acc[2].add(in[2]);
+      acc[3].add(in[2] * xc);
+      acc[4].add(in[2] * g);
+    }
   }
 };
 
@@ -220,11 +231,12 @@ constexpr int kUnroll = V >= 8 ? 1 : (V >= 4 ? 2 : 4);
 template <typename Op, typename scalar_t, int V>
 __global__ void __launch_bounds__(kThreads)
     reduce_channels_first_kernel(Op op, Pointers<const scalar_t*, Op::I> in, int64_t batch,
-                                 int64_t channels, int64_t spatial,
+                                 int64_t channels, int64_t spatial, const bool* selected,
                                  at::opmath_type<scalar_t>* partial) {
   using T = at::opmath_type<scalar_t>;
   constexpr int K = Op::K, I = Op::I, U = kUnroll<V>;
   const int64_t c = blockIdx.x, split = blockIdx.y, splits = gridDim.y;
+  if (selected != nullptr && !selected[c]) return;  // the whole block
   const auto ch = op.channel(c);
   RunningSum<T> acc[K];
   const int64_t row_packs = spatial / V, step = splits * kThreads;
@@ -268,12 +280,14 @@ __global__ void __launch_bounds__(kThreads)
 template <typename Op, typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
     reduce_channels_last_kernel(Op op, Pointers<const scalar_t*, Op::I> in, int64_t rows,
-                                int64_t channels, at::opmath_type<scalar_t>* partial) {
+                                int64_t channels, const bool* selected,
+                                at::opmath_type<scalar_t>* partial) {
   using T = at::opmath_type<scalar_t>;
   constexpr int K = Op::K, I = Op::I, U = kUnroll<1>;
   const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   RunningSum<T> acc[K];
-  if (c < channels) {
+  // Every thread stays for store_block_sums' barriers.
+  if (c < channels && (selected == nullptr || selected[c])) {
     const auto ch = op.channel(c);
     const int64_t step = static_cast<int64_t>(gridDim.y) * blockDim.y;
     for (int64_t r = static_cast<int64_t>(blockIdx.y) * blockDim.y + threadIdx.y; r < rows;
@@ -303,15 +317,18 @@ __global__ void __launch_bounds__(kThreads)
 // ------------------------------------------------------------------------------------------------
 // Per-channel finalization: one warp per channel adds the channel's partial sums in a fixed order
 // (lane-strided, then a shuffle tree); lane 0 hands the K totals to the op. A null `partial` means
-// all sums are zero (empty batch, or sums the outputs do not need).
+// all sums are zero (empty batch, or sums the outputs do not need). Only the selected channels are
+// finalized when `selected` is not null.
 
 template <typename Op, typename T>
 __global__ void __launch_bounds__(kThreads)
-    finalize_kernel(Op op, const T* partial, int64_t splits, int64_t channels) {
+    finalize_kernel(Op op, const T* partial, int64_t splits, int64_t channels,
+                    const bool* selected) {
   constexpr int K = Op::K;
   const int lane = threadIdx.x % kWarp;
   const int64_t c = static_cast<int64_t>(blockIdx.x) * (kThreads / kWarp) + threadIdx.x / kWarp;
-  if (c >= channels) return;  // whole warps leave: the shuffles below see full warps
+  // Whole warps leave: the shuffles below see full warps.
+  if (c >= channels || (selected != nullptr && !selected[c])) return;
   T sums[K] = {};
 #pragma unroll
   for (int k = 0; k < K; ++k) {
@@ -330,8 +347,13 @@ __global__ void __launch_bounds__(kThreads)
   if (lane == 0) op(c, sums);
 }
 
-// coefficients (2, C): scale, shift. In training the statistics come first, from the shifted sums:
-// they are written to batch_mean / batch_var, which params.mean / params.var then point to.
+// coefficients (3, C): mean, scale, bias. In training the statistics come first, from `stats`'s
+// sums (in double): they are written to batch_mean / batch_var, which params.mean / params.var then
+// point to, and, after the first sums, resum[c] says whether they must be summed again around the
+// mean. The mean's rounding to T goes into the bias, y = (x - mean_T) * scale + bias +
+// (mean_T - mean) * scale, so the output is as accurate as with the unrounded mean. (The backward
+// passes, given mean_T, take the bias unchanged: their activation masks are bit-identical to each
+// other, and to the forward's except where |y| <= |mean_T - mean| * scale, as on the CPU.)
 template <typename scalar_t>
 struct ForwardFinalize {
   using T = at::opmath_type<scalar_t>;
@@ -342,24 +364,27 @@ struct ForwardFinalize {
   // Training only (null otherwise).
   T* batch_mean;
   T* batch_var;
-  const scalar_t* x;
-  int64_t channel_stride;  // as in StatsReduce: the shift is the channel's first element
-  T count;
+  StatsReduce<scalar_t> stats;  // the reduction that gave the sums: their shifts
+  bool* resum;                  // null in a re-sum
+  double count;
   __device__ void operator()(int64_t c, const T* sums) const {
+    double mean_rounding = 0;  // mean_T - mean
     if (batch_mean != nullptr) {
-      const T shift = static_cast<T>(x[c * channel_stride]);
-      const Moments<T> m = moments_from_shifted_sums(count, shift, sums[0], sums[1]);
-      batch_mean[c] = m.mean;
-      batch_var[c] = m.var;
+      const double shift = stats.channel(c).shift;  // read before batch_mean[c] (a re-sum's shift)
+      const Moments<double> m = moments_from_shifted_sums<double>(count, shift, sums[0], sums[1]);
+      batch_mean[c] = static_cast<T>(m.mean);
+      batch_var[c] = static_cast<T>(m.var);
+      mean_rounding = static_cast<double>(batch_mean[c]) - m.mean;
+      if (resum != nullptr) resum[c] = !shifted_sums_accurate(m, shift);
     }
     const ChannelState<T> st = channel_state(params, c);
-    coefficients[c] = st.scale;
-    coefficients[channels + c] = st.shift;
+    const T bias = static_cast<T>(st.bias + mean_rounding * st.scale);
+    store_coefficients(coefficients, channels, c, {st.mean, st.scale, bias});
   }
 };
 
-// coefficients (5, C): scale, shift, then grad_input's grad, input, constant. grad_weight and
-// grad_bias are written where not null.
+// coefficients (6, C): mean, scale, bias, then grad_input's grad, input, constant (centered).
+// grad_weight and grad_bias are written where not null.
 template <typename T>
 struct BackwardFinalize {
   static constexpr int K = 2;
@@ -373,16 +398,16 @@ struct BackwardFinalize {
   __device__ void operator()(int64_t c, const T* sums) const {
     const ChannelState<T> st = channel_state(params, c);
     const BackwardCoefficients<T> k =
-        backward_coefficients(training, count, st.mean, st.invstd, st.weight, sums[0], sums[1]);
-    const T values[5] = {st.scale, st.shift, k.grad, k.input, k.constant};
-#pragma unroll
-    for (int j = 0; j < 5; ++j) coefficients[j * channels + c] = values[j];
+        centered_backward_coefficients(training, count, st.invstd, st.weight, sums[0], sums[1]);
+    store_coefficients(coefficients, channels, c,
+                       {st.mean, st.scale, st.bias, k.grad, k.input, k.constant});
     if (grad_weight != nullptr) grad_weight[c] = st.invstd * sums[1];
     if (grad_bias != nullptr) grad_bias[c] = sums[0];
   }
 };
 
-// coefficients (9, C): scale, shift, go_ggi, go_x, go_const, x_ggi, x_g, x_x, x_const.
+// coefficients (10, C): mean, scale, bias, then go_ggi, go_x, go_const, x_ggi, x_g, x_x, x_const
+// (centered).
 // grad_grad_weight / grad_grad_bias read as zero where null; grad_weight is written where not null.
 template <typename T>
 struct DoubleBackwardFinalize {
@@ -400,12 +425,11 @@ struct DoubleBackwardFinalize {
     const T ggw = grad_grad_weight != nullptr ? grad_grad_weight[c] : T(0);
     const T ggb = grad_grad_bias != nullptr ? grad_grad_bias[c] : T(0);
     const DoubleBackwardSums<T> s{sums[0], sums[1], sums[2], sums[3], sums[4]};
-    const DoubleBackwardCoefficients<T> k = double_backward_coefficients(
-        training, count, st.mean, st.invstd, st.weight, ggw, ggb, s);
-    const T values[9] = {st.scale, st.shift, k.go_ggi, k.go_x, k.go_const,
-                         k.x_ggi,  k.x_g,    k.x_x,   k.x_const};
-#pragma unroll
-    for (int j = 0; j < 9; ++j) coefficients[j * channels + c] = values[j];
+    const DoubleBackwardCoefficients<T> k = centered_double_backward_coefficients(
+        training, count, st.invstd, st.weight, ggw, ggb, s);
+    store_coefficients(coefficients, channels, c,
+                       {st.mean, st.scale, st.bias, k.go_ggi, k.go_x, k.go_const, k.x_ggi, k.x_g,
+                        k.x_x, k.x_const});
     if (grad_weight != nullptr) grad_weight[c] = k.grad_weight;
   }
 };
@@ -413,35 +437,38 @@ struct DoubleBackwardFinalize {
 // ------------------------------------------------------------------------------------------------
 // Element-wise passes: op(coefficients of the element's channel, I inputs, O outputs).
 
+// Coefficients 0, 1, 2 are mean, scale and bias: y = fma(x - mean, scale, bias) in every pass.
 template <typename T>
 struct ForwardMap {
-  static constexpr int I = 1, O = 1, P = 2;
+  static constexpr int I = 1, O = 1, P = 3;
   T slope;
   __device__ void operator()(const T (&k)[P], const T (&in)[I], T (&out)[O]) const {
-    out[0] = leaky_relu(fused_multiply_add(in[0], k[0], k[1]), slope);
+    out[0] = leaky_relu(fused_multiply_add(in[0] - k[0], k[1], k[2]), slope);
   }
 };
 
 template <typename T>
 struct BackwardMap {
-  static constexpr int I = 2, O = 1, P = 5;
+  static constexpr int I = 2, O = 1, P = 6;
   T slope;
   __device__ void operator()(const T (&k)[P], const T (&in)[I], T (&out)[O]) const {
-    const T g = in[1] * activation_grad(in[0], k[0], k[1], slope);
-    out[0] = fused_multiply_add(g, k[2], fused_multiply_add(in[0], k[3], k[4]));
+    const T xc = in[0] - k[0];
+    const T g = in[1] * activation_grad(xc, k[1], k[2], slope);
+    out[0] = fused_multiply_add(g, k[3], fused_multiply_add(xc, k[4], k[5]));
   }
 };
 
 template <typename T>
 struct DoubleBackwardMap {
-  static constexpr int I = 3, O = 2, P = 9;
+  static constexpr int I = 3, O = 2, P = 10;
   T slope;
   __device__ void operator()(const T (&k)[P], const T (&in)[I], T (&out)[O]) const {
-    const T activation = activation_grad(in[0], k[0], k[1], slope);
+    const T xc = in[0] - k[0];
+    const T activation = activation_grad(xc, k[1], k[2], slope);
     const T g = in[1] * activation;
-    out[0] = activation * fused_multiply_add(in[2], k[2], fused_multiply_add(in[0], k[3], k[4]));
-    out[1] = fused_multiply_add(in[2], k[5],
-                                fused_multiply_add(g, k[6], fused_multiply_add(in[0], k[7], k[8])));
+    out[0] = activation * fused_multiply_add(in[2], k[3], fused_multiply_add(xc, k[4], k[5]));
+    out[1] = fused_multiply_add(in[2], k[6],
+                                fused_multiply_add(g, k[7], fused_multiply_add(xc, k[8], k[9])));
   }
 };
 
@@ -550,7 +577,8 @@ Partials<at::opmath_type<scalar_t>> reduce_channels_first(const Op& op,
                                                          const Pointers<const scalar_t*, Op::I>& in,
                                                          const ChannelLayout& layout,
                                                          const at::TensorOptions& options,
-                                                         const Launch& launch) {
+                                                         const Launch& launch,
+                                                         const bool* selected) {
   using T = at::opmath_type<scalar_t>;
   const auto kernel = reduce_channels_first_kernel<Op, scalar_t, V>;
   const int64_t C = layout.channels, packs = layout.per_channel() / V;
@@ -560,7 +588,7 @@ Partials<at::opmath_type<scalar_t>> reduce_channels_first(const Op& op,
                           1, 65535);
   Partials<T> partials{at::empty({Op::K * C * splits}, options), splits};
   kernel<<<dim3(static_cast<unsigned>(C), static_cast<unsigned>(splits)), dim3(1, kThreads), 0,
-           launch.stream>>>(op, in, layout.batch, C, layout.spatial,
+           launch.stream>>>(op, in, layout.batch, C, layout.spatial, selected,
                             partials.sums.template mutable_data_ptr<T>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return partials;
@@ -571,7 +599,8 @@ Partials<at::opmath_type<scalar_t>> reduce_channels_last(const Op& op,
                                                         const Pointers<const scalar_t*, Op::I>& in,
                                                         const ChannelLayout& layout,
                                                         const at::TensorOptions& options,
-                                                        const Launch& launch) {
+                                                        const Launch& launch,
+                                                        const bool* selected) {
   using T = at::opmath_type<scalar_t>;
   const auto kernel = reduce_channels_last_kernel<Op, scalar_t>;
   const int64_t C = layout.channels, rows = layout.per_channel();
@@ -585,33 +614,36 @@ Partials<at::opmath_type<scalar_t>> reduce_channels_last(const Op& op,
   Partials<T> partials{at::empty({Op::K * C * splits}, options), splits};
   kernel<<<dim3(static_cast<unsigned>(columns), static_cast<unsigned>(splits)),
            dim3(static_cast<unsigned>(width), static_cast<unsigned>(height)), 0, launch.stream>>>(
-      op, in, rows, C, partials.sums.template mutable_data_ptr<T>());
+      op, in, rows, C, selected, partials.sums.template mutable_data_ptr<T>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return partials;
 }
 
-// Per-channel sums of the reduction `op` over inputs `in` (laid out as `layout`, numel > 0).
+// Per-channel sums of the reduction `op` over inputs `in` (laid out as `layout`, numel > 0), for
+// the channels c with selected[c] (all channels when it is null).
 template <typename Op, typename scalar_t>
 Partials<at::opmath_type<scalar_t>> reduce_per_channel(const Op& op,
                                                        const Pointers<const scalar_t*, Op::I>& in,
                                                        const ChannelLayout& layout,
                                                        const at::TensorOptions& options,
-                                                       const Launch& launch) {
-  if (layout.channels_last) return reduce_channels_last(op, in, layout, options, launch);
+                                                       const Launch& launch,
+                                                       const bool* selected = nullptr) {
+  if (layout.channels_last) return reduce_channels_last(op, in, layout, options, launch, selected);
   constexpr int W = kPackWidth<scalar_t>;
   if (layout.spatial % W == 0 && aligned(in, W * sizeof(scalar_t))) {
-    return reduce_channels_first<Op, scalar_t, W>(op, in, layout, options, launch);
+    return reduce_channels_first<Op, scalar_t, W>(op, in, layout, options, launch, selected);
   }
-  return reduce_channels_first<Op, scalar_t, 1>(op, in, layout, options, launch);
+  return reduce_channels_first<Op, scalar_t, 1>(op, in, layout, options, launch, selected);
 }
 
 template <typename Op, typename T>
 void finalize_per_channel(const Op& op, const Partials<T>& partials, int64_t channels,
-                          const Launch& launch) {
+                          const Launch& launch, const bool* selected = nullptr) {
   if (channels == 0) return;
   constexpr int64_t warps = kThreads / kWarp;
-  finalize_kernel<<<static_cast<unsigned>(ceil_div(channels, warps)), kThreads, 0,
-                    launch.stream>>>(op, partials.data(), partials.splits, channels);
+  finalize_kernel<Op, T><<<static_cast<unsigned>(ceil_div(channels, warps)), kThreads, 0,
+                           launch.stream>>>(op, partials.data(), partials.splits, channels,
+                                            selected);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -717,29 +749,40 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu(
   const at::Tensor mean_d = training ? batch_mean : dense(m);
   const at::Tensor var_d = training ? batch_var : dense(v);
   const at::Tensor w_d = dense(w), b_d = dense(b);
-  at::Tensor coefficients = at::empty({2, C}, options);
+  at::Tensor coefficients = at::empty({3, C}, options);
   const Launch launch = current_launch(input);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(),
                                   "fastgan_batch_norm_leaky_relu_cuda", [&] {
     using T = at::opmath_type<scalar_t>;
     const scalar_t* data = x.const_data_ptr<scalar_t>();
+    const Pointers<const scalar_t*, 1> in{{data}};
     T* coef = coefficients.mutable_data_ptr<T>();
-    ForwardFinalize<scalar_t> finalization{channel_params<T>(mean_d, var_d, w_d, b_d, eps), coef, C,
-                                           nullptr, nullptr, nullptr, 0, T(0)};
-    Partials<T> partials;
-    if (training) {
+    const auto params = channel_params<T>(mean_d, var_d, w_d, b_d, eps);
+    if (!training) {
+      finalize_per_channel(ForwardFinalize<scalar_t>{params, coef, C}, Partials<T>{}, C, launch);
+    } else {
+      // Sums shifted by each channel's first element; then, for the channels where that shift
+      // was an outlier (usually none: both launches then do next to nothing), sums shifted by
+      // the mean they gave.
       const int64_t channel_stride = layout.channels_last ? 1 : layout.spatial;
-      partials = reduce_per_channel(StatsReduce<scalar_t>{data, channel_stride},
-                                    Pointers<const scalar_t*, 1>{{data}}, layout, options, launch);
-      finalization.batch_mean = batch_mean.mutable_data_ptr<T>();
-      finalization.batch_var = batch_var.mutable_data_ptr<T>();
-      finalization.x = data;
-      finalization.channel_stride = channel_stride;
-      finalization.count = static_cast<T>(layout.per_channel());
+      T* mean_data = batch_mean.mutable_data_ptr<T>();
+      const at::Tensor resum = at::empty({C}, options.dtype(at::kBool));
+      const StatsReduce<scalar_t> first_sums{data, channel_stride, nullptr};
+      ForwardFinalize<scalar_t> finalization{params,     coef,        C,
+                                             mean_data,  batch_var.mutable_data_ptr<T>(),
+                                             first_sums, resum.mutable_data_ptr<bool>(),
+                                             static_cast<double>(layout.per_channel())};
+      finalize_per_channel(finalization,
+                           reduce_per_channel(first_sums, in, layout, options, launch), C, launch);
+      const bool* selected = resum.const_data_ptr<bool>();
+      finalization.stats.center = mean_data;
+      finalization.resum = nullptr;
+      finalize_per_channel(
+          finalization,
+          reduce_per_channel(finalization.stats, in, layout, options, launch, selected), C,
+          launch, selected);
     }
-    finalize_per_channel(finalization, partials, C, launch);
-    map_per_channel(ForwardMap<T>{static_cast<T>(negative_slope)},
-                    Pointers<const scalar_t*, 1>{{data}},
+    map_per_channel(ForwardMap<T>{static_cast<T>(negative_slope)}, in,
                     Pointers<scalar_t*, 1>{{out.mutable_data_ptr<scalar_t>()}}, coef, layout,
                     launch);
   });
@@ -774,7 +817,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu_backward(
   at::Tensor grad_input = want_input ? at::empty_like(x) : at::Tensor();
   at::Tensor grad_weight = want_weight ? at::empty({C}, options) : at::Tensor();
   at::Tensor grad_bias = want_bias ? at::empty({C}, options) : at::Tensor();
-  at::Tensor coefficients = at::empty({5, C}, options);
+  at::Tensor coefficients = at::empty({6, C}, options);
   // grad_input needs the sums only in training, where the statistics depend on the input.
   const bool need_sums =
       (want_weight || want_bias || (training && want_input)) && input.numel() > 0;
@@ -788,7 +831,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu_backward(
                                            go.const_data_ptr<scalar_t>()}};
     const T count = static_cast<T>(layout.per_channel());
     const auto partials =
-        need_sums ? reduce_per_channel(BackwardReduce<scalar_t>{params, slope}, in, layout,
+        need_sums ? reduce_per_channel(GradientReduce<scalar_t, false>{params, slope}, in, layout,
                                        options, launch)
                   : Partials<T>{};
     T* coef = coefficients.mutable_data_ptr<T>();
@@ -844,7 +887,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu_double_back
   at::Tensor grad_grad_out = want_grad_output ? at::empty_like(x) : at::Tensor();
   at::Tensor grad_input = want_input ? at::empty_like(x) : at::Tensor();
   at::Tensor grad_weight = want_weight ? at::empty({C}, options) : at::Tensor();
-  at::Tensor coefficients = at::empty({9, C}, options);
+  at::Tensor coefficients = at::empty({10, C}, options);
   // In evaluation only grad_weight depends on the sums (see double_backward_coefficients).
   const bool need_sums =
       (want_weight || (training && (want_grad_output || want_input))) && input.numel() > 0;
@@ -859,7 +902,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu_double_back
                                            data_or_null<scalar_t>(ggi)}};
     const T count = static_cast<T>(layout.per_channel());
     const auto partials =
-        need_sums ? reduce_per_channel(DoubleBackwardReduce<scalar_t>{params, slope}, in, layout,
+        need_sums ? reduce_per_channel(GradientReduce<scalar_t, true>{params, slope}, in, layout,
                                        options, launch)
                   : Partials<T>{};
     T* coef = coefficients.mutable_data_ptr<T>();

@@ -660,12 +660,6 @@ void check_geometry(const char* op, const Geometry& g) {
               "CUDA, got ", g.batch * g.in_h * g.in_w, " and ", g.batch * g.out_h * g.out_w);
 }
 
-// Channels-last storage that is not also plain contiguous (as on the CPU and in the fake kernels):
-// such tensors are read in place, and the op's results take that layout too.
-bool stored_channels_last(const at::Tensor& t) {
-  return !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast);
-}
-
 at::Tensor empty_in_layout_of(const at::Tensor& like, int64_t n, int64_t c, int64_t h, int64_t w) {
   return stored_channels_last(like)
              ? at::empty({n, h, w, c}, like.options()).permute({0, 3, 1, 2})
@@ -681,7 +675,42 @@ at::Tensor pack_weight(const at::Tensor& weight, const Geometry& g, bool for_gra
                         : grouped.permute({0, 3, 4, 1, 2}).contiguous();
 }
 
-std::string_view as_std(c10::string_view s) { return {s.data(), s.size()}; }
+// first = grad * activation'(result) and second = grad * grad_output * activation''(result)
+// (either may be undefined: not computed) over `count` dense elements in one storage order.
+void launch_activation_terms(const at::Tensor& grad, const at::Tensor& grad_output,
+                             const at::Tensor& result, const at::Tensor& first,
+                             const at::Tensor& second, Activation activation,
+                             double negative_slope, const Device& device) {
+  const int64_t count = result.numel();
+  if (count == 0 || (!first.defined() && !second.defined())) return;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, result.scalar_type(),
+                                  "fastgan_conv_transpose2d_activation_terms_cuda", [&] {
+    auto data_or_null = [](const at::Tensor& t) {
+      return t.defined() ? t.mutable_data_ptr<scalar_t>() : nullptr;
+    };
+    activation_terms_kernel<scalar_t>
+        <<<static_cast<unsigned>(grid_stride_blocks(count, device)), kThreads, 0,
+           device.stream>>>(count, grad.const_data_ptr<scalar_t>(),
+                            grad_output.defined() ? grad_output.const_data_ptr<scalar_t>()
+                                                  : nullptr,
+                            result.const_data_ptr<scalar_t>(), data_or_null(first),
+                            data_or_null(second), activation, negative_slope);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+// A GatherConvolution problem (its channels_fastest flags derived here) on a rows x columns x
+// gemms grid of tiles.
+template <typename scalar_t>
+void launch_gather_convolution(const char* op, GatherConvolution<scalar_t> problem, int64_t rows,
+                               int64_t columns, int64_t gemms, const Device& device) {
+  problem.src_channels_fastest = problem.src.channels_fastest();
+  problem.dst_channels_fastest = problem.dst.channels_fastest();
+  with_math<scalar_t>(device, [&](auto math) {
+    launch_gemm<typename decltype(math)::type>(op, problem, ceil_div(rows, kTileM),
+                                               ceil_div(columns, kTileN), gemms, device);
+  });
+}
 
 // ------------------------------------------------------------------------------------------------
 // The ops
@@ -697,8 +726,7 @@ at::Tensor conv_transpose2d(const at::Tensor& input, const at::Tensor& weight,
                                         groups, dilation);
   check_cuda(op, input);
   check_geometry(op, g);
-  const Activation activation = parse_activation(op, as_std(activation_name));
-  check_negative_slope(op, activation, negative_slope);
+  const Activation activation = checked_activation(op, activation_name, negative_slope);
   c10::cuda::CUDAGuard guard(input.device());
 
   at::Tensor out = empty_in_layout_of(input, g.batch, g.out_channels, g.out_h, g.out_w);
@@ -711,18 +739,13 @@ at::Tensor conv_transpose2d(const at::Tensor& input, const at::Tensor& weight,
       g.batch * ceil_div(g.out_h, g.stride_h) * ceil_div(g.out_w, g.stride_w);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
                                   "fastgan_conv_transpose2d_cuda", [&] {
-    GatherConvolution<scalar_t> problem{
-        strided<const scalar_t>(input), packed.const_data_ptr<scalar_t>(),
-        bias_dense.defined() ? bias_dense.const_data_ptr<scalar_t>() : nullptr,
-        strided<scalar_t>(out), g, true, g.in_per_group(), g.out_per_group(), activation,
-        negative_slope, false, false};
-    problem.src_channels_fastest = problem.src.channels_fastest();
-    problem.dst_channels_fastest = problem.dst.channels_fastest();
-    with_math<scalar_t>(device, [&](auto math) {
-      launch_gemm<typename decltype(math)::type>(op, problem, ceil_div(most_rows, kTileM),
-                                                 ceil_div(g.out_per_group(), kTileN),
-                                                 g.groups * g.stride_h * g.stride_w, device);
-    });
+    launch_gather_convolution<scalar_t>(
+        op,
+        {strided<const scalar_t>(input), packed.const_data_ptr<scalar_t>(),
+         bias_dense.defined() ? bias_dense.const_data_ptr<scalar_t>() : nullptr,
+         strided<scalar_t>(out), g, true, g.in_per_group(), g.out_per_group(), activation,
+         negative_slope, false, false},
+        most_rows, g.out_per_group(), g.groups * g.stride_h * g.stride_w, device);
   });
   return out;
 }
@@ -737,17 +760,8 @@ at::Tensor preactivation_gradient(const at::Tensor& grad_output, const at::Tenso
                                                  : at::MemoryFormat::Contiguous;
   const at::Tensor go = grad_output.contiguous(format), res = result.contiguous(format);
   at::Tensor grad = at::empty_like(go);
-  const int64_t count = go.numel();
-  if (count == 0) return grad;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, go.scalar_type(),
-                                  "fastgan_conv_transpose2d_activation_grad_cuda", [&] {
-    activation_terms_kernel<scalar_t>
-        <<<static_cast<unsigned>(grid_stride_blocks(count, device)), kThreads, 0,
-           device.stream>>>(count, go.const_data_ptr<scalar_t>(), nullptr,
-                            res.const_data_ptr<scalar_t>(), grad.mutable_data_ptr<scalar_t>(),
-                            nullptr, activation, negative_slope);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
+  launch_activation_terms(go, at::Tensor(), res, grad, at::Tensor(), activation, negative_slope,
+                          device);
   return grad;
 }
 
@@ -779,14 +793,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose2d_backward(
                                         output_padding, groups, dilation);
   check_cuda(op, input);
   check_geometry(op, g);
-  const Activation activation = parse_activation(op, as_std(activation_name));
-  check_negative_slope(op, activation, negative_slope);
-  check_output_like(op, "grad_output", grad_output, input, g);
+  const Activation activation = checked_activation(op, activation_name, negative_slope);
   const at::Tensor result = result_opt.value_or(at::Tensor());
-  TORCH_CHECK(activation == Activation::kNone || result.defined(), op,
-              ": result (the forward's output) is required for activation \"",
-              as_std(activation_name), "\"");
-  if (activation != Activation::kNone) check_output_like(op, "result", result, input, g);
+  check_backward_tensors(op, grad_output, result, input, g, activation, activation_name);
   c10::cuda::CUDAGuard guard(input.device());
 
   const bool want_input = output_mask[0], want_weight = output_mask[1], want_bias = output_mask[2];
@@ -814,17 +823,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose2d_backward(
                                   "fastgan_conv_transpose2d_backward_cuda", [&] {
     if (want_input && grad_input.numel() > 0) {
       const at::Tensor packed = pack_weight(weight, g, true);
-      GatherConvolution<scalar_t> problem{
-          strided<const scalar_t>(grad), packed.const_data_ptr<scalar_t>(), nullptr,
-          strided<scalar_t>(grad_input), g, false, g.out_per_group(), g.in_per_group(),
-          Activation::kNone, 0.0, false, false};
-      problem.src_channels_fastest = problem.src.channels_fastest();
-      problem.dst_channels_fastest = problem.dst.channels_fastest();
-      with_math<scalar_t>(device, [&](auto math) {
-        launch_gemm<typename decltype(math)::type>(
-            op, problem, ceil_div(g.batch * g.in_h * g.in_w, kTileM),
-            ceil_div(g.in_per_group(), kTileN), g.groups, device);
-      });
+      launch_gather_convolution<scalar_t>(
+          op,
+          {strided<const scalar_t>(grad), packed.const_data_ptr<scalar_t>(), nullptr,
+           strided<scalar_t>(grad_input), g, false, g.out_per_group(), g.in_per_group(),
+           Activation::kNone, 0.0, false, false},
+          g.batch * g.in_h * g.in_w, g.in_per_group(), g.groups, device);
     }
     if (want_weight && grad_weight.numel() > 0) {
       const int64_t splits = weight_gradient_splits(g, device);
@@ -863,54 +867,24 @@ std::tuple<at::Tensor, at::Tensor> conv_transpose2d_activation_double_backward(
     const at::Tensor& grad_preactivation, const at::Tensor& grad_output, const at::Tensor& result,
     c10::string_view activation_name, double negative_slope, std::array<bool, 2> output_mask) {
   constexpr const char* op = "fastgan::conv_transpose2d_activation_double_backward";
-  const Activation activation = parse_activation(op, as_std(activation_name));
-  check_negative_slope(op, activation, negative_slope);
+  const ActivationDoubleBackward a = prepare_activation_double_backward(
+      op, grad_preactivation, grad_output, result, activation_name, negative_slope, output_mask);
   check_cuda(op, result);
-  TORCH_CHECK(result.dim() == 4, op, ": result must have shape (N, C, H, W), got ",
-              result.sizes());
-  for (const auto& [name, t] : {std::pair{"grad_preactivation", &grad_preactivation},
-                                std::pair{"grad_output", &grad_output}}) {
-    TORCH_CHECK(t->sizes() == result.sizes(), op, ": ", name, " must have the shape of result ",
-                result.sizes(), ", got ", t->sizes());
-    TORCH_CHECK(t->scalar_type() == result.scalar_type(), op, ": ", name, " must have dtype ",
-                result.scalar_type(), ", got ", t->scalar_type());
-    TORCH_CHECK(t->device() == result.device(), op, ": ", name, " is on ", t->device(),
-                " but result is on ", result.device());
-  }
   c10::cuda::CUDAGuard guard(result.device());
-  // Every tensor in result's storage order, so that one flat pass covers all three.
-  const auto format = stored_channels_last(result) ? at::MemoryFormat::ChannelsLast
-                                                   : at::MemoryFormat::Contiguous;
-  const at::Tensor gp = grad_preactivation.contiguous(format);
-  const at::Tensor go = grad_output.contiguous(format);
-  const at::Tensor res = result.contiguous(format);
-  at::Tensor grad_grad_output = output_mask[0] ? at::empty_like(res) : result.new_empty({0});
-  at::Tensor grad_result = output_mask[1] ? at::empty_like(res) : result.new_empty({0});
-  const int64_t count = res.numel();
-  if (count == 0 || (!output_mask[0] && !output_mask[1])) return {grad_grad_output, grad_result};
-  const Device device = current_device(result);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, result.scalar_type(),
-                                  "fastgan_conv_transpose2d_activation_double_backward_cuda", [&] {
-    activation_terms_kernel<scalar_t>
-        <<<static_cast<unsigned>(grid_stride_blocks(count, device)), kThreads, 0,
-           device.stream>>>(
-            count, gp.const_data_ptr<scalar_t>(), go.const_data_ptr<scalar_t>(),
-            res.const_data_ptr<scalar_t>(),
-            output_mask[0] ? grad_grad_output.mutable_data_ptr<scalar_t>() : nullptr,
-            output_mask[1] ? grad_result.mutable_data_ptr<scalar_t>() : nullptr, activation,
-            negative_slope);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return {grad_grad_output, grad_result};
+  // Outputs not asked for are empty: not computed.
+  auto wanted = [](const at::Tensor& t, bool want) { return want ? t : at::Tensor(); };
+  launch_activation_terms(a.grad_preactivation, a.grad_output, a.result,
+                          wanted(a.grad_grad_output, output_mask[0]),
+                          wanted(a.grad_result, output_mask[1]), a.activation, negative_slope,
+                          current_device(result));
+  return {a.grad_grad_output, a.grad_result};
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastgan, CUDA, m) {
-  m.impl("conv_transpose2d", &conv_transpose2d);
-  m.impl("conv_transpose2d_backward", &conv_transpose2d_backward);
-  m.impl("conv_transpose2d_activation_double_backward",
-         &conv_transpose2d_activation_double_backward);
+  register_kernels(m, &conv_transpose2d, &conv_transpose2d_backward,
+                   &conv_transpose2d_activation_double_backward);
 }
 
 }  // namespace cuda

@@ -2,31 +2,25 @@
 pure-PyTorch reference: a check of their index logic for machines without a GPU (not a
 substitute for running them on one; see prelude.h for what the emulation models).
 
-The .cu file is compiled unchanged apart from mechanical rewrites (CUDA includes dropped,
-`kernel<<<...>>>(args)` -> `emulate_launch(..., kernel, args)`, the op registration replaced by
-Python bindings) as two CPU extensions: one for a pre-sm_80 device (the FMA paths: float64,
-float32, float16) and one for sm_80 (the WMMA paths: float16, bfloat16, TF32 with exact
-rounding). Slow (every block is 256 threads): about 10 minutes on 2 busy cores.
+The .cu file is compiled (see emulation.py) as two CPU extensions: one for a pre-sm_80 device
+(the FMA paths: float64, float32, float16) and one for sm_80 (the WMMA paths: float16, bfloat16,
+TF32 with exact rounding). Slow (every block is 256 threads): about 10 minutes on 2 busy cores.
 
     python scripts/cuda_emulation/emulate_conv_transpose2d.py [--quick]
 """
 import argparse
 import os
-import re
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
+import emulation
+
+sys.path[:0] = [emulation.ROOT, os.path.join(emulation.ROOT, "tests")]
 
 import torch  # noqa: E402
-import torch.utils.cpp_extension as cpp_extension  # noqa: E402
 
 from fastgan import _reference  # noqa: E402
 from test_conv_transpose2d import CASES as TEST_CASES  # noqa: E402
-
-BUILD = os.path.join(ROOT, "build", "cuda_emulation")
 
 # (C_in, C_out, kernel, stride, padding, output_padding, groups, dilation, (H, W)): the test
 # suite's cases, plus geometries aimed at the GEMMs' edges.
@@ -43,40 +37,16 @@ TOLERANCES = {torch.float64: (1e-10, 1e-10), torch.float32: (1e-4, 1e-4),
               torch.float16: (5e-2, 5e-2), torch.bfloat16: (2.5e-1, 2.5e-1)}
 
 
-def emulation_source():
-    with open(os.path.join(ROOT, "csrc", "cuda", "conv_transpose2d_kernel.cu")) as f:
-        src = f.read()
-    src = re.sub(r"^#include.*$", "", src, flags=re.M)
-    src = src[:src.index("TORCH_LIBRARY_IMPL")] + "}  // namespace cuda\n}  // namespace fastgan\n"
-    # The anonymous namespace gets a name the bindings can reach.
-    src = src.replace("namespace cuda {\nnamespace {", "namespace cuda {\nnamespace emulated {", 1)
-    launch = re.compile(r"(\w+<[^<>;]*>)\s*<<<(.*?)>>>\((.*?)\);", re.S)
-    src, launches = launch.subn(lambda m: f"emulate_launch({m[2]}, {m[1]}, {m[3]});", src)
-    if launches == 0:
-        raise RuntimeError("no kernel launches found to rewrite")
-    bindings = """
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  using namespace fastgan::cuda::emulated;
+BINDINGS = """
   m.def("forward", &conv_transpose2d);
   m.def("backward", &conv_transpose2d_backward);
   m.def("activation_double_backward", &conv_transpose2d_activation_double_backward);
   m.def("set_multiprocessors", [](int count) { emulated_multiprocessors = count; });
-}
 """
-    return '#include "prelude.h"\n' + src + bindings
 
 
 def build(arch):
-    os.makedirs(BUILD, exist_ok=True)
-    source = os.path.join(BUILD, "conv_transpose2d_emulated.cpp")
-    with open(source, "w") as f:
-        f.write(emulation_source())
-    directory = os.path.join(BUILD, f"sm{arch}")
-    os.makedirs(directory, exist_ok=True)
-    return cpp_extension.load(
-        name=f"conv_transpose2d_emulated_sm{arch}", sources=[source],
-        extra_include_paths=[os.path.join(ROOT, "csrc"), HERE], build_directory=directory,
-        extra_cflags=["-O1", "-std=c++20", f"-DEMULATED_CUDA_ARCH={arch}"])
+    return emulation.build("conv_transpose2d_kernel", BINDINGS, arch)
 
 
 def pair(v):

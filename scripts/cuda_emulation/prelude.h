@@ -1,9 +1,10 @@
-// The CUDA built-ins fastgan's conv_transpose2d kernels use, emulated on the CPU (see
-// emulate_conv_transpose2d.py): each thread block runs as kThreads std::threads joined by a
-// std::barrier at __syncthreads, __shared__ variables are statics shared by those threads, and
-// WMMA fragments are whole matrices that every thread of a warp computes redundantly. This
-// checks the kernels' index logic, tiling and fragment layouts; it says nothing about timing, the
-// memory model or the real WMMA implementation.
+// The CUDA built-ins fastgan's kernels use, emulated on the CPU (see emulation.py): each thread
+// block runs as one std::thread per CUDA thread joined by a std::barrier at __syncthreads (a
+// thread that returns leaves the barrier, like an exited CUDA thread), __shared__ variables are
+// statics shared by those threads, warp shuffles exchange values through the barrier, and WMMA
+// fragments are whole matrices that every thread of a warp computes redundantly. This checks the
+// kernels' index logic, tiling, fragment layouts and warp/block reductions; it says nothing about
+// timing, the memory model or the real WMMA implementation.
 #pragma once
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
@@ -12,7 +13,9 @@
 #include <torch/extension.h>
 
 #include <algorithm>
+#include <array>
 #include <barrier>
+#include <cmath>
 #include <cstdint>
 #include <limits>
 #include <stdexcept>
@@ -21,12 +24,11 @@
 #include <type_traits>
 #include <vector>
 
-#include "conv_transpose2d.h"  // before __CUDA_ARCH__ is defined: the host view of c10
-
 #define __global__
 #define __device__
 #define __host__
 #define __forceinline__ inline
+#define __noinline__ __attribute__((noinline))
 #define __launch_bounds__(x)
 #define __shared__ static
 #define __align__(n) __attribute__((aligned(n)))
@@ -46,9 +48,29 @@ inline dim3 blockDim, gridDim;
 inline std::barrier<>* block_barrier = nullptr;
 inline void __syncthreads() { block_barrier->arrive_and_wait(); }
 
+// Every live thread of the block must take part (the kernels shuffle in whole warps, all warps
+// alike). Values travel as doubles, which hold the float and double values exactly.
+inline std::vector<double> shuffle_slots;
+template <typename T>
+T __shfl_down_sync(unsigned, T value, unsigned offset) {
+  const unsigned tid = (threadIdx.z * blockDim.y + threadIdx.y) * blockDim.x + threadIdx.x;
+  shuffle_slots[tid] = static_cast<double>(value);
+  __syncthreads();
+  const unsigned source = tid % 32 + offset < 32 ? tid + offset : tid;
+  const T result = static_cast<T>(shuffle_slots[source]);
+  __syncthreads();
+  return result;
+}
+
 using cudaStream_t = void*;
 enum { cudaDevAttrMultiProcessorCount, cudaDevAttrComputeCapabilityMajor };
 inline int emulated_multiprocessors = 132;
+inline int emulated_blocks_per_multiprocessor = 1;
+template <typename Kernel>
+int cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* blocks, Kernel, int, size_t) {
+  *blocks = emulated_blocks_per_multiprocessor;
+  return 0;
+}
 inline int cudaDeviceGetAttribute(int* value, int attribute, int) {
   *value = attribute == cudaDevAttrMultiProcessorCount ? emulated_multiprocessors
                                                        : EMULATED_CUDA_ARCH / 100;
@@ -150,22 +172,26 @@ inline float __float_to_tf32(float f) { return f; }
 }  // namespace wmma
 }  // namespace nvcuda
 
-// kernel<<<grid, threads, 0, stream>>>(args...), one block after another.
+// kernel<<<grid, block, 0, stream>>>(args...), one block after another.
 template <typename Kernel, typename... Args>
-void emulate_launch(dim3 grid, int threads, int, cudaStream_t, Kernel kernel, Args... args) {
+void emulate_launch(dim3 grid, dim3 block_shape, int, cudaStream_t, Kernel kernel, Args... args) {
   gridDim = grid;
-  blockDim = dim3(threads);
+  blockDim = block_shape;
+  const unsigned threads = block_shape.x * block_shape.y * block_shape.z;
+  shuffle_slots.assign(threads, 0.0);
   for (unsigned z = 0; z < grid.z; ++z) {
     for (unsigned y = 0; y < grid.y; ++y) {
       for (unsigned x = 0; x < grid.x; ++x) {
         std::barrier<> barrier(threads);
         block_barrier = &barrier;
         std::vector<std::thread> block;
-        for (int t = 0; t < threads; ++t) {
+        for (unsigned t = 0; t < threads; ++t) {
           block.emplace_back([&, t] {
-            threadIdx = dim3(t);
+            threadIdx = dim3(t % block_shape.x, t / block_shape.x % block_shape.y,
+                             t / (block_shape.x * block_shape.y));
             blockIdx = dim3(x, y, z);
             kernel(args...);
+            barrier.arrive_and_drop();
           });
         }
         for (auto& thread : block) thread.join();
