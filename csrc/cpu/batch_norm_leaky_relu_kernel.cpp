@@ -14,10 +14,6 @@ namespace {
 
 using namespace fastgan::bn_lrelu;
 
-// How far (in squared standard deviations) the shift of the statistics' sums may lie from the
-// mean: beyond it float32 partial sums lose digits to cancellation and are summed again.
-constexpr double kMaxShiftOffsetSquared = 16.0;
-
 void check_cpu(const char* op, const at::Tensor& input) {
   TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble, op,
               ": the CPU kernels support float32 and float64 input, got ", input.scalar_type());
@@ -165,8 +161,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu(
           set_affine(c);
           // The shifted sums cancel when the shift (the first element, an outlier maybe) lies
           // many standard deviations from the mean: then sum again around the mean.
-          const double offset = moments.mean - shift;
-          if (offset * offset <= kMaxShiftOffsetSquared * moments.var) return true;
+          if (shifted_sums_accurate(moments, shift)) return true;
           coef.values[0][c] = static_cast<scalar_t>(moments.mean);
           return false;
         },
