@@ -11,7 +11,7 @@ import fastgan
 
 # Defaults per dataset, tuned on a (shared) 2-core CPU with scripts/evaluate_recipes.py (lr is
 # both G's and D's; lr_decay_start: the fraction of the steps after which both fall linearly to
-# 0; 2D data uses fastgan's MLPs with the "mlp" arguments, images DCGAN).
+# 0; 2D data uses fastgan's MLPs with the "mlp" arguments, images DCGAN with base_channels).
 RECIPES = {
     "ring": {"steps": 16000, "batch_size": 512, "loss": "non_saturating", "r1_gamma": 0.01,
              "r1_interval": 4, "ema": 0.999, "lr": 1e-3, "lr_decay_start": 0.25,
@@ -19,10 +19,12 @@ RECIPES = {
     "grid": {"steps": 16000, "batch_size": 512, "loss": "non_saturating", "r1_gamma": 0.05,
              "r1_interval": 4, "ema": 0.999, "lr": 1e-3, "lr_decay_start": 0.25,
              "mlp": {"hidden": 256, "layers": 3, "batch_norm": False}},
-    "digits": {"steps": 8000, "batch_size": 64, "loss": "non_saturating", "r1_gamma": 0.0,
-               "r1_interval": 16, "ema": 0.999, "lr": 2e-4, "image_size": 32},
+    "digits": {"steps": 10000, "batch_size": 128, "loss": "non_saturating", "r1_gamma": 1.0,
+               "r1_interval": 4, "ema": 0.999, "lr": 5e-4, "lr_decay_start": 0.5,
+               "image_size": 16, "base_channels": 32},
     "folder": {"steps": 20000, "batch_size": 64, "loss": "non_saturating", "r1_gamma": 0.0,
-               "r1_interval": 16, "ema": 0.999, "lr": 2e-4, "image_size": 64},
+               "r1_interval": 16, "ema": 0.999, "lr": 2e-4, "image_size": 64,
+               "base_channels": 64},
 }
 MIXTURE_SAMPLES = 100_000  # the fixed training set drawn from a 2D mixture
 EVALUATION_SAMPLES = 2500  # as in PacGAN's mode-coverage tables
@@ -80,10 +82,10 @@ def _build(args, recipe):
     num_classes = num_classes if args.conditional else 0
     generator = fastgan.models.DCGANGenerator(
         z_dim=100, out_channels=channels, image_size=image_size, num_classes=num_classes,
-        base_channels=32 if kind == "digits" else 64)
+        base_channels=recipe["base_channels"])
     discriminator = fastgan.models.DCGANDiscriminator(
         in_channels=channels, image_size=image_size, num_classes=num_classes,
-        base_channels=32 if kind == "digits" else 64)
+        base_channels=recipe["base_channels"])
     return data, generator, discriminator, evaluate, None
 
 
