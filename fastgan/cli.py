@@ -19,7 +19,7 @@ RECIPES = {
     "grid": {"steps": 16000, "batch_size": 512, "loss": "non_saturating", "r1_gamma": 0.05,
              "r1_interval": 4, "ema": 0.999, "lr": 1e-3, "lr_decay_start": 0.25,
              "mlp": {"hidden": 256, "layers": 3, "batch_norm": False}},
-    "digits": {"steps": 10000, "batch_size": 128, "loss": "non_saturating", "r1_gamma": 1.0,
+    "digits": {"steps": 20000, "batch_size": 128, "loss": "non_saturating", "r1_gamma": 1.0,
                "r1_interval": 4, "ema": 0.999, "lr": 5e-4, "lr_decay_start": 0.5,
                "image_size": 16, "base_channels": 32},
     "folder": {"steps": 20000, "batch_size": 64, "loss": "non_saturating", "r1_gamma": 0.0,
