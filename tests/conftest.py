@@ -51,6 +51,13 @@ def assert_close(actual, expected, dtype=None, scale=1.0):
                                atol=atol * scale)
 
 
+def shape_layouts(shapes):
+    """(shape, layout) for every layout make_input knows that fits the shape (channels_last: 4D)."""
+    return [(shape, layout) for shape in shapes
+            for layout in ("contiguous", "channels_last", "non_contiguous")
+            if layout != "channels_last" or len(shape) == 4]
+
+
 def make_input(shape, dtype=torch.float64, device="cpu", layout="contiguous", seed=0):
     """Random input in one of the layouts the kernels meet: contiguous, channels_last (4D),
     non_contiguous (a strided view)."""

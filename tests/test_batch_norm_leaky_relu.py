@@ -9,7 +9,7 @@ from torch.autograd import gradcheck, gradgradcheck
 
 import fastgan
 from fastgan.nn import BatchNormLeakyReLU1d, BatchNormLeakyReLU2d
-from conftest import DEVICES, assert_close, make_input
+from conftest import DEVICES, assert_close, make_input, shape_layouts
 
 bn_lrelu = fastgan.ops.batch_norm_leaky_relu
 
@@ -43,9 +43,7 @@ def run(fn, x, running_mean, running_var, weight, bias, training, slope, upstrea
 
 
 SHAPES = [(16, 5), (4, 3, 7), (4, 3, 5, 6), (3, 5, 7, 9), (1, 4, 3, 3), (2, 8, 1, 1)]
-SHAPE_LAYOUTS = [(shape, layout) for shape in SHAPES
-                 for layout in ("contiguous", "channels_last", "non_contiguous")
-                 if layout != "channels_last" or len(shape) == 4]
+SHAPE_LAYOUTS = shape_layouts(SHAPES)
 
 
 @pytest.mark.parametrize("device", DEVICES)

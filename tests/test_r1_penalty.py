@@ -7,7 +7,7 @@ from torch.autograd import gradcheck, gradgradcheck
 from fastgan import _reference
 from fastgan.models import DCGANDiscriminator, DCGANGenerator, MLPDiscriminator
 from fastgan.ops import r1_penalty
-from conftest import DEVICES, assert_close, make_input
+from conftest import DEVICES, assert_close, make_input, shape_layouts
 
 ops = torch.ops.fastgan
 
@@ -21,9 +21,7 @@ def penalty_by_definition(outputs, inputs, gamma):
 # --- the fused op -----------------------------------------------------------------------------
 
 OP_SHAPES = [(5,), (7, 3), (4, 3, 5), (3, 2, 5, 7), (1, 3, 4, 4), (2, 3, 67, 129)]
-OP_CASES = [(shape, layout) for shape in OP_SHAPES
-            for layout in ("contiguous", "channels_last", "non_contiguous")
-            if layout != "channels_last" or len(shape) == 4]
+OP_CASES = shape_layouts(OP_SHAPES)
 
 
 @pytest.mark.parametrize("device", DEVICES)
