@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from fastgan.ops._checks import check_tensor
-from fastgan.ops.conv_transpose2d import _integer, _ops, _pair
+from fastgan.ops.conv_transpose2d import _empty_in_layout_of, _integer, _ops, _pair
 
 _convolution_backward = torch.ops.aten.convolution_backward
 # _own_kernels' thresholds, from per-layer timings of both engines on a 2-core CPU (float32,
@@ -79,9 +79,8 @@ def _forward(input, weight, bias, geometry, own):
     if not own:
         return F.conv2d(input, weight, bias, *geometry)
     stride, padding, dilation, groups = geometry
-    shape_of_out = torch.empty((input.shape[0], weight.shape[0],
-                                *_out_size(input, weight, geometry)), dtype=input.dtype,
-                               device=input.device, memory_format=_layout(input))
+    shape_of_out = _empty_in_layout_of(input, (input.shape[0], weight.shape[0],
+                                               *_out_size(input, weight, geometry)))
     out = _ops.conv_transpose2d_backward(
         input, shape_of_out, weight, None, stride, padding,
         _output_padding(input, shape_of_out, weight, geometry), groups, dilation, "none", 0.0,
@@ -131,11 +130,6 @@ def _output_padding(input, output, weight, geometry):
     return [input.shape[2 + d] - ((output.shape[2 + d] - 1) * stride[d] - 2 * padding[d]
                                   + dilation[d] * (weight.shape[2 + d] - 1) + 1)
             for d in range(2)]
-
-
-def _layout(t):
-    return (torch.channels_last if not t.is_contiguous()
-            and t.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format)
 
 
 def _with_own_node(tensor):
