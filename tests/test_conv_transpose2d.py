@@ -34,6 +34,9 @@ CASES = {
     # without taps (bias only).
     "gemm_tiles": (48, 140, 3, 2, 1, 1, 2, 1, (9, 7)),
     "phases_without_taps": (3, 4, 3, 2, 1, 1, 1, 2, (4, 3)),
+    # The DCGAN geometry with >= 16 channels and at least as many 4 x 4 tiles in the batch of 3 as
+    # channels: the CPU's Winograd path (partial tiles: 9 x 10 is not a multiple of 4).
+    "winograd": (16, 20, 4, 2, 1, 0, 1, 1, (9, 10)),
 }
 
 # Few channels: the numerical Jacobians cost one evaluation per input and parameter element.
@@ -122,11 +125,14 @@ def test_cuda_tensor_cores_match_torch(precision, layout, activation, case_name)
 @pytest.mark.parametrize("batch", [0, 1, 17])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("activation", ["tanh", "leaky_relu"])
-@pytest.mark.parametrize("case", [(3, 4, 4, 2, 1, 0, 1, 1, (16, 16)), (3, 4, 4, 1, 0, 0, 1, 1, (1, 1))],
-                         ids=["16x16", "1x1"])
+@pytest.mark.parametrize("case", [
+    (3, 4, 4, 2, 1, 0, 1, 1, (16, 16)), (3, 4, 4, 1, 0, 0, 1, 1, (1, 1)),
+    (16, 16, 4, 2, 1, 0, 1, 1, (15, 13)), (64, 64, 4, 2, 1, 0, 1, 1, (28, 28))],
+    ids=["16x16", "1x1", "winograd", "winograd_blocks"])
 def test_batch_sizes(device, batch, layout, activation, case):
     """Empty, single and odd batches; 17 images of 16x16 run as several blocks of images, 1x1
-    images as one GEMM."""
+    images as one GEMM. On the CPU the 16-channel 15x13 images take the Winograd path from batch
+    1 on, and 17 of the 64-channel 28x28 images take it in several blocks of images."""
     x, weight, b = make_operands(case, batch, torch.float64, device, layout)
     out, grads = output_and_grads(conv_t, x, weight, b, hyper(case, activation))
     expected, expected_grads = output_and_grads(_reference.conv_transpose2d, x, weight, b,
@@ -190,6 +196,35 @@ def test_gradcheck_and_gradgradcheck(device, activation, case_name, layout):
 
     assert gradcheck(fn, leaves)
     assert gradgradcheck(fn, leaves)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("activation", [None, "tanh"])
+def test_winograd_gradcheck_and_gradgradcheck(layout, activation):
+    """The CPU's Winograd path to second order (fast_mode: its Jacobians are too large to build
+    entry by entry)."""
+    case = CASES["winograd"]
+    x, weight, b = make_operands(case, 3, torch.float64, "cpu", layout)
+    leaves = [t.requires_grad_() for t in (x, weight, b)]
+
+    def fn(*args):
+        return conv_t(*args, **hyper(case, activation))
+
+    assert gradcheck(fn, leaves, fast_mode=True)
+    assert gradgradcheck(fn, leaves, fast_mode=True)
+
+
+@pytest.mark.parametrize("batch, expected", [(3, True), (1, False)])
+def test_winograd_path_is_taken_where_it_pays(batch, expected):
+    """The Winograd path is the only one that runs batched GEMMs: taken for enough tiles per
+    channel (3 images of 9 x 10: 27 tiles for 20 channels), not for fewer (1 image: 9 tiles)."""
+    x, weight, b = make_operands(CASES["winograd"], batch, torch.float32)
+    kwargs = hyper(CASES["winograd"], None)
+    leaves = [t.requires_grad_() for t in (x, weight, b)]
+    with torch.profiler.profile() as profile:
+        conv_t(*leaves, **kwargs).sum().backward()
+    batched_gemms = [e.key for e in profile.key_averages() if e.key in ("aten::bmm", "aten::baddbmm_")]
+    assert (len(batched_gemms) == 2) == expected, batched_gemms
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -24,7 +24,10 @@
 #include <ATen/core/LegacyTypeDispatch.h>
 #include <torch/library.h>
 
+#include <c10/util/accumulate.h>
+
 #include <algorithm>
+#include <array>
 #include <string_view>
 #include <vector>
 
@@ -179,7 +182,7 @@ AxisTaps axis_taps(int64_t in_size, int64_t out_size, int64_t kernel, int64_t st
 // accumulates over them).
 constexpr int64_t kImagePixels = 256;
 // Z or G_col entries per block in block mode (4 MiB of float32).
-constexpr int64_t kBlockEntries = 1 << 20;
+constexpr int64_t kBlockEntries = 1 << 22;
 
 struct Plan {
   bool by_image;
@@ -247,6 +250,37 @@ void chain_activation_grad(int64_t count, const scalar_t* grad_output, const sca
   map_contiguous<scalar_t, 2>(count, {grad_output, result}, g, [&](const Vec<scalar_t>* v) {
     return v[0] * activation_grad(activation, v[1], slope);
   });
+}
+
+// Image n's g = grad_output * activation'(result) as dense rows (oh, ow) of C values: in place in
+// grad_output when that is channels-last and there is no activation (result == nullptr), else
+// written to g_image (result_image is scratch). Adds the image's sums of g to bias_sums (C values)
+// when given: in scalar_t per output row, then in double.
+template <typename scalar_t>
+const scalar_t* image_gradient(const Dense& grad_output, const Dense* result, Activation activation,
+                               const Vec<scalar_t>& slope, int64_t n, scalar_t* g_image,
+                               scalar_t* result_image, double* bias_sums) {
+  const int64_t C = grad_output.channels(), out_h = grad_output.tensor.size(2),
+                out_w = grad_output.tensor.size(3);
+  const scalar_t* go = image_rows(grad_output, n, g_image);
+  if (result != nullptr) {
+    const scalar_t* res = image_rows(*result, n, result_image);
+    chain_activation_grad(out_h * out_w * C, go, res, g_image, activation, slope);
+    go = g_image;
+  }
+  if (bias_sums != nullptr) {
+    thread_local std::vector<scalar_t> row_sums;
+    row_sums.resize(C);
+    for (int64_t oh = 0; oh < out_h; ++oh) {
+      std::fill(row_sums.begin(), row_sums.end(), scalar_t(0));
+      const scalar_t* row = go + oh * out_w * C;
+      for (int64_t ow = 0; ow < out_w; ++ow) {
+        for (int64_t c = 0; c < C; ++c) row_sums[c] += row[ow * C + c];
+      }
+      for (int64_t c = 0; c < C; ++c) bias_sums[c] += row_sums[c];
+    }
+  }
+  return go;
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -560,6 +594,413 @@ void planar_backward(const Geometry& g, const at::Tensor& grad_output, const at:
 }
 
 // ------------------------------------------------------------------------------------------------
+// Winograd path: stride 2, a 4 x 4 kernel, padding 1, no output padding, dilation or groups (the
+// output is twice the input's size): the DCGAN generator's layers. Sub-pixel phase (a, b) of the
+// output is a 2 x 2 correlation of the input (x is 0 outside the image; x @ w: a pixel's C_in
+// values times that tap's (C_in, C_out) matrix):
+//   out[2i + a][2j + b] = sum over t, u in {0, 1} of
+//                         x[i + a - 1 + t][j + b - 1 + u] @ w[3 - a - 2t][3 - b - 2u].
+// Winograd's minimal filtering F(4 x 4, 2 x 2) computes a 4 x 4 tile of a phase from the 5 x 5
+// input tile d under it with 25 tap-matrix products instead of 64:
+//   Y = A^T [U (*) V] A,  V = B^T d B,  U = G g G^T  (g: the phase's 2 x 2 taps),
+// where (*) multiplies entry by entry, each entry's product being a (C_in, C_out) matrix product:
+// for each of the 4 phases x 25 entries one GEMM of the tiles' V (tiles, C_in) by U (C_in, C_out),
+// batched. So the GEMMs do 25/64 of the direct method's multiply-adds; the transforms are
+// elementwise passes over channel vectors. The backward is the adjoint, with the same GEMMs:
+//   dM = A dY A^T;  grad_d = B [dM @ U^T] B^T (overlap-added into grad_input);
+//   dU = sum over tiles of V^T @ dM;  grad_g = G^T dU G.
+namespace winograd {
+
+constexpr int kTile = 4;                   // outputs of a phase per tile and axis
+constexpr int kSpan = kTile + 1;           // inputs per tile and axis (the 2-tap filter's overlap)
+constexpr int kEntries = kSpan * kSpan;    // products per tile and phase
+constexpr int kPhases = 4;
+constexpr int kProducts = kPhases * kEntries;  // GEMMs in the batch
+
+// Points 0, 1, -1, 2 and infinity. B^T's rows are scaled to integers and G's rows divided by the
+// same factors, so the input transforms are exact and the fractions stay in the weight's transform.
+constexpr double kInputTransform[kSpan][kSpan] = {  // B^T
+    {2, -1, -2, 1, 0}, {0, 2, 1, -1, 0}, {0, -2, 3, -1, 0}, {0, -1, 0, 1, 0}, {0, 2, -1, -2, 1}};
+constexpr double kFilterTransform[kSpan][2] = {  // G
+    {1.0 / 2, 0}, {1.0 / 2, 1.0 / 2}, {1.0 / 6, -1.0 / 6}, {1.0 / 6, 1.0 / 3}, {0, 1}};
+constexpr double kOutputTransform[kTile][kSpan] = {  // A^T
+    {1, 1, 1, 1, 0}, {0, 1, -1, 2, 0}, {0, 1, 1, 4, 0}, {0, 1, -1, 8, 1}};
+
+// V, M or dM entries per block of images (16 MiB of float32).
+constexpr int64_t kBlockEntries = 1 << 22;
+// Below these the transforms cost more than the GEMMs save: channel counts (the transforms' work
+// per GEMM multiply-add grows as 1 / channels), and tiles in the batch per channel (every GEMM reads
+// all of U, 6.25 times the weight's size: with few tiles, e.g. a 4 x 4 input, it would stream U at
+// a few multiply-adds per value, slower than the direct method's single pass over the weight).
+constexpr int64_t kMinChannels = 16;
+
+bool applies(const Geometry& g) {
+  const int64_t tiles = g.batch * ((g.in_h + kTile - 1) / kTile) * ((g.in_w + kTile - 1) / kTile);
+  return g.stride_h == 2 && g.stride_w == 2 && g.kernel_h == 4 && g.kernel_w == 4 &&
+         g.padding_h == 1 && g.padding_w == 1 && g.out_h == 2 * g.in_h &&
+         g.out_w == 2 * g.in_w && g.dilation_h == 1 && g.dilation_w == 1 && g.groups == 1 &&
+         std::min(g.in_channels, g.out_channels) >= kMinChannels &&
+         tiles >= std::max(g.in_channels, g.out_channels);
+}
+
+// out = m in m^T for a coefficient table m of R x S (Adjoint: out = m^T in m, m of S x R). The
+// loops unroll fully, so the coefficients are constants and the zeros and +-1 cost nothing.
+template <int R, int S, bool Adjoint, typename V, typename Table>
+inline __attribute__((always_inline)) void transform(const Table& m, const V (&in)[S][S],
+                                                     V (&out)[R][R]) {
+  const auto coefficient = [&](int r, int k) { return Adjoint ? m[k][r] : m[r][k]; };
+  // sum over k of coefficient(r, k) * value, skipping zeros and multiplications by +-1.
+  const auto combine = [&](int r, const auto& value) {
+    V sum(0);
+#pragma GCC unroll 8
+    for (int k = 0; k < S; ++k) {
+      const double c = coefficient(r, k);
+      if (c == 1) sum = sum + value(k);
+      else if (c == -1) sum = sum - value(k);
+      else if (c != 0) sum = at::vec::fmadd(value(k), V(static_cast<typename V::value_type>(c)), sum);
+    }
+    return sum;
+  };
+  V half[R][S];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 8
+    for (int s = 0; s < S; ++s) half[r][s] = combine(r, [&](int k) { return in[k][s]; });
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 8
+    for (int s = 0; s < R; ++s) out[r][s] = combine(s, [&](int k) { return half[r][k]; });
+  }
+}
+
+// Tiles of a block of images: `images` images of `height` x `width` pixels, ceil(size / 4) tiles
+// per axis, tile t of image n at row n * per_image + t of the GEMM operands.
+struct Tiling {
+  int64_t height, width, tiles_h, tiles_w, per_image;
+  Tiling(int64_t h, int64_t w)
+      : height(h), width(w), tiles_h((h + kTile - 1) / kTile), tiles_w((w + kTile - 1) / kTile),
+        per_image(tiles_h * tiles_w) {}
+  int64_t images_per_block(int64_t channels, int64_t batch) const {
+    return std::clamp<int64_t>(kBlockEntries / (kProducts * per_image * channels), 1, batch);
+  }
+};
+
+// A (kProducts, rows, C) GEMM operand whose rows are a block's tiles; `stride` is its allocated
+// rows per product.
+template <typename scalar_t>
+struct Operand {
+  scalar_t* data;
+  int64_t stride, channels;
+  scalar_t* at(int64_t product, int64_t row) const {
+    return data + (product * stride + row) * channels;
+  }
+};
+
+// Scratch memory kept from call to call, per calling thread and use: these buffers are tens of
+// MiB, and glibc hands blocks that large back to the system when they are freed, so fresh ones
+// would cost a page fault per 4 KiB on every call (measured: up to twice the op's time).
+enum class Scratch : int { kWeight, kTiles, kProducts, kInputRows, kOutputRows, kResultRows,
+                           kWeightGradient, kCount };
+
+at::Tensor scratch(Scratch use, at::IntArrayRef sizes, const at::TensorOptions& options) {
+  thread_local std::array<at::Tensor, static_cast<int>(Scratch::kCount)> buffers;
+  at::Tensor& buffer = buffers[static_cast<int>(use)];
+  const int64_t bytes = c10::multiply_integers(sizes) * options.dtype().itemsize();
+  if (!buffer.defined() || buffer.numel() < bytes) {
+    buffer = at::empty({bytes}, options.dtype(at::kByte));
+  }
+  return at::from_blob(buffer.data_ptr(), sizes, options);
+}
+
+// (kProducts, 16): row (phase a, b, entry xi, nu) holds U's coefficients of the weight's 16 taps
+// (kh, kw): G[xi][t] * G[nu][u] for the phase's taps kh = 3 - a - 2t, kw = 3 - b - 2u, else 0.
+at::Tensor filter_transform(const at::TensorOptions& options) {
+  std::vector<double> table(kProducts * 16, 0.0);
+  for (int phase = 0; phase < kPhases; ++phase) {
+    for (int e = 0; e < kEntries; ++e) {
+      for (int t = 0; t < 2; ++t) {
+        for (int u = 0; u < 2; ++u) {
+          const int tap = (3 - phase / 2 - 2 * t) * 4 + (3 - phase % 2 - 2 * u);
+          table[(phase * kEntries + e) * 16 + tap] =
+              kFilterTransform[e / kSpan][t] * kFilterTransform[e % kSpan][u];
+        }
+      }
+    }
+  }
+  return at::tensor(table, options.dtype(at::kDouble)).view({kProducts, 16}).to(options.dtype());
+}
+
+// U of every phase and entry: (kProducts, C_in, C_out) GEMM operands, from the weight as
+// (C_in * C_out, 16) rows of taps.
+at::Tensor transformed_weight(const at::Tensor& weight) {
+  const int64_t C_in = weight.size(0), C_out = weight.size(1);
+  at::Tensor u = scratch(Scratch::kWeight, {kProducts, C_in * C_out}, weight.options());
+  at::mm_out(u, filter_transform(weight.options()), weight.reshape({C_in * C_out, 16}).t());
+  return u.view({kProducts, C_in, C_out});
+}
+
+// grad_weight = G^T dU G for the weight's taps: the adjoint of transformed_weight.
+at::Tensor weight_gradient(const at::Tensor& transformed_gradient, int64_t C_in, int64_t C_out) {
+  return at::mm(transformed_gradient.view({kProducts, C_in * C_out}).t(),
+                filter_transform(transformed_gradient.options()))
+      .view({C_in, C_out, 4, 4});
+}
+
+// A block's (kProducts, rows, channels) GEMM operand in scratch memory, both as a tensor and as
+// the transforms' Operand.
+template <typename scalar_t>
+std::pair<at::Tensor, Operand<scalar_t>> block_operand(Scratch use, int64_t rows, int64_t channels,
+                                                       const at::TensorOptions& options) {
+  const at::Tensor operand = scratch(use, {kProducts, rows, channels}, options);
+  return {operand, Operand<scalar_t>{operand.mutable_data_ptr<scalar_t>(), rows, channels}};
+}
+
+// Fills a GEMM operand: for every tile and phase of `images` images and every vector of channels,
+// transformed(n, tile_h, tile_w, phase, c, count, out) computes the kSpan x kSpan entries of
+// image n's tile whose top-left output of the phase is at (tile_h, tile_w) in the phase's grid.
+template <typename scalar_t, typename Transformed>
+void fill_operand(const Tiling& tiling, int64_t images, const Operand<scalar_t>& operand,
+                  const Transformed& transformed) {
+  using Vector = Vec<scalar_t>;
+  const int64_t C = operand.channels;
+  parallel_tasks(images * tiling.per_image, kProducts * C, [&](int64_t row) {
+    const int64_t n = row / tiling.per_image, tile = row % tiling.per_image;
+    const int64_t tile_h = tile / tiling.tiles_w * kTile, tile_w = tile % tiling.tiles_w * kTile;
+    for (int phase = 0; phase < kPhases; ++phase) {
+      for (int64_t c = 0; c < C; c += Vector::size()) {
+        const int64_t count = std::min<int64_t>(Vector::size(), C - c);
+        Vector entries[kSpan][kSpan];
+        transformed(n, tile_h, tile_w, phase, c, count, entries);
+        for (int e = 0; e < kEntries; ++e) {
+          entries[e / kSpan][e % kSpan].store(operand.at(phase * kEntries + e, row) + c, count);
+        }
+      }
+    }
+  });
+}
+
+// V = B^T d B of every tile and phase of `images` images given as dense rows (n, h, w) of C values
+// (the tile d of phase (a, b) starts at input pixel (tile_h + a - 1, tile_w + b - 1)).
+template <typename scalar_t>
+void transform_inputs(const Tiling& tiling, int64_t images, const scalar_t* rows,
+                      const Operand<scalar_t>& v) {
+  using Vector = Vec<scalar_t>;
+  const int64_t C = v.channels, H = tiling.height, W = tiling.width;
+  fill_operand(tiling, images, v, [&](int64_t n, int64_t tile_h, int64_t tile_w, int phase,
+                                      int64_t c, int64_t count, Vector (&entries)[kSpan][kSpan]) {
+    const scalar_t* image = rows + n * H * W * C;
+    Vector d[kSpan][kSpan];
+    for (int p = 0; p < kSpan; ++p) {
+      for (int q = 0; q < kSpan; ++q) {
+        const int64_t h = tile_h + phase / 2 - 1 + p, w = tile_w + phase % 2 - 1 + q;
+        d[p][q] = h >= 0 && h < H && w >= 0 && w < W
+                      ? Vector::loadu(image + (h * W + w) * C + c, count)
+                      : Vector(0);
+      }
+    }
+    transform<kSpan, kSpan, false>(kInputTransform, d, entries);
+  });
+}
+
+// dM = A dY A^T of every tile and phase from the output gradient g, dense rows (n, oh, ow) of C.
+template <typename scalar_t>
+void transform_output_gradients(const Tiling& tiling, int64_t images, const scalar_t* g,
+                                const Operand<scalar_t>& dm) {
+  using Vector = Vec<scalar_t>;
+  const int64_t C = dm.channels, H = tiling.height, W = tiling.width;
+  fill_operand(tiling, images, dm, [&](int64_t n, int64_t tile_h, int64_t tile_w, int phase,
+                                       int64_t c, int64_t count, Vector (&entries)[kSpan][kSpan]) {
+    const scalar_t* image = g + n * 4 * H * W * C;
+    Vector dy[kTile][kTile];
+    for (int i = 0; i < kTile; ++i) {
+      for (int j = 0; j < kTile; ++j) {
+        const int64_t h = tile_h + i, w = tile_w + j;
+        const int64_t oh = 2 * h + phase / 2, ow = 2 * w + phase % 2;
+        dy[i][j] = h < H && w < W ? Vector::loadu(image + (oh * 2 * W + ow) * C + c, count)
+                                  : Vector(0);
+      }
+    }
+    transform<kSpan, kTile, true>(kOutputTransform, dy, entries);
+  });
+}
+
+// The forward's epilogue: out = activation(A^T M A + bias) of every tile and phase, written as dense
+// rows (n, oh, ow) of C values.
+template <typename scalar_t>
+void transform_outputs(const Tiling& tiling, int64_t images, const Operand<scalar_t>& m,
+                       const scalar_t* bias, Activation activation, scalar_t negative_slope,
+                       scalar_t* out) {
+  using Vector = Vec<scalar_t>;
+  const int64_t C = m.channels, H = tiling.height, W = tiling.width;
+  const Vector slope(negative_slope);
+  parallel_tasks(images * tiling.per_image, kProducts * C, [&](int64_t row) {
+    const int64_t n = row / tiling.per_image, tile = row % tiling.per_image;
+    scalar_t* image = out + n * 4 * H * W * C;
+    for (int phase = 0; phase < kPhases; ++phase) {
+      const int64_t h0 = tile / tiling.tiles_w * kTile, w0 = tile % tiling.tiles_w * kTile;
+      for (int64_t c = 0; c < C; c += Vector::size()) {
+        const int64_t count = std::min<int64_t>(Vector::size(), C - c);
+        const Vector b = bias != nullptr ? Vector::loadu(bias + c, count) : Vector(0);
+        Vector products[kSpan][kSpan], y[kTile][kTile];
+        for (int e = 0; e < kEntries; ++e) {
+          products[e / kSpan][e % kSpan] = Vector::loadu(m.at(phase * kEntries + e, row) + c, count);
+        }
+        transform<kTile, kSpan, false>(kOutputTransform, products, y);
+        for (int i = 0; i < kTile; ++i) {
+          for (int j = 0; j < kTile; ++j) {
+            const int64_t h = h0 + i, w = w0 + j;
+            if (h >= H || w >= W) continue;
+            const int64_t oh = 2 * h + phase / 2, ow = 2 * w + phase % 2;
+            activate(activation, y[i][j] + b, slope).store(image + (oh * 2 * W + ow) * C + c, count);
+          }
+        }
+      }
+    }
+  });
+}
+
+// grad_d = B dV B^T of every tile and phase of image n (row `first` of dv onwards), overlap-added
+// into `rows`, its dense rows (h, w) of C values (zeroed here).
+template <typename scalar_t>
+void add_input_gradients(const Tiling& tiling, const Operand<scalar_t>& dv, int64_t first,
+                         scalar_t* rows) {
+  using Vector = Vec<scalar_t>;
+  const int64_t C = dv.channels, H = tiling.height, W = tiling.width;
+  std::fill_n(rows, H * W * C, scalar_t(0));
+  for (int64_t tile = 0; tile < tiling.per_image; ++tile) {
+    for (int phase = 0; phase < kPhases; ++phase) {
+      const int64_t h0 = tile / tiling.tiles_w * kTile + phase / 2 - 1;
+      const int64_t w0 = tile % tiling.tiles_w * kTile + phase % 2 - 1;
+      for (int64_t c = 0; c < C; c += Vector::size()) {
+        const int64_t count = std::min<int64_t>(Vector::size(), C - c);
+        Vector products[kSpan][kSpan], dd[kSpan][kSpan];
+        for (int e = 0; e < kEntries; ++e) {
+          products[e / kSpan][e % kSpan] =
+              Vector::loadu(dv.at(phase * kEntries + e, first + tile) + c, count);
+        }
+        transform<kSpan, kSpan, true>(kInputTransform, products, dd);
+        for (int p = 0; p < kSpan; ++p) {
+          for (int q = 0; q < kSpan; ++q) {
+            const int64_t h = h0 + p, w = w0 + q;
+            if (h < 0 || h >= H || w < 0 || w >= W) continue;
+            scalar_t* pixel = rows + (h * W + w) * C + c;
+            (Vector::loadu(pixel, count) + dd[p][q]).store(pixel, count);
+          }
+        }
+      }
+    }
+  }
+}
+
+template <typename scalar_t>
+void forward(const Geometry& g, const Dense& x, const at::Tensor& weight, const at::Tensor& bias,
+             Activation activation, scalar_t negative_slope, const at::Tensor& out,
+             bool out_channels_last) {
+  const Tiling tiling(g.in_h, g.in_w);
+  const int64_t C_in = g.in_channels, C_out = g.out_channels;
+  const int64_t in_image = g.in_h * g.in_w * C_in, out_image = g.out_h * g.out_w * C_out;
+  const int64_t most = tiling.images_per_block(std::max(C_in, C_out), g.batch);
+  const at::TensorOptions options = out.options();
+  const at::Tensor u = transformed_weight(weight);
+  const at::Tensor x_buffer = scratch(Scratch::kInputRows, {x.channels_last ? 0 : most * in_image},
+                                      options);
+  const at::Tensor out_buffer =
+      scratch(Scratch::kOutputRows, {out_channels_last ? 0 : most * out_image}, options);
+  scalar_t* out_data = out.mutable_data_ptr<scalar_t>();
+  for (int64_t first = 0; first < g.batch; first += most) {
+    const int64_t last = std::min(g.batch, first + most), images = last - first;
+    const int64_t rows = images * tiling.per_image;
+    const auto [v, v_operand] = block_operand<scalar_t>(Scratch::kTiles, rows, C_in, options);
+    auto [m, m_operand] = block_operand<scalar_t>(Scratch::kProducts, rows, C_out, options);
+    transform_inputs(tiling, images,
+                     rows_of(x, first, last, x_buffer.mutable_data_ptr<scalar_t>()), v_operand);
+    at::bmm_out(m, v, u);
+    scalar_t* out_rows = out_channels_last ? out_data + first * out_image
+                                           : out_buffer.mutable_data_ptr<scalar_t>();
+    transform_outputs(tiling, images, m_operand,
+                      bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr, activation,
+                      negative_slope, out_rows);
+    if (!out_channels_last) {
+      parallel_tasks(images, out_image, [&](int64_t i) {
+        transpose_plane(out_rows + i * out_image, out_data + (first + i) * out_image,
+                        g.out_h * g.out_w, C_out);
+      });
+    }
+  }
+}
+
+// grad_input (when defined), grad_weight (when given; (C_in, C_out, 4, 4)) and the bias sums.
+template <typename scalar_t>
+void backward(const Geometry& g, const Dense& grad_output, const Dense* result, const Dense& x,
+              const at::Tensor& weight, Activation activation, scalar_t negative_slope,
+              const at::Tensor& grad_input, at::Tensor* grad_weight,
+              std::vector<double>* grad_bias) {
+  const Tiling tiling(g.in_h, g.in_w);
+  const int64_t C_in = g.in_channels, C_out = g.out_channels;
+  const int64_t in_image = g.in_h * g.in_w * C_in, out_image = g.out_h * g.out_w * C_out;
+  const bool want_input = grad_input.defined(), want_weight = grad_weight != nullptr;
+  const int64_t most = tiling.images_per_block(std::max(C_in, C_out), g.batch);
+  const at::TensorOptions options = grad_output.tensor.options();
+  const Vec<scalar_t> slope(negative_slope);
+  const bool g_in_place = grad_output.channels_last && result == nullptr;
+  const at::Tensor u = want_input ? transformed_weight(weight) : at::Tensor();
+  const at::Tensor du = want_weight
+      ? scratch(Scratch::kWeightGradient, {kProducts, C_in, C_out}, options).zero_()
+      : at::Tensor();
+  const at::Tensor g_buffer =
+      scratch(Scratch::kOutputRows, {g_in_place ? 0 : most * out_image}, options);
+  const at::Tensor result_buffer =
+      scratch(Scratch::kResultRows, {result != nullptr ? most * out_image : 0}, options);
+  const at::Tensor x_buffer = scratch(
+      Scratch::kInputRows, {want_weight && !x.channels_last ? most * in_image : 0}, options);
+  std::vector<double> image_sums(grad_bias != nullptr ? g.batch * C_out : 0);
+  scalar_t* grad_input_data = want_input ? grad_input.mutable_data_ptr<scalar_t>() : nullptr;
+  const bool grad_input_channels_last = want_input && stored_channels_last(grad_input);
+  for (int64_t first = 0; first < g.batch; first += most) {
+    const int64_t last = std::min(g.batch, first + most), images = last - first;
+    const int64_t rows = images * tiling.per_image;
+    parallel_tasks(images, out_image, [&](int64_t i) {
+      image_gradient(grad_output, result, activation, slope, first + i,
+                     g_in_place ? nullptr : g_buffer.mutable_data_ptr<scalar_t>() + i * out_image,
+                     result != nullptr ? result_buffer.mutable_data_ptr<scalar_t>() + i * out_image
+                                       : nullptr,
+                     grad_bias != nullptr ? image_sums.data() + (first + i) * C_out : nullptr);
+    });
+    if (!want_input && !want_weight) continue;
+    const scalar_t* g_rows = g_in_place
+        ? grad_output.tensor.const_data_ptr<scalar_t>() + first * out_image
+        : g_buffer.const_data_ptr<scalar_t>();
+    const auto [dm, dm_operand] = block_operand<scalar_t>(Scratch::kProducts, rows, C_out, options);
+    // V for grad_weight, then dV for grad_input.
+    auto [v, v_operand] = block_operand<scalar_t>(Scratch::kTiles, rows, C_in, options);
+    transform_output_gradients(tiling, images, g_rows, dm_operand);
+    if (want_weight) {
+      transform_inputs(tiling, images,
+                       rows_of(x, first, last, x_buffer.mutable_data_ptr<scalar_t>()), v_operand);
+      du.baddbmm_(v.transpose(1, 2), dm);
+    }
+    if (want_input) {
+      at::bmm_out(v, dm, u.transpose(1, 2));
+      parallel_tasks(images, kProducts * tiling.per_image * C_in, [&](int64_t i) {
+        scalar_t* image = grad_input_data + (first + i) * in_image;
+        thread_local std::vector<scalar_t> rows_buffer;
+        rows_buffer.resize(grad_input_channels_last ? 0 : in_image);
+        scalar_t* image_rows = grad_input_channels_last ? image : rows_buffer.data();
+        add_input_gradients(tiling, v_operand, i * tiling.per_image, image_rows);
+        if (!grad_input_channels_last) transpose_plane(image_rows, image, g.in_h * g.in_w, C_in);
+      });
+    }
+  }
+  if (want_weight) *grad_weight = weight_gradient(du, C_in, C_out);
+  if (grad_bias != nullptr) {
+    for (int64_t i = 0; i < g.batch * C_out; ++i) (*grad_bias)[i % C_out] += image_sums[i];
+  }
+}
+
+}  // namespace winograd
+
+// ------------------------------------------------------------------------------------------------
 // Forward
 
 template <typename scalar_t>
@@ -679,6 +1120,13 @@ at::Tensor conv_transpose2d(const at::Tensor& input, const at::Tensor& weight,
     });
     return out;
   }
+  if (winograd::applies(g)) {
+    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "conv_transpose2d", [&] {
+      winograd::forward<scalar_t>(g, x, weight, bias_c, activation,
+                                  static_cast<scalar_t>(negative_slope), out, x.channels_last);
+    });
+    return out;
+  }
   const at::Tensor packed = pack_weight(weight, g);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "conv_transpose2d", [&] {
     forward_kernel<scalar_t>(g, x, packed, bias_c, activation,
@@ -713,30 +1161,9 @@ void backward_kernel(const Geometry& g, const Dense& grad_output, const Dense* r
   const bool g_in_place = grad_output.channels_last && result == nullptr;
   std::vector<double> image_sums(grad_bias != nullptr ? g.batch * C : 0);
 
-  // Image n's g = grad_output * activation'(result), as rows (oh, ow) of C: in place, or written
-  // to g_image (result_image is scratch). Also grad_bias's sums for the image: in scalar_t per
-  // output row, then in double.
   const auto image_g = [&](int64_t n, scalar_t* g_image, scalar_t* result_image) {
-    const scalar_t* go = image_rows(grad_output, n, g_image);
-    if (result != nullptr) {
-      const scalar_t* res = image_rows(*result, n, result_image);
-      chain_activation_grad(out_image, go, res, g_image, activation, slope);
-      go = g_image;
-    }
-    if (grad_bias != nullptr) {
-      double* sums = image_sums.data() + n * C;
-      thread_local std::vector<scalar_t> row_sums;
-      row_sums.resize(C);
-      for (int64_t oh = 0; oh < g.out_h; ++oh) {
-        std::fill(row_sums.begin(), row_sums.end(), scalar_t(0));
-        const scalar_t* row = go + oh * g.out_w * C;
-        for (int64_t ow = 0; ow < g.out_w; ++ow) {
-          for (int64_t c = 0; c < C; ++c) row_sums[c] += row[ow * C + c];
-        }
-        for (int64_t c = 0; c < C; ++c) sums[c] += row_sums[c];
-      }
-    }
-    return go;
+    return image_gradient(grad_output, result, activation, slope, n, g_image, result_image,
+                          grad_bias != nullptr ? image_sums.data() + n * C : nullptr);
   };
   // G_col[(ih, iw), (group, kh, kw, co)] for input row ih of an image, from the image's g: the
   // adjoint of the forward's epilogue.
@@ -883,8 +1310,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose2d_backward(
   // grad_weight's sum: in the weight's own layout (C_in, C_out/groups * taps) on the planar path,
   // packed per group on the others.
   const bool planar_path = planar(g, input);
+  const bool winograd_path = !planar_path && winograd::applies(g) && g.batch > 0;
   const at::Tensor grad_weight_sum =
-      !want_weight ? at::Tensor()
+      !want_weight || winograd_path ? at::Tensor()
       : planar_path ? at::zeros({g.in_channels, g.out_per_group() * g.taps()}, input.options())
                     : at::zeros({g.groups, g.in_per_group(), g.taps() * g.out_per_group()},
                                 input.options());
@@ -904,8 +1332,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose2d_backward(
       const Dense go(grad_output);
       const std::optional<Dense> res =
           activation != Activation::kNone ? std::optional<Dense>(Dense(result)) : std::nullopt;
-      const at::Tensor packed = want_input ? pack_weight(weight, g) : at::Tensor();
       AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "conv_transpose2d_backward", [&] {
+        if (winograd_path) {
+          winograd::backward<scalar_t>(g, go, res ? &*res : nullptr, x, weight, activation,
+                                       static_cast<scalar_t>(negative_slope),
+                                       want_input ? grad_input : at::Tensor(),
+                                       want_weight ? &grad_weight : nullptr,
+                                       want_bias ? &bias_sums : nullptr);
+          return;
+        }
+        const at::Tensor packed = want_input ? pack_weight(weight, g) : at::Tensor();
         backward_kernel<scalar_t>(g, go, res ? &*res : nullptr, x, packed, activation,
                                   static_cast<scalar_t>(negative_slope),
                                   want_input ? grad_input : at::Tensor(), grad_weight_sum,
@@ -913,7 +1349,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose2d_backward(
       });
     }
   }
-  if (want_weight) {
+  if (want_weight && !winograd_path) {
     grad_weight = planar_path ? grad_weight_sum.view(weight.sizes())
                               : unpack_weight(grad_weight_sum, g);
   }
