@@ -113,11 +113,13 @@ def test_input_gradient_alone_skips_the_weight_gradient(weight_shape, engine):
 
 @pytest.mark.skipif(fastgan._backend.extension is None, reason="fastgan's kernels are not built")
 def test_shape_chooses_the_engine():
-    """fastgan's kernels serve the input gradient of few-channel images, and all three parts of
-    a convolution to a map of at most 4x4 pixels with a long reduction (the DCGAN
-    discriminator's 256 -> 512 layer); torch's serve the rest (its 128 -> 256 layer)."""
+    """fastgan's kernels serve the input gradient of few-channel images, all three parts of a
+    convolution to a map of at most 4x4 pixels with a long reduction (the DCGAN
+    discriminator's 256 -> 512 layer) and of the 128 -> 256 layer in batches with enough 4x4
+    tiles for the Winograd path (64 images; not 8); torch's serve the rest."""
     cases = [((2, 3, 16, 16), (8, 3, 4, 4), 1), ((2, 256, 8, 8), (16, 256, 4, 4), 3),
-             ((2, 128, 16, 16), (16, 128, 4, 4), 0)]
+             ((2, 128, 16, 16), (16, 128, 4, 4), 0), ((64, 128, 16, 16), (256, 128, 4, 4), 3),
+             ((8, 128, 16, 16), (256, 128, 4, 4), 0)]
     for input_shape, weight_shape, fastgan_calls in cases:
         x, w, b = _leaves("cpu", input_shape, weight_shape, "channels_last", bias=False)
         with _WeightGradients() as recorder:
@@ -126,6 +128,26 @@ def test_shape_chooses_the_engine():
             grad_x.square().sum().backward()
         assert recorder.fastgan_calls >= fastgan_calls, (input_shape, weight_shape)
         assert (recorder.fastgan_calls == 0) == (fastgan_calls == 0), (input_shape, weight_shape)
+
+
+@pytest.mark.skipif(fastgan._backend.extension is None, reason="fastgan's kernels are not built")
+def test_winograd_choice_is_the_kernels_path():
+    """Where _own_kernels counts on the Winograd path, the kernels take it (the only path with
+    batched GEMMs) in each of the three parts, with torch's results."""
+    x, w, _ = _leaves("cpu", (64, 128, 16, 16), (256, 128, 4, 4), "channels_last", bias=False)
+    geometry = ([2, 2], [1, 1], [1, 1], 1)
+    assert conv2d_module._own_kernels(x, w, geometry) == (True, True, True)
+    g = torch.randn(64, 256, 8, 8, dtype=x.dtype).to(memory_format=torch.channels_last)
+    parts = {"forward": lambda own: conv2d_module._forward(x, w, None, geometry, own),
+             "input gradient": lambda own: conv2d_module._input_grad(g, x, w, geometry, own),
+             "weight gradient": lambda own: conv2d_module._weight_grad(g, x, w, geometry, own)}
+    for part, run in parts.items():
+        with torch.no_grad(), torch.profiler.profile() as profile:
+            result = run(True)
+        keys = {e.key for e in profile.key_averages()}
+        assert keys & {"aten::bmm", "aten::baddbmm_"}, (part, keys)
+        with torch.no_grad():
+            assert_close(result, run(False))
 
 
 def test_module_is_nn_conv2d_computing_channels_last():
