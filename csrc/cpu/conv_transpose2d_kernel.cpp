@@ -15,8 +15,9 @@
 // Images with many pixels run one per task, all steps on one thread; small images run in blocks
 // of images with each step on all threads (see plan_work). NCHW operands are read transposed in
 // place by the GEMMs or transposed to rows in cache; channels-last ones are used in place. Results
-// take the input's layout. Two shapes take paths of their own: a 1x1 input (one GEMM, see
-// single_pixel) and NCHW operands with few output channels (the planar orientation, see planar).
+// take the input's layout. Three kinds of shapes take paths of their own: a 1x1 input (one GEMM,
+// see single_pixel), NCHW operands with few output channels (the planar orientation, see planar)
+// and stride 2 with a 4x4 kernel and padding 1 (Winograd's minimal filtering, see winograd).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
@@ -595,7 +596,8 @@ void planar_backward(const Geometry& g, const at::Tensor& grad_output, const at:
 
 // ------------------------------------------------------------------------------------------------
 // Winograd path: stride 2, a 4 x 4 kernel, padding 1, no output padding, dilation or groups (the
-// output is twice the input's size): the DCGAN generator's layers. Sub-pixel phase (a, b) of the
+// output is twice the input's size): the DCGAN generator's layers, and through fastgan.ops.conv2d
+// the discriminator's (their transposes). Sub-pixel phase (a, b) of the
 // output is a 2 x 2 correlation of the input (x is 0 outside the image; x @ w: a pixel's C_in
 // values times that tap's (C_in, C_out) matrix):
 //   out[2i + a][2j + b] = sum over t, u in {0, 1} of
