@@ -60,6 +60,25 @@ struct Dense {
   int64_t pixels() const { return tensor.size(2) * tensor.size(3); }
 };
 
+// Scratch memory kept from call to call, per calling thread and use: the kernels' buffers are
+// MiBs to tens of MiB, and glibc hands blocks that large back to the system when they are freed,
+// so fresh ones would cost a page fault per 4 KiB on every call (measured: up to twice the op's
+// time). Uses: the weight as a GEMM operand; the GEMMs' big operands (G_col or Z; Winograd's V
+// and M); image rows of the input, the output (or grad_output), the result and grad_input; a
+// weight gradient.
+enum class Scratch : int { kWeight, kTiles, kProducts, kInputRows, kOutputRows, kResultRows,
+                           kInputGradientRows, kWeightGradient, kCount };
+
+at::Tensor scratch(Scratch use, at::IntArrayRef sizes, const at::TensorOptions& options) {
+  thread_local std::array<at::Tensor, static_cast<int>(Scratch::kCount)> buffers;
+  at::Tensor& buffer = buffers[static_cast<int>(use)];
+  const int64_t bytes = c10::multiply_integers(sizes) * options.dtype().itemsize();
+  if (!buffer.defined() || buffer.numel() < bytes) {
+    buffer = at::empty({bytes}, options.dtype(at::kByte));
+  }
+  return at::from_blob(buffer.data_ptr(), sizes, options);
+}
+
 // dst[c][r] = src[r][c] for a rows x cols plane (vectorized in 16 x 16 tiles for float).
 template <typename scalar_t>
 void transpose_plane(const scalar_t* src, scalar_t* dst, int64_t rows, int64_t cols) {
@@ -699,22 +718,6 @@ struct Operand {
   }
 };
 
-// Scratch memory kept from call to call, per calling thread and use: these buffers are tens of
-// MiB, and glibc hands blocks that large back to the system when they are freed, so fresh ones
-// would cost a page fault per 4 KiB on every call (measured: up to twice the op's time).
-enum class Scratch : int { kWeight, kTiles, kProducts, kInputRows, kOutputRows, kResultRows,
-                           kWeightGradient, kCount };
-
-at::Tensor scratch(Scratch use, at::IntArrayRef sizes, const at::TensorOptions& options) {
-  thread_local std::array<at::Tensor, static_cast<int>(Scratch::kCount)> buffers;
-  at::Tensor& buffer = buffers[static_cast<int>(use)];
-  const int64_t bytes = c10::multiply_integers(sizes) * options.dtype().itemsize();
-  if (!buffer.defined() || buffer.numel() < bytes) {
-    buffer = at::empty({bytes}, options.dtype(at::kByte));
-  }
-  return at::from_blob(buffer.data_ptr(), sizes, options);
-}
-
 // (kProducts, 16): row (phase a, b, entry xi, nu) holds U's coefficients of the weight's 16 taps
 // (kh, kw): G[xi][t] * G[nu][u] for the phase's taps kh = 3 - a - 2t, kw = 3 - b - 2u, else 0.
 at::Tensor filter_transform(const at::TensorOptions& options) {
@@ -1074,13 +1077,15 @@ void forward_kernel(const Geometry& g, const Dense& x, const at::Tensor& packed,
     return;
   }
   const int64_t most_rows = plan.images_per_block * pixels;
-  std::vector<scalar_t> x_buffer(x.channels_last ? 0 : most_rows * g.in_channels);
-  const at::Tensor z_buffer = at::empty({most_rows, z_row}, out.options());
+  scalar_t* x_buffer =
+      scratch(Scratch::kInputRows, {x.channels_last ? 0 : most_rows * g.in_channels}, out.options())
+          .mutable_data_ptr<scalar_t>();
+  const at::Tensor z_buffer = scratch(Scratch::kProducts, {most_rows, z_row}, out.options());
   for (int64_t first = 0; first < g.batch; first += plan.images_per_block) {
     const int64_t last = std::min(g.batch, first + plan.images_per_block);
     const int64_t rows = (last - first) * pixels;
     const at::Tensor z = z_buffer.narrow(0, 0, rows);
-    gemm(at::from_blob(const_cast<scalar_t*>(rows_of(x, first, last, x_buffer.data())),
+    gemm(at::from_blob(const_cast<scalar_t*>(rows_of(x, first, last, x_buffer)),
                        {rows, g.in_channels}, out.options()),
          z);
     const scalar_t* z_data = z.const_data_ptr<scalar_t>();
@@ -1236,21 +1241,27 @@ void backward_kernel(const Geometry& g, const Dense& grad_output, const Dense* r
     }
   } else {
     const int64_t most = plan.images_per_block;
-    std::vector<scalar_t> g_buffer(g_in_place ? 0 : most * out_image);
-    std::vector<scalar_t> result_buffer(result != nullptr ? most * out_image : 0);
-    std::vector<scalar_t> x_buffer(want_weight && !x.channels_last ? most * in_image : 0);
-    std::vector<scalar_t> grad_input_buffer(want_input && !x.channels_last ? most * in_image : 0);
-    const at::Tensor col_buffer = at::empty({want_col ? most * pixels : 0, z_row}, options);
+    const auto buffer = [&](Scratch use, bool wanted, int64_t count) {
+      return scratch(use, {wanted ? count : 0}, options).mutable_data_ptr<scalar_t>();
+    };
+    scalar_t* g_buffer = buffer(Scratch::kOutputRows, !g_in_place, most * out_image);
+    scalar_t* result_buffer = buffer(Scratch::kResultRows, result != nullptr, most * out_image);
+    scalar_t* x_buffer = buffer(Scratch::kInputRows, want_weight && !x.channels_last,
+                                most * in_image);
+    scalar_t* grad_input_buffer = buffer(Scratch::kInputGradientRows,
+                                         want_input && !x.channels_last, most * in_image);
+    const at::Tensor col_buffer =
+        scratch(Scratch::kTiles, {want_col ? most * pixels : 0, z_row}, options);
     for (int64_t first = 0; first < g.batch; first += most) {
       const int64_t last = std::min(g.batch, first + most), images = last - first;
       const int64_t rows = images * pixels;
       // g of the block's images, one after another (in place in grad_output, or in g_buffer).
       const scalar_t* g_data = g_in_place
           ? grad_output.tensor.const_data_ptr<scalar_t>() + first * out_image
-          : g_buffer.data();
+          : g_buffer;
       parallel_tasks(images, out_image, [&](int64_t i) {
-        image_g(first + i, g_in_place ? nullptr : g_buffer.data() + i * out_image,
-                result != nullptr ? result_buffer.data() + i * out_image : nullptr);
+        image_g(first + i, g_in_place ? nullptr : g_buffer + i * out_image,
+                result != nullptr ? result_buffer + i * out_image : nullptr);
       });
       if (!want_col) continue;
       const at::Tensor col = col_buffer.narrow(0, 0, rows);
@@ -1260,18 +1271,17 @@ void backward_kernel(const Geometry& g, const Dense& grad_output, const Dense* r
         gather(g_data + i * out_image, col_data + i * pixels * z_row, task % g.in_h);
       });
       scalar_t* grad_rows = want_input
-          ? (x.channels_last ? grad_input_data + first * in_image : grad_input_buffer.data())
+          ? (x.channels_last ? grad_input_data + first * in_image : grad_input_buffer)
           : nullptr;
       gemms(col,
             want_input ? at::from_blob(grad_rows, {rows, g.in_channels}, options) : at::Tensor(),
-            want_weight ? at::from_blob(const_cast<scalar_t*>(rows_of(x, first, last,
-                                                                      x_buffer.data())),
+            want_weight ? at::from_blob(const_cast<scalar_t*>(rows_of(x, first, last, x_buffer)),
                                         {rows, g.in_channels}, options)
                         : at::Tensor(),
             grad_weight_packed);
       if (want_input && !x.channels_last) {
         parallel_tasks(images, in_image, [&](int64_t i) {
-          transpose_plane(grad_input_buffer.data() + i * in_image,
+          transpose_plane(grad_input_buffer + i * in_image,
                           grad_input_data + (first + i) * in_image, pixels, g.in_channels);
         });
       }
