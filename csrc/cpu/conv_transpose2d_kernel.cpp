@@ -649,19 +649,21 @@ constexpr double kOutputTransform[kTile][kSpan] = {  // A^T
 
 // V, M or dM entries per block of images (16 MiB of float32).
 constexpr int64_t kBlockEntries = 1 << 22;
-// Below these the transforms cost more than the GEMMs save: channel counts (the transforms' work
-// per GEMM multiply-add grows as 1 / channels), and tiles in the batch per channel (every GEMM reads
-// all of U, 6.25 times the weight's size: with few tiles, e.g. a 4 x 4 input, it would stream U at
-// a few multiply-adds per value, slower than the direct method's single pass over the weight).
-constexpr int64_t kMinChannels = 16;
+// Below these the transforms cost more than the GEMMs save (measured, forward+backward, 2 threads):
+// channel counts, as the transforms' work per GEMM multiply-add grows as 1 / channels (64 -> 32
+// channels: 5-10% slower than the direct method; 128 -> 64: 5-10% faster; 256 -> 128: 1.2-1.6x),
+// and tiles in the batch, the GEMMs' rows, as every GEMM reads all of U (6.25 times the weight's
+// size) at one multiply-add per value and row (512 -> 256 channels on 4x4 inputs: 1.2x faster
+// with 64 or 128 tiles, slower with 32 or fewer).
+constexpr int64_t kMinChannels = 64;
+constexpr int64_t kMinTiles = 64;
 
 bool applies(const Geometry& g) {
   const int64_t tiles = g.batch * ((g.in_h + kTile - 1) / kTile) * ((g.in_w + kTile - 1) / kTile);
   return g.stride_h == 2 && g.stride_w == 2 && g.kernel_h == 4 && g.kernel_w == 4 &&
          g.padding_h == 1 && g.padding_w == 1 && g.out_h == 2 * g.in_h &&
          g.out_w == 2 * g.in_w && g.dilation_h == 1 && g.dilation_w == 1 && g.groups == 1 &&
-         std::min(g.in_channels, g.out_channels) >= kMinChannels &&
-         tiles >= std::max(g.in_channels, g.out_channels);
+         std::min(g.in_channels, g.out_channels) >= kMinChannels && tiles >= kMinTiles;
 }
 
 // out = m in m^T for a coefficient table m of R x S (Adjoint: out = m^T in m, m of S x R). The

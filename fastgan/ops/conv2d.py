@@ -32,6 +32,7 @@ _FEW_INPUT_CHANNELS = 4
 # their Winograd path (25/64 of the multiply-adds), all three parts from 128 channels each way on
 # (the 128 -> 256 layer: 1.2-1.6x oneDNN; the 64 -> 128 one: 0.86-1.13x).
 _WINOGRAD_CHANNELS = 128
+_WINOGRAD_TILES = 64  # the kernels' own minimum
 
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
@@ -81,15 +82,14 @@ def _own_kernels(input, weight, geometry):
 def _winograd(input, weight, geometry, out_h, out_w):
     """Whether the transposed convolution behind this convolution takes the kernels' Winograd
     path (the conditions of winograd::applies in csrc/cpu/conv_transpose2d_kernel.cpp, with the
-    convolution's output as its input: at least as many 4x4 tiles of it in the batch as channels)
-    and has _WINOGRAD_CHANNELS."""
+    convolution's output as its input: at least 64 of its 4x4 tiles in the batch) and has
+    _WINOGRAD_CHANNELS."""
     stride, padding, dilation, groups = geometry
     if (list(stride), list(padding), list(dilation), groups) != ([2, 2], [1, 1], [1, 1], 1) or \
             tuple(weight.shape[2:]) != (4, 4) or (out_h * 2, out_w * 2) != tuple(input.shape[2:]):
         return False
     tiles = input.shape[0] * -(-out_h // 4) * -(-out_w // 4)
-    channels = weight.shape[:2]
-    return min(channels) >= _WINOGRAD_CHANNELS and tiles >= max(channels)
+    return min(weight.shape[:2]) >= _WINOGRAD_CHANNELS and tiles >= _WINOGRAD_TILES
 
 
 def _forward(input, weight, bias, geometry, own):
