@@ -82,5 +82,5 @@ def _run(device, dtype, min_run_time, precision):
     return (f"### ConvTranspose2d forward+backward, DCGAN-64 generator, batch {BATCH}, NCHW, "
             f"{device.type} {precision} (matmul: {peak:.0f} GFLOP/s)\n\n" + table(header, rows)
             + "\nGFLOP/s count the direct method's multiply-adds: on the CPU's Winograd path "
-            "(stride 2 with >= 16 channels and enough 4x4 tiles) fastgan does 25/64 of them, so "
-            "it can pass 100% of the matmul rate.\n")
+            "(stride 2, >= 64 channels, >= 64 4x4 tiles in the batch) fastgan does 25/64 of "
+            "them, so it can pass 100% of the matmul rate.\n")
