@@ -30,7 +30,7 @@ _LONG_REDUCTION = 2048
 _FEW_INPUT_CHANNELS = 4
 # And on layers with stride 2, a 4x4 kernel, padding 1 and an even map, where the kernels take
 # their Winograd path (25/64 of the multiply-adds), all three parts from 128 channels each way on
-# (the 128 -> 256 layer: 1.2-1.6x oneDNN; the 64 -> 128 one: 0.86-1.13x).
+# (the 128 -> 256 layer: 1.1-1.6x oneDNN; the 64 -> 128 one: 0.84-1.17x).
 _WINOGRAD_CHANNELS = 128
 _WINOGRAD_TILES = 64  # the kernels' own minimum
 
