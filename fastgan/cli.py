@@ -11,7 +11,8 @@ import fastgan
 
 # Defaults per dataset, tuned on a (shared) 2-core CPU with scripts/evaluate_recipes.py (lr is
 # both G's and D's; lr_decay_start: the fraction of the steps after which both fall linearly to
-# 0; 2D data uses fastgan's MLPs with the "mlp" arguments, images DCGAN with base_channels).
+# 0; 2D data uses fastgan's MLPs with the "mlp" arguments, images DCGAN with base_channels;
+# conditional: class-conditional models unless --no-conditional).
 RECIPES = {
     "ring": {"steps": 16000, "batch_size": 512, "loss": "non_saturating", "r1_gamma": 0.01,
              "r1_interval": 4, "ema": 0.999, "lr": 1e-3, "lr_decay_start": 0.25,
@@ -19,9 +20,9 @@ RECIPES = {
     "grid": {"steps": 16000, "batch_size": 512, "loss": "non_saturating", "r1_gamma": 0.05,
              "r1_interval": 4, "ema": 0.999, "lr": 1e-3, "lr_decay_start": 0.25,
              "mlp": {"hidden": 256, "layers": 3, "batch_norm": False}},
-    "digits": {"steps": 20000, "batch_size": 128, "loss": "non_saturating", "r1_gamma": 1.0,
+    "digits": {"steps": 10000, "batch_size": 128, "loss": "non_saturating", "r1_gamma": 1.0,
                "r1_interval": 4, "ema": 0.999, "lr": 5e-4, "lr_decay_start": 0.5,
-               "image_size": 16, "base_channels": 32},
+               "image_size": 16, "base_channels": 32, "conditional": True},
     "folder": {"steps": 20000, "batch_size": 64, "loss": "non_saturating", "r1_gamma": 0.0,
                "r1_interval": 16, "ema": 0.999, "lr": 2e-4, "image_size": 64,
                "base_channels": 64},
@@ -44,10 +45,12 @@ def _build(args, recipe):
     """(data, generator, discriminator, evaluate, modes) for the requested dataset; every bad
     argument fails here, before training."""
     kind = args.data if args.data in ("ring", "grid", "digits") else "folder"
+    conditional = (recipe.get("conditional", False) if args.conditional is None
+                   else args.conditional)
     if kind in ("ring", "grid"):
         if args.image_size is not None or args.channels is not None:
             raise ValueError(f"--image-size and --channels apply to image data, not {kind}")
-        if args.conditional:
+        if conditional:
             raise ValueError(f"--conditional needs labelled data; {kind} has no labels")
         data, means, std = _mixture(kind, args.seed)
 
@@ -76,10 +79,10 @@ def _build(args, recipe):
                              "ring, grid or a folder of images)")
         data = fastgan.data.ImageFolder(args.data, image_size, channels)
         num_classes, evaluate = data.num_classes, None
-        if args.conditional and not num_classes:
+        if conditional and not num_classes:
             raise ValueError(f"--conditional needs labelled data: {args.data} has no class "
                              "subfolders")
-    num_classes = num_classes if args.conditional else 0
+    num_classes = num_classes if conditional else 0
     generator = fastgan.models.DCGANGenerator(
         z_dim=100, out_channels=channels, image_size=image_size, num_classes=num_classes,
         base_channels=recipe["base_channels"])
@@ -182,8 +185,9 @@ def build_parser():
     train.add_argument("--loss", choices=fastgan.losses.KINDS)
     train.add_argument("--r1-gamma", type=float)
     train.add_argument("--ema", type=float, help="EMA decay of the generator (0: no EMA)")
-    train.add_argument("--conditional", action="store_true",
-                       help="class-conditional models (needs labelled data)")
+    train.add_argument("--conditional", action=argparse.BooleanOptionalAction,
+                       help="class-conditional models (needs labelled data; default: the "
+                            "recipe's, conditional for digits)")
     train.add_argument("--image-size", type=int, help="16, 32, 64 or 128 (image data)")
     train.add_argument("--channels", type=int, help="1 or 3 (image folders; default 3)")
     train.add_argument("--out", help="output folder (default: runs/<data>)")

@@ -39,13 +39,14 @@ def test_train_resume_and_sample_digits(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("FASTGAN_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "digits"
     common = ["train", "--data", "digits", "--image-size", "16", "--batch-size", "16",
-              "--out", str(out), "--quiet", "--conditional", "--r1-gamma", "1", "--ema", "0.9"]
+              "--out", str(out), "--quiet", "--r1-gamma", "1", "--ema", "0.9"]
     assert main(common + ["--steps", "2"]) == 0
     assert _summary(capsys.readouterr().out)["evaluation"]["real_classifier_score"] > 8
     assert main(common + ["--steps", "3", "--resume"]) == 0
     assert _summary(capsys.readouterr().out)["step"] == 3
     trainer = fastgan.Trainer.load(out / "checkpoint.pt", device="cpu")
     assert trainer.step == 3 and fastgan.models.REGISTRY["DCGANGenerator"]
+    # the digits recipe is class-conditional unless told otherwise
     assert trainer.generator.num_classes == 10 and trainer.config["r1_gamma"] == 1.0
 
     picture = tmp_path / "grid.png"
@@ -56,6 +57,14 @@ def test_train_resume_and_sample_digits(tmp_path, capsys, monkeypatch):
     assert main(["sample", "--checkpoint", str(out / "checkpoint.pt"), "--n", "5", "--out",
                  str(tensor), "--device", "cpu"]) == 0
     assert torch.load(tensor, weights_only=True).shape == (5, 1, 16, 16)
+
+
+def test_no_conditional_overrides_the_recipe(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("FASTGAN_CACHE_DIR", str(tmp_path / "cache"))
+    assert main(["train", "--data", "digits", "--no-conditional", "--steps", "1",
+                 "--batch-size", "4", "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    trainer = fastgan.Trainer.load(tmp_path / "out" / "checkpoint.pt", device="cpu")
+    assert trainer.generator.num_classes == 0 and trainer.discriminator.num_classes == 0
 
 
 def test_train_on_an_image_folder(tmp_path, capsys):
