@@ -951,9 +951,10 @@ void backward(const Geometry& g, const Dense& grad_output, const Dense* result, 
   const Vec<scalar_t> slope(negative_slope);
   const bool g_in_place = grad_output.channels_last && result == nullptr;
   const at::Tensor u = want_input ? transformed_weight(weight) : at::Tensor();
-  const at::Tensor du = want_weight
-      ? scratch(Scratch::kWeightGradient, {kProducts, C_in, C_out}, options).zero_()
-      : at::Tensor();
+  // Written by the first block's products, then accumulated: no zero fill of up to 50 MiB (the
+  // path's batch is never empty).
+  at::Tensor du =
+      scratch(Scratch::kWeightGradient, {want_weight ? kProducts : 0, C_in, C_out}, options);
   const at::Tensor g_buffer =
       scratch(Scratch::kOutputRows, {g_in_place ? 0 : most * out_image}, options);
   const at::Tensor result_buffer =
@@ -984,7 +985,11 @@ void backward(const Geometry& g, const Dense& grad_output, const Dense* result, 
     if (want_weight) {
       transform_inputs(tiling, images,
                        rows_of(x, first, last, x_buffer.mutable_data_ptr<scalar_t>()), v_operand);
-      du.baddbmm_(v.transpose(1, 2), dm);
+      if (first == 0) {
+        at::bmm_out(du, v.transpose(1, 2), dm);
+      } else {
+        du.baddbmm_(v.transpose(1, 2), dm);
+      }
     }
     if (want_input) {
       at::bmm_out(v, dm, u.transpose(1, 2));
