@@ -93,6 +93,7 @@ def _build(args, recipe):
 
 
 def _train(args):
+    fastgan.train.keep_freed_memory()  # 8-10% faster steps on this project's CPU (README)
     recipe = RECIPES.get(args.data, RECIPES["folder"])
     steps = recipe["steps"] if args.steps is None else args.steps
     batch_size = recipe["batch_size"] if args.batch_size is None else args.batch_size
