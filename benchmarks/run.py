@@ -30,7 +30,12 @@ def main():
     parser.add_argument("--only", nargs="*", choices=sorted(SUITES), default=sorted(SUITES))
     parser.add_argument("--min-run-time", type=float, default=1.0,
                         help="seconds of timing per measurement")
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="run with glibc's malloc keeping freed memory, as `fastgan train` "
+                             "does (fastgan.train.keep_freed_memory)")
     args = parser.parse_args()
+    if args.keep_freed_memory and not fastgan.train.keep_freed_memory():
+        parser.error("--keep-freed-memory needs Linux with glibc")
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
@@ -38,7 +43,8 @@ def main():
     print(f"## {datetime.date.today()} — {name or platform.machine()}, {args.device}, "
           f"{args.threads} threads, {args.dtype}")
     print(f"torch {torch.__version__}, fastgan {fastgan.__version__}, "
-          f"backend {fastgan.backend_info()}")
+          f"backend {fastgan.backend_info()}, malloc keeps freed memory: "
+          f"{args.keep_freed_memory}")
     print(f"copy bandwidth {copy_bandwidth(1 << 24, torch.float32, device):.1f} GB/s, "
           f"float32 matmul {matmul_rate(device):.0f} GFLOP/s\n")
     for suite in args.only:

@@ -153,9 +153,11 @@ def _output_padding(input, output, weight, geometry):
 
 def _with_own_node(tensor):
     """A leaf that requires grad, seen through a view: the backward can then ask the engine
-    whether this pass needs its gradient (_needed), which it cannot for a leaf itself."""
+    whether this pass needs its gradient (_needed), which it cannot for a leaf itself. An alias
+    keeps every stride (view_as recomputes those of size-1 dimensions: a channels-last
+    (C_out, 1, kh, kw) weight would turn NCHW, and so would the convolution's output)."""
     if tensor is not None and tensor.is_leaf and tensor.requires_grad:
-        return tensor.view_as(tensor)
+        return torch.ops.aten.alias(tensor)
     return tensor
 
 
