@@ -86,8 +86,7 @@ def run(device="cpu", dtype=torch.float32, min_run_time=1.0):
             ])
     header = ["shape", "layout", "eager ms", "compile ms", "fastgan ms", "vs eager",
               "vs compile", "fastgan GB/s (% of copy)", "pass floor ms", "fastgan / floor",
-              "R1 eager ms", "R1 fastgan ms",
-              "R1 vs eager"]
+              "R1 eager ms", "R1 fastgan ms", "R1 vs eager"]
     return ("### BatchNorm+LeakyReLU(0.2), training, forward+backward and R1 pattern\n\n"
             + table(header, rows)
             + "\n\npass floor = the four passes of a two-pass forward+backward, each timed as "
