@@ -115,15 +115,19 @@ def test_input_gradient_alone_skips_the_weight_gradient(weight_shape, engine):
 def test_shape_chooses_the_engine():
     """fastgan's kernels serve the input gradient of few-channel images, all three parts of a
     convolution to a map of at most 4x4 pixels with a long reduction (the DCGAN
-    discriminator's 256 -> 512 layer) and of the 128 -> 256 layer in batches with enough 4x4
-    tiles for the Winograd path (64 images; not 8); torch's serve the rest."""
-    cases = [((2, 3, 16, 16), (8, 3, 4, 4), 1), ((2, 256, 8, 8), (16, 256, 4, 4), 3),
-             ((2, 128, 16, 16), (16, 128, 4, 4), 0), ((64, 128, 16, 16), (256, 128, 4, 4), 3),
-             ((8, 128, 16, 16), (256, 128, 4, 4), 0)]
-    for input_shape, weight_shape, fastgan_calls in cases:
+    discriminator's 256 -> 512 layer) or to a single pixel (its last layer, here with a short
+    reduction), and of the 128 -> 256 layer in batches with enough 4x4 tiles for the Winograd
+    path (64 images; not 8); torch's serve the rest."""
+    down, head = (2, 1), (1, 0)  # (stride, padding)
+    cases = [((2, 3, 16, 16), (8, 3, 4, 4), down, 1), ((2, 256, 8, 8), (16, 256, 4, 4), down, 3),
+             ((2, 128, 16, 16), (16, 128, 4, 4), down, 0),
+             ((2, 64, 4, 4), (1, 64, 4, 4), head, 3), ((2, 64, 8, 8), (1, 64, 4, 4), head, 0),
+             ((64, 128, 16, 16), (256, 128, 4, 4), down, 3),
+             ((8, 128, 16, 16), (256, 128, 4, 4), down, 0)]
+    for input_shape, weight_shape, (stride, padding), fastgan_calls in cases:
         x, w, b = _leaves("cpu", input_shape, weight_shape, "channels_last", bias=False)
         with _WeightGradients() as recorder:
-            out = fastgan.ops.conv2d(x, w, None, 2, 1)
+            out = fastgan.ops.conv2d(x, w, None, stride, padding)
             (grad_x,) = torch.autograd.grad(out.square().sum(), x, create_graph=True)
             grad_x.square().sum().backward()
         assert recorder.fastgan_calls >= fastgan_calls, (input_shape, weight_shape)

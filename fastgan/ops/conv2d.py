@@ -24,7 +24,9 @@ _convolution_backward = torch.ops.aten.convolution_backward
 # _own_kernels' thresholds, from per-layer timings of both engines on a 2-core CPU (float32,
 # batch 16-256, benchmarks/RESULTS.md): oneDNN blocks its work over output pixels and falls to
 # about 60% of fastgan's GEMM-based speed on maps of up to 4x4 pixels with long reductions, and
-# computes the input gradient of images (1-3 channels) at a fraction of its usual rate.
+# on a single output pixel (a discriminator's last layer, a matrix product: 1.1-4x slower from
+# 3 input channels on), and computes the input gradient of images (1-3 channels) at a fraction
+# of its usual rate.
 _SMALL_MAP_PIXELS = 16
 _LONG_REDUCTION = 2048
 _FEW_INPUT_CHANNELS = 4
@@ -73,7 +75,8 @@ def _own_kernels(input, weight, geometry):
                                                                           torch.float64):
         return (False, False, False)
     out_h, out_w = _out_size(input, weight, geometry)
-    small_map = out_h * out_w <= _SMALL_MAP_PIXELS and weight[0].numel() >= _LONG_REDUCTION
+    small_map = out_h * out_w <= _SMALL_MAP_PIXELS and (
+        weight[0].numel() >= _LONG_REDUCTION or out_h * out_w == 1)
     few_channels = weight.shape[1] <= _FEW_INPUT_CHANNELS
     winograd = _winograd(input, weight, geometry, out_h, out_w)
     return (small_map or winograd, small_map or few_channels or winograd, small_map or winograd)
