@@ -52,8 +52,10 @@ def make_operands(case, batch, dtype, device="cpu", layout="contiguous", bias=Tr
     kernel = kernel if isinstance(kernel, tuple) else (kernel, kernel)
     x = make_input((batch, c_in, h, w), dtype, device, layout, seed=seed)
     # Scaled by the fan-in as layers are initialized, so that outputs stay O(1) (float32's
-    # rounding errors grow with the outputs' magnitude) whatever the channel count.
-    weight = make_input((c_in, c_out // groups, *kernel), dtype, device, seed=seed + 1)
+    # rounding errors grow with the outputs' magnitude) whatever the channel count. Stored in
+    # the input's layout (fastgan.nn.Conv2d keeps its weights channels-last) or contiguous.
+    weight = make_input((c_in, c_out // groups, *kernel), dtype, device,
+                        "channels_last" if layout == "channels_last" else "contiguous", seed=seed + 1)
     weight = weight / (c_in * kernel[0] * kernel[1]) ** 0.5
     b = make_input((c_out,), dtype, device, seed=seed + 2) if bias else None
     return x, weight, b

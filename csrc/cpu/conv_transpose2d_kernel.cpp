@@ -65,9 +65,9 @@ struct Dense {
 // so fresh ones would cost a page fault per 4 KiB on every call (measured: up to twice the op's
 // time). Uses: the weight as a GEMM operand; the GEMMs' big operands (G_col or Z; Winograd's V
 // and M); image rows of the input, the output (or grad_output), the result and grad_input; a
-// weight gradient.
+// weight gradient; the weight's taps as rows.
 enum class Scratch : int { kWeight, kTiles, kProducts, kInputRows, kOutputRows, kResultRows,
-                           kInputGradientRows, kWeightGradient, kCount };
+                           kInputGradientRows, kWeightGradient, kWeightTaps, kCount };
 
 at::Tensor scratch(Scratch use, at::IntArrayRef sizes, const at::TensorOptions& options) {
   thread_local std::array<at::Tensor, static_cast<int>(Scratch::kCount)> buffers;
@@ -92,6 +92,25 @@ void parallel_tasks(int64_t count, int64_t work, const Fn& fn) {
   const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, work));
   at::parallel_for(0, count, grain, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) fn(task);
+  });
+}
+
+// transpose_plane of a large matrix: in parallel strips of 256 along its longer side.
+template <typename scalar_t>
+void transpose_matrix(const scalar_t* src, scalar_t* dst, int64_t rows, int64_t cols) {
+  constexpr int64_t kStrip = 256;
+  const bool by_rows = rows >= cols;
+  const int64_t length = by_rows ? rows : cols, width = by_rows ? cols : rows;
+  parallel_tasks((length + kStrip - 1) / kStrip, kStrip * width, [&](int64_t strip) {
+    const int64_t first = strip * kStrip;
+    const int span = static_cast<int>(std::min(kStrip, length - first));
+    if (by_rows) {
+      at::vec::transpose_mxn<scalar_t>(src + first * cols, cols, dst + first, rows, span,
+                                       static_cast<int>(cols));
+    } else {
+      at::vec::transpose_mxn<scalar_t>(src + first, cols, dst + first * rows, rows,
+                                       static_cast<int>(rows), span);
+    }
   });
 }
 
@@ -737,20 +756,44 @@ at::Tensor filter_transform(const at::TensorOptions& options) {
   return at::tensor(table, options.dtype(at::kDouble)).view({kProducts, 16}).to(options.dtype());
 }
 
-// U of every phase and entry: (kProducts, C_in, C_out) GEMM operands, from the weight as
-// (C_in * C_out, 16) rows of taps.
+// U of every phase and entry: (kProducts, C_in, C_out) GEMM operands, the filter transform
+// times the weight's taps as (16, C_in * C_out) rows, both GEMM operands read in order. The rows
+// come from a transposition of an NCHW weight, or from copies of a channels-last one's stretches
+// of C_out (it is stored (C_in, taps, C_out)).
+template <typename scalar_t>
 at::Tensor transformed_weight(const at::Tensor& weight) {
-  const int64_t C_in = weight.size(0), C_out = weight.size(1);
-  at::Tensor u = scratch(Scratch::kWeight, {kProducts, C_in * C_out}, weight.options());
-  at::mm_out(u, filter_transform(weight.options()), weight.reshape({C_in * C_out, 16}).t());
+  const int64_t C_in = weight.size(0), C_out = weight.size(1), pairs = C_in * C_out;
+  const at::TensorOptions options = weight.options();
+  const at::Tensor taps = scratch(Scratch::kWeightTaps, {16, pairs}, options);
+  scalar_t* taps_data = taps.mutable_data_ptr<scalar_t>();
+  if (stored_channels_last(weight)) {
+    const scalar_t* w = weight.const_data_ptr<scalar_t>();
+    parallel_tasks(C_in, 16 * C_out, [&](int64_t ci) {
+      for (int64_t tap = 0; tap < 16; ++tap) {
+        std::copy_n(w + (ci * 16 + tap) * C_out, C_out, taps_data + tap * pairs + ci * C_out);
+      }
+    });
+  } else {
+    const at::Tensor w = weight.contiguous();
+    transpose_matrix(w.const_data_ptr<scalar_t>(), taps_data, pairs, 16);
+  }
+  at::Tensor u = scratch(Scratch::kWeight, {kProducts, pairs}, options);
+  at::mm_out(u, filter_transform(options), taps);
   return u.view({kProducts, C_in, C_out});
 }
 
-// grad_weight = G^T dU G for the weight's taps: the adjoint of transformed_weight.
+// grad_weight = G^T dU G for the weight's taps: the adjoint of transformed_weight, a
+// (16, C_in * C_out) product reading dU in order, transposed to (C_in, C_out, 4, 4).
+template <typename scalar_t>
 at::Tensor weight_gradient(const at::Tensor& transformed_gradient, int64_t C_in, int64_t C_out) {
-  return at::mm(transformed_gradient.view({kProducts, C_in * C_out}).t(),
-                filter_transform(transformed_gradient.options()))
-      .view({C_in, C_out, 4, 4});
+  const at::TensorOptions options = transformed_gradient.options();
+  at::Tensor taps = scratch(Scratch::kWeightTaps, {16, C_in * C_out}, options);
+  at::mm_out(taps, filter_transform(options).t(),
+             transformed_gradient.view({kProducts, C_in * C_out}));
+  const at::Tensor grad = at::empty({C_in, C_out, 4, 4}, options);
+  transpose_matrix(taps.const_data_ptr<scalar_t>(), grad.mutable_data_ptr<scalar_t>(), 16,
+                   C_in * C_out);
+  return grad;
 }
 
 // A block's (kProducts, rows, channels) GEMM operand in scratch memory, both as a tensor and as
@@ -908,7 +951,7 @@ void forward(const Geometry& g, const Dense& x, const at::Tensor& weight, const 
   const int64_t in_image = g.in_h * g.in_w * C_in, out_image = g.out_h * g.out_w * C_out;
   const int64_t most = tiling.images_per_block(std::max(C_in, C_out), g.batch);
   const at::TensorOptions options = out.options();
-  const at::Tensor u = transformed_weight(weight);
+  const at::Tensor u = transformed_weight<scalar_t>(weight);
   const at::Tensor x_buffer = scratch(Scratch::kInputRows, {x.channels_last ? 0 : most * in_image},
                                       options);
   const at::Tensor out_buffer =
@@ -950,7 +993,7 @@ void backward(const Geometry& g, const Dense& grad_output, const Dense* result, 
   const at::TensorOptions options = grad_output.tensor.options();
   const Vec<scalar_t> slope(negative_slope);
   const bool g_in_place = grad_output.channels_last && result == nullptr;
-  const at::Tensor u = want_input ? transformed_weight(weight) : at::Tensor();
+  const at::Tensor u = want_input ? transformed_weight<scalar_t>(weight) : at::Tensor();
   // Written by the first block's products, then accumulated: no zero fill of up to 50 MiB (the
   // path's batch is never empty).
   at::Tensor du =
@@ -1003,7 +1046,7 @@ void backward(const Geometry& g, const Dense& grad_output, const Dense* result, 
       });
     }
   }
-  if (want_weight) *grad_weight = weight_gradient(du, C_in, C_out);
+  if (want_weight) *grad_weight = weight_gradient<scalar_t>(du, C_in, C_out);
   if (grad_bias != nullptr) {
     for (int64_t i = 0; i < g.batch * C_out; ++i) (*grad_bias)[i % C_out] += image_sums[i];
   }
