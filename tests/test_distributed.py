@@ -182,7 +182,7 @@ def _join_and_run(rank, store, worker, args):
     try:
         worker(rank, *args)
     finally:
-        dist.destroy_process_group()
+        distributed.leave_process_group()
 
 
 def _summed(tensor):

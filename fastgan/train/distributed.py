@@ -3,6 +3,7 @@ with synced BatchNorm, and the few collectives the trainer needs. With one proce
 or a group of one) every helper is a no-op, so single-process training is unchanged."""
 import atexit
 import os
+import time
 
 import torch
 import torch.distributed as dist
@@ -31,13 +32,20 @@ def setup(device):
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
                                 device_id=device if device.type == "cuda" else None)
-        atexit.register(_leave_process_group)
+        atexit.register(leave_process_group)
     return device, dist.get_rank(), dist.get_world_size()
 
 
-def _leave_process_group():
+def leave_process_group():
+    """Destroys the default process group, then sleeps 0.1 s. A gloo worker thread drops a
+    finished collective's tensors after wait() has returned; dropping a tensor that Python still
+    knows needs the GIL, and a thread that asks for the GIL while the interpreter shuts down
+    aborts the process (SIGABRT, pytorch/pytorch#190489). The group itself may outlive this call,
+    since DDP keeps references to it. The sleep releases the GIL so those threads can finish
+    before the process exits."""
     if dist.is_initialized():
         dist.destroy_process_group()
+        time.sleep(0.1)
 
 
 def wrap(model, device):
