@@ -1,5 +1,6 @@
 """fastgan.ops.batch_norm_leaky_relu and the BatchNormLeakyReLU modules against torch."""
 import copy
+import itertools
 
 import pytest
 import torch
@@ -294,6 +295,31 @@ def test_opcheck(device, layout):
     ]
     for op, args in cases:
         torch.library.opcheck(op, args)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_double_backward_computes_the_outputs_asked_for(device, layout, training):
+    """Every subset of the double backward's outputs equals those outputs computed together
+    (which gradgradcheck verifies); the others come back empty."""
+    x = make_input((4, 3, 5, 6), torch.float64, device, layout)
+    go = make_input(x.shape, torch.float64, device, layout, seed=1)
+    ggi = make_input(x.shape, torch.float64, device, layout, seed=2)
+    mean, var, weight, bias = params(3, torch.float64, device)
+    ops = torch.ops.fastgan
+    if training:
+        _, mean, var = ops.batch_norm_leaky_relu(x, None, None, weight, bias, True, 1e-5, 0.2)
+    args = (ggi, torch.randn_like(weight), None, go, x, mean, var, weight, bias, training, 1e-5,
+            0.2)
+    together = ops.batch_norm_leaky_relu_double_backward(*args, [True, True, True])
+    for mask in itertools.product([False, True], repeat=3):
+        results = ops.batch_norm_leaky_relu_double_backward(*args, list(mask))
+        for asked, result, expected in zip(mask, results, together):
+            if asked:
+                torch.testing.assert_close(result, expected, msg=str(mask))
+            else:
+                assert result.numel() == 0, mask
 
 
 def test_third_order_raises():

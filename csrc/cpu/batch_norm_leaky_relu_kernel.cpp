@@ -19,15 +19,26 @@ void check_cpu(const char* op, const at::Tensor& input) {
               ": the CPU kernels support float32 and float64 input, got ", input.scalar_type());
 }
 
-// Reads a per-channel tensor as doubles; an undefined one reads as `fallback`.
+// Reads a per-channel (float or double) tensor as doubles; an undefined one reads as `fallback`.
+// Element by element rather than through tensor ops: these are small, and each op costs
+// microseconds.
 std::vector<double> channel_values(const at::Tensor& t, int64_t channels, double fallback) {
   if (!t.defined()) return std::vector<double>(channels, fallback);
-  const at::Tensor d = t.to(at::kDouble).contiguous();
-  return std::vector<double>(d.data_ptr<double>(), d.data_ptr<double>() + channels);
+  std::vector<double> values(channels);
+  AT_DISPATCH_FLOATING_TYPES(t.scalar_type(), "channel_values", [&] {
+    const scalar_t* data = t.const_data_ptr<scalar_t>();
+    for (int64_t c = 0; c < channels; ++c) values[c] = static_cast<double>(data[c * t.stride(0)]);
+  });
+  return values;
 }
 
 at::Tensor channel_tensor(const std::vector<double>& values, const at::Tensor& like) {
-  return at::tensor(values, like.options().dtype(at::kDouble)).to(like.scalar_type());
+  at::Tensor t = at::empty({static_cast<int64_t>(values.size())}, like.options());
+  AT_DISPATCH_FLOATING_TYPES(t.scalar_type(), "channel_tensor", [&] {
+    scalar_t* data = t.mutable_data_ptr<scalar_t>();
+    for (size_t c = 0; c < values.size(); ++c) data[c] = static_cast<scalar_t>(values[c]);
+  });
+  return t;
 }
 
 // Per-channel scalar_t arrays that the vectorized passes read (and `finish` callbacks write).
@@ -265,49 +276,74 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu_double_back
   const double count = static_cast<double>(layout.per_channel());
   const at::Tensor ggi = ggi_in.defined() ? to_layout(ggi_in, layout) : at::zeros_like(x);
   const auto ggw = channel_values(ggw_in, C, 0.0), ggb = channel_values(ggb_in, C, 0.0);
-  at::Tensor grad_grad_output = at::empty_like(x), grad_input = at::empty_like(x);
+  // Only the outputs asked for are computed: R1 with a constant upstream gradient needs no
+  // grad_grad_output, which saves a write of the input's size.
+  at::Tensor grad_grad_output = output_mask[0] ? at::empty_like(x) : at::Tensor();
+  at::Tensor grad_input = output_mask[1] ? at::empty_like(x) : at::Tensor();
   std::vector<double> grad_weight(C);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "batch_norm_leaky_relu_double_backward", [&] {
     using V = Vec<scalar_t>;
     const V slope(static_cast<scalar_t>(negative_slope));
     Coefficients<scalar_t, 10> coef(C);  // scale, shift, mean, then the seven of the header
     ch.store_affine(coef);
-    reduce_then_map<scalar_t, 5, 3, 10, 2>(
-        layout,
-        {x.const_data_ptr<scalar_t>(), go.const_data_ptr<scalar_t>(),
-         ggi.const_data_ptr<scalar_t>()},
-        coef.pointers(),
-        {grad_grad_output.mutable_data_ptr<scalar_t>(), grad_input.mutable_data_ptr<scalar_t>()},
-        // The five sums of DoubleBackwardSums.
-        [&](V* acc, const V* in, const V* k) {
-          const V xc = in[0] - k[2];
-          const V g = in[1] * activation_slope(xc, k[0], k[1], slope);
-          acc[0] = acc[0] + g;
-          acc[1] = at::vec::fmadd(g, xc, acc[1]);
-          acc[2] = acc[2] + in[2];
-          acc[3] = at::vec::fmadd(in[2], xc, acc[3]);
-          acc[4] = at::vec::fmadd(in[2], g, acc[4]);
-        },
-        [&](int64_t c, const double* sums) {
-          const DoubleBackwardSums<double> s{sums[0], sums[1], sums[2], sums[3], sums[4]};
-          const auto k = double_backward_coefficients<double>(
-              training, count, ch.mean[c], ch.invstd[c], ch.weight[c], ggw[c], ggb[c], s);
-          // The constants go with x - center (coefficient 2) rather than x.
-          const double center = coef.values[2][c];
-          const double values[7] = {k.go_ggi, k.go_x, k.go_const + center * k.go_x, k.x_ggi,
-                                    k.x_g,    k.x_x,  k.x_const + center * k.x_x};
-          for (int i = 0; i < 7; ++i) coef.values[3 + i][c] = static_cast<scalar_t>(values[i]);
-          grad_weight[c] = k.grad_weight;
-        },
-        // grad_grad_output and grad_input, both linear per channel.
-        [&](const V* in, const V* k, V* result) {
-          const V xc = in[0] - k[2];
-          const V activation = activation_slope(xc, k[0], k[1], slope);
-          const V g = in[1] * activation;
-          result[0] = activation * at::vec::fmadd(in[2], k[3], at::vec::fmadd(xc, k[4], k[5]));
-          result[1] = at::vec::fmadd(in[2], k[6],
-                                     at::vec::fmadd(g, k[7], at::vec::fmadd(xc, k[8], k[9])));
-        });
+    // The five sums of DoubleBackwardSums.
+    auto accumulate = [&](V* acc, const V* in, const V* k) {
+      const V xc = in[0] - k[2];
+      const V g = in[1] * activation_slope(xc, k[0], k[1], slope);
+      acc[0] = acc[0] + g;
+      acc[1] = at::vec::fmadd(g, xc, acc[1]);
+      acc[2] = acc[2] + in[2];
+      acc[3] = at::vec::fmadd(in[2], xc, acc[3]);
+      acc[4] = at::vec::fmadd(in[2], g, acc[4]);
+    };
+    auto finish = [&](int64_t c, const double* sums) {
+      const DoubleBackwardSums<double> s{sums[0], sums[1], sums[2], sums[3], sums[4]};
+      const auto k = double_backward_coefficients<double>(training, count, ch.mean[c],
+                                                          ch.invstd[c], ch.weight[c], ggw[c],
+                                                          ggb[c], s);
+      // The constants go with x - center (coefficient 2) rather than x.
+      const double center = coef.values[2][c];
+      const double values[7] = {k.go_ggi, k.go_x, k.go_const + center * k.go_x, k.x_ggi,
+                                k.x_g,    k.x_x,  k.x_const + center * k.x_x};
+      for (int i = 0; i < 7; ++i) coef.values[3 + i][c] = static_cast<scalar_t>(values[i]);
+      grad_weight[c] = k.grad_weight;
+    };
+    // Both results are linear per channel: result 0 is grad_grad_output, 1 grad_input.
+    auto result = [&](auto which, const V* in, const V* k, const V& xc, const V& activation) {
+      if constexpr (decltype(which)::value == 0) {
+        return activation * at::vec::fmadd(in[2], k[3], at::vec::fmadd(xc, k[4], k[5]));
+      } else {
+        return at::vec::fmadd(in[2], k[6], at::vec::fmadd(in[1] * activation, k[7],
+                                                          at::vec::fmadd(xc, k[8], k[9])));
+      }
+    };
+    const std::array<const scalar_t*, 3> data{x.const_data_ptr<scalar_t>(),
+                                               go.const_data_ptr<scalar_t>(),
+                                               ggi.const_data_ptr<scalar_t>()};
+    auto run = [&](auto... which) {
+      const std::array<at::Tensor, 2> targets{grad_grad_output, grad_input};
+      const std::array<scalar_t*, sizeof...(which)> outputs{
+          targets[decltype(which)::value].template mutable_data_ptr<scalar_t>()...};
+      reduce_then_map<scalar_t, 5, 3, 10, sizeof...(which)>(
+          layout, data, coef.pointers(), outputs, accumulate, finish,
+          [&](const V* in, const V* k, V* out) {
+            [[maybe_unused]] const V xc = in[0] - k[2];
+            [[maybe_unused]] const V activation = activation_slope(xc, k[0], k[1], slope);
+            [[maybe_unused]] int o = 0;
+            ((out[o++] = result(which, in, k, xc, activation)), ...);
+          });
+    };
+    constexpr std::integral_constant<int, 0> kGradGradOutput;
+    constexpr std::integral_constant<int, 1> kGradInput;
+    if (output_mask[0] && output_mask[1]) {
+      run(kGradGradOutput, kGradInput);
+    } else if (output_mask[0]) {
+      run(kGradGradOutput);
+    } else if (output_mask[1]) {
+      run(kGradInput);
+    } else {
+      run();
+    }
   });
   return {output_mask[0] ? grad_grad_output : input.new_empty({0}),
           output_mask[1] ? grad_input : input.new_empty({0}),

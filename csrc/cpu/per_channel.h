@@ -30,6 +30,12 @@ constexpr int64_t kFlushElements = 1024;
 constexpr int64_t kRowBlocks = 16;
 constexpr int64_t kTileRows = 32;
 
+// The grain of at::parallel_for over tasks of `work` elements each: small tasks go several to a
+// thread, since starting a parallel region costs microseconds.
+inline int64_t grain_for(int64_t work) {
+  return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(work, 1));
+}
+
 // Calls finish(c, sums); false when it returned false: it updated the coefficients that the
 // reduction reads and asks for the channel's sums again. A void finish always accepts.
 template <typename Finish>
@@ -170,7 +176,7 @@ void reduce_then_map(const ChannelLayout& layout, const std::array<const scalar_
         for (int64_t l = 0; l < width; ++l) sums[k] += totals[k][l];
       }
     };
-    at::parallel_for(0, C, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, C, grain_for(per_channel), [&](int64_t begin, int64_t end) {
       for (int64_t c = begin; c < end; ++c) {
         double sums[K > 0 ? K : 1] = {};
         reduce_channel(c, sums);
@@ -212,7 +218,7 @@ void reduce_then_map(const ChannelLayout& layout, const std::array<const scalar_
     const int64_t blocks = std::min<int64_t>(rows, kRowBlocks);
     const int64_t rows_per_block = (rows + blocks - 1) / blocks;
     std::vector<double> partial(blocks * K * C, 0.0);
-    at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, blocks, grain_for(rows_per_block * C), [&](int64_t begin, int64_t end) {
       std::vector<scalar_t> acc_buffer(std::max<int64_t>(K, 1) * padded);
       for (int64_t block = begin; block < end; ++block) {
         double* block_sums = partial.data() + block * K * C;
@@ -257,9 +263,7 @@ void reduce_then_map(const ChannelLayout& layout, const std::array<const scalar_
   }
   if (O == 0 || rows == 0) return;
   const int64_t tiles = (rows + kTileRows - 1) / kTileRows;
-  const int64_t grain =
-      std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(C * kTileRows, 1));
-  at::parallel_for(0, tiles, grain, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, tiles, grain_for(C * kTileRows), [&](int64_t begin, int64_t end) {
     for (int64_t tile = begin; tile < end; ++tile) {
       const int64_t first = tile * kTileRows, steps = std::min(rows, first + kTileRows) - first;
       for_each_vector([&](int64_t c, int64_t count) {
