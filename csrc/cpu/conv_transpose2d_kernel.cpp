@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "../conv_transpose2d.h"
+#include "parallel.h"
 
 namespace fastgan {
 namespace cpu {
@@ -84,15 +85,6 @@ template <typename scalar_t>
 void transpose_plane(const scalar_t* src, scalar_t* dst, int64_t rows, int64_t cols) {
   at::vec::transpose_mxn<scalar_t>(src, cols, dst, rows, static_cast<int>(rows),
                                    static_cast<int>(cols));
-}
-
-// Parallel over tasks of about `work` elements each.
-template <typename Fn>
-void parallel_tasks(int64_t count, int64_t work, const Fn& fn) {
-  const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, work));
-  at::parallel_for(0, count, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) fn(task);
-  });
 }
 
 // transpose_plane of a large matrix: in parallel strips of 256 along its longer side.

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "../channel_layout.h"
+#include "parallel.h"
 
 namespace fastgan {
 namespace cpu {
@@ -29,12 +30,6 @@ constexpr int64_t kFlushElements = 1024;
 // Channels-last reductions split the rows into this many blocks, walked in tiles of rows.
 constexpr int64_t kRowBlocks = 16;
 constexpr int64_t kTileRows = 32;
-
-// The grain of at::parallel_for over tasks of `work` elements each: small tasks go several to a
-// thread, since starting a parallel region costs microseconds.
-inline int64_t grain_for(int64_t work) {
-  return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(work, 1));
-}
 
 // Calls finish(c, sums); false when it returned false: it updated the coefficients that the
 // reduction reads and asks for the channel's sums again. A void finish always accepts.
@@ -176,22 +171,20 @@ void reduce_then_map(const ChannelLayout& layout, const std::array<const scalar_
         for (int64_t l = 0; l < width; ++l) sums[k] += totals[k][l];
       }
     };
-    at::parallel_for(0, C, grain_for(per_channel), [&](int64_t begin, int64_t end) {
-      for (int64_t c = begin; c < end; ++c) {
-        double sums[K > 0 ? K : 1] = {};
+    parallel_tasks(C, per_channel, [&](int64_t c) {
+      double sums[K > 0 ? K : 1] = {};
+      reduce_channel(c, sums);
+      if (!finish_accepts(finish, c, sums)) {
         reduce_channel(c, sums);
-        if (!finish_accepts(finish, c, sums)) {
-          reduce_channel(c, sums);
-          finish(c, sums);
-        }
-        if (O == 0) continue;
-        V coef[P];
-        for (int p = 0; p < P; ++p) coef[p] = V(coefficients[p][c]);
-        for_each_run(c, [&](int64_t offset, int64_t steps, int64_t count) {
-          map_run<scalar_t, I, O>(inputs, outputs, offset, width, steps, count, row_stride, coef,
-                                  map);
-        });
+        finish(c, sums);
       }
+      if (O == 0) return;
+      V coef[P];
+      for (int p = 0; p < P; ++p) coef[p] = V(coefficients[p][c]);
+      for_each_run(c, [&](int64_t offset, int64_t steps, int64_t count) {
+        map_run<scalar_t, I, O>(inputs, outputs, offset, width, steps, count, row_stride, coef,
+                                map);
+      });
     });
     return;
   }
@@ -263,15 +256,13 @@ void reduce_then_map(const ChannelLayout& layout, const std::array<const scalar_
   }
   if (O == 0 || rows == 0) return;
   const int64_t tiles = (rows + kTileRows - 1) / kTileRows;
-  at::parallel_for(0, tiles, grain_for(C * kTileRows), [&](int64_t begin, int64_t end) {
-    for (int64_t tile = begin; tile < end; ++tile) {
-      const int64_t first = tile * kTileRows, steps = std::min(rows, first + kTileRows) - first;
-      for_each_vector([&](int64_t c, int64_t count) {
-        V coef[P];
-        load_coefficients(coef, c, count);
-        map_run<scalar_t, I, O>(inputs, outputs, first * C + c, C, steps, count, 0, coef, map);
-      });
-    }
+  parallel_tasks(tiles, C * kTileRows, [&](int64_t tile) {
+    const int64_t first = tile * kTileRows, steps = std::min(rows, first + kTileRows) - first;
+    for_each_vector([&](int64_t c, int64_t count) {
+      V coef[P];
+      load_coefficients(coef, c, count);
+      map_run<scalar_t, I, O>(inputs, outputs, first * C + c, C, steps, count, 0, coef, map);
+    });
   });
 }
 
