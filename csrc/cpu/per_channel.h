@@ -27,6 +27,10 @@ using Vec = at::vec::Vectorized<scalar_t>;
 // double: fast and accurate for any N * S.
 constexpr int64_t kFlushElements = 1024;
 
+// Channels-first reductions prefetch this many bytes of rows ahead. One row ahead is too little for
+// small maps (an 8x8 row is 256 bytes): at 64x256x8x8 the reduction then waits on memory.
+constexpr int64_t kPrefetchBytes = 2048;
+
 // Channels-last reductions split the rows into this many blocks, walked in tiles of rows.
 constexpr int64_t kRowBlocks = 16;
 constexpr int64_t kTileRows = 32;
@@ -135,15 +139,23 @@ void reduce_then_map(const ChannelLayout& layout, const std::array<const scalar_
 
   if (!layout.channels_last) {
     // A channel is N rows of S contiguous elements, one row per sample, a stride apart: the
-    // hardware prefetcher restarts at each row, so the passes fetch the next sample's row.
+    // hardware prefetcher restarts at each row, so the passes prefetch the next samples' rows.
     const int64_t S = layout.spatial, row_stride = C * S;
-    const int64_t full = S / width * width;
-    // Runs over channel c's rows: the full vectors, then the tail.
+    const int64_t full = S / width * width, N = layout.batch;
+    // The reduction prefetches kPrefetchBytes of rows ahead (from memory); from a channel's last
+    // rows it reaches into the next channel's first ones, which a task takes next. The map
+    // re-reads the channel from cache, one row ahead.
+    const int64_t row_bytes = std::max<int64_t>(1, S * static_cast<int64_t>(sizeof(scalar_t)));
+    const int64_t ahead = std::min(N, std::max<int64_t>(1, kPrefetchBytes / row_bytes));
+    auto reduce_prefetch = [&](int64_t n) {
+      return n + ahead < N ? ahead * row_stride : (ahead - N) * row_stride + S;
+    };
+    // Runs over channel c's rows (sample n): the full vectors, then the tail.
     auto for_each_run = [&](int64_t c, auto&& run) {
-      for (int64_t n = 0; n < layout.batch; ++n) {
+      for (int64_t n = 0; n < N; ++n) {
         const int64_t row = n * row_stride + c * S;
-        if (full > 0) run(row, full / width, width);
-        if (full < S) run(row + full, 1, S - full);
+        if (full > 0) run(row, full / width, width, n);
+        if (full < S) run(row + full, 1, S - full, n);
       }
     };
     // The K sums of channel c, with its current coefficients.
@@ -155,9 +167,9 @@ void reduce_then_map(const ChannelLayout& layout, const std::array<const scalar_
         V acc[K > 0 ? K : 1];
         for (int k = 0; k < K; ++k) acc[k] = V(scalar_t(0));
         int64_t pending = 0;
-        for_each_run(c, [&](int64_t offset, int64_t steps, int64_t count) {
-          accumulate_run<scalar_t, K, I>(acc, inputs, offset, width, steps, count, row_stride,
-                                         coef, accumulate);
+        for_each_run(c, [&](int64_t offset, int64_t steps, int64_t count, int64_t n) {
+          accumulate_run<scalar_t, K, I>(acc, inputs, offset, width, steps, count,
+                                         reduce_prefetch(n), coef, accumulate);
           pending += steps * count;
           if (pending >= kFlushElements * width) {
             flush(acc, totals);
@@ -181,7 +193,7 @@ void reduce_then_map(const ChannelLayout& layout, const std::array<const scalar_
       if (O == 0) return;
       V coef[P];
       for (int p = 0; p < P; ++p) coef[p] = V(coefficients[p][c]);
-      for_each_run(c, [&](int64_t offset, int64_t steps, int64_t count) {
+      for_each_run(c, [&](int64_t offset, int64_t steps, int64_t count, int64_t) {
         map_run<scalar_t, I, O>(inputs, outputs, offset, width, steps, count, row_stride, coef,
                                 map);
       });

@@ -40,21 +40,25 @@ def batch_norm_leaky_relu(input, running_mean, running_var, weight=None, bias=No
 
     # The kernels take statistics, weight and bias in the input's accumulation dtype.
     stats_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
-    mean, var = (None, None) if training else (running_mean.to(stats_dtype),
-                                               running_var.to(stats_dtype))
-    if weight is not None:
-        weight = weight.to(stats_dtype)
-    if bias is not None:
-        bias = bias.to(stats_dtype)
+    mean, var = (None, None) if training else (_as_dtype(running_mean, stats_dtype),
+                                               _as_dtype(running_var, stats_dtype))
     output, batch_mean, batch_var = _ops.batch_norm_leaky_relu(
-        input, mean, var, weight, bias, training, float(eps), float(negative_slope))
+        input, mean, var, _as_dtype(weight, stats_dtype), _as_dtype(bias, stats_dtype), training,
+        float(eps), float(negative_slope))
     if training and running_mean is not None and per_channel > 0:
-        with torch.no_grad():  # as torch: the running variance is unbiased
-            unbiased = batch_var * (per_channel / (per_channel - 1))
-            running_mean.mul_(1 - momentum).add_(batch_mean.to(running_mean.dtype),
-                                                 alpha=momentum)
-            running_var.mul_(1 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
+        # As torch: the running variance is unbiased. One foreach call for both: at small shapes
+        # this update's separate small ops cost more than the kernel.
+        unbiased = batch_var * (per_channel / (per_channel - 1))
+        with torch.no_grad():
+            torch._foreach_lerp_((running_mean, running_var),
+                                 (_as_dtype(batch_mean, running_mean.dtype),
+                                  _as_dtype(unbiased, running_var.dtype)), momentum)
     return output
+
+
+def _as_dtype(tensor, dtype):
+    """`tensor` in `dtype` (None stays None), without a call when it already is."""
+    return tensor if tensor is None or tensor.dtype == dtype else tensor.to(dtype)
 
 
 # --- fake kernels: output metadata for torch.compile and meta tensors -------------------------
