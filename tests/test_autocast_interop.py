@@ -205,14 +205,23 @@ def test_channels_last_model_matches_contiguous():
     torch.testing.assert_close(last(z.to(memory_format=torch.channels_last)), model(z))
 
 
-def test_half_converts_parameters_and_running_it_on_cpu_is_a_clear_error():
+def test_half_model_on_cpu_runs_its_batch_norm_and_stops_at_conv_transpose2d_clearly():
     model = converted_generator().half()
     assert all(t.dtype == torch.float16 for t in model.parameters())
-    assert model.main[1].running_mean.dtype == torch.float16
+    layer = model.main[1]
+    assert layer.running_mean.dtype == torch.float16
     with pytest.raises(RuntimeError, match="CPU kernels support float32 and float64"):
         model(latent(dtype=torch.float16))
-    with pytest.raises(RuntimeError, match="CPU kernels support float32 and float64"):
-        model.main[1](torch.randn(4, 16, 4, 4, dtype=torch.float16))
+    # The fused BatchNorm takes float16 on the CPU, as torch's does.
+    x = torch.randn(4, 16, 4, 4, dtype=torch.float16)
+    stats = [t.double() for t in (layer.running_mean, layer.running_var)]
+    expected = F.leaky_relu(F.batch_norm(x.double(), *stats, layer.weight.double(),
+                                         layer.bias.double(), True, layer.momentum, layer.eps),
+                            layer.negative_slope)
+    out = layer(x)
+    assert out.dtype == layer.running_mean.dtype == torch.float16
+    assert_close(out, expected, dtype=torch.float16)
+    assert_close(layer.running_var, stats[1], dtype=torch.float16)
 
 
 def test_meta_device_gives_shapes(recwarn):

@@ -68,6 +68,62 @@ def test_matches_torch(device, dtype, shape, layout, training, slope):
         assert_close(a, e, dtype)
 
 
+def assert_within_roundings(actual, expected, dtype, roundings):
+    """actual (low precision, computed in float32) within `roundings` roundings to dtype, relative
+    to expected's largest magnitude, of the float64 expected."""
+    bound = roundings * torch.finfo(dtype).eps * expected.abs().max().item()
+    torch.testing.assert_close(actual.double(), expected, rtol=0, atol=bound)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape, layout", SHAPE_LAYOUTS, ids=str)
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("slope", [0.0, 0.2])
+def test_low_precision_matches_a_float64_reference(device, dtype, shape, layout, training, slope):
+    """bfloat16 / float16 input with float32 statistics, weight and bias (a model under autocast):
+    the kernels compute in float32 and round once, so every result is within two roundings of
+    the float64 reference computed from the same values."""
+    x = make_input(shape, dtype, device, layout)
+    upstream = make_input(shape, dtype, device, layout, seed=2)
+    p = params(shape[1], torch.float32, device)
+    actual = run(bn_lrelu, x, *p, training, slope, upstream)
+    expected = run(torch_bn_lrelu, x.double(), *[t.double() for t in p], training, slope,
+                   upstream.double())
+    assert actual[0].dtype == actual[1][0].dtype == dtype
+    assert actual[1][1].dtype == actual[2][0].dtype == torch.float32
+    for a, e in zip([actual[0], *actual[1], *actual[2]], [expected[0], *expected[1], *expected[2]],
+                    strict=True):
+        assert_within_roundings(a, e, dtype, roundings=2)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_low_precision_r1_pattern_matches_a_float64_reference(device, dtype, layout):
+    """The double backward in low precision: input gradient rounded to dtype, then backward
+    through its squared norm (in float32), against float64 from the same values."""
+    x0 = make_input((6, 4, 5, 5), dtype, device, layout)
+    upstream0 = make_input((6, 4, 5, 5), dtype, device, layout, seed=3)
+
+    def penalty_grads(fn, compute_dtype):
+        x = x0.detach().to(compute_dtype).requires_grad_()
+        param_dtype = torch.float64 if compute_dtype == torch.float64 else torch.float32
+        weight, bias = [t.to(param_dtype).requires_grad_()
+                        for t in params(4, torch.float32, device)[2:]]
+        out = fn(x, None, None, weight, bias, True, 0.1, 1e-5, 0.2)
+        (grad_x,) = torch.autograd.grad((out * upstream0.to(compute_dtype)).sum(), x,
+                                        create_graph=True)
+        grad_x.double().square().sum().backward()
+        return grad_x, x.grad, weight.grad, bias.grad
+
+    actual, expected = penalty_grads(bn_lrelu, dtype), penalty_grads(torch_bn_lrelu, torch.float64)
+    assert actual[0].dtype == actual[1].dtype == dtype
+    for a, e in zip(actual, expected, strict=True):
+        # The penalty squares the input gradient that was rounded to dtype: two roundings more.
+        assert_within_roundings(a, e, dtype, roundings=4)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 def test_layout_is_preserved(device, training):
@@ -247,9 +303,10 @@ def test_errors_name_the_argument():
         bn_lrelu(torch.randn(1, 3), *stats, training=True)
 
 
-def test_cpu_kernel_rejects_half_with_a_clear_error():
-    with pytest.raises(RuntimeError, match="float32 and float64"):
-        bn_lrelu(torch.randn(4, 3, 2, 2).half(), None, None, training=True)
+def test_cpu_kernel_rejects_an_unsupported_dtype_with_a_clear_error():
+    with pytest.raises(RuntimeError, match="float32, float64, bfloat16 and float16 input, got "
+                                           "Float8_e4m3fn"):
+        bn_lrelu(torch.randn(4, 3, 2, 2).to(torch.float8_e4m3fn), None, None, training=True)
 
 
 def test_ops_check_their_arguments():
@@ -270,10 +327,14 @@ def test_ops_check_their_arguments():
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "non_contiguous"])
-def test_opcheck(device, layout):
-    x = make_input((3, 4, 5, 5), torch.float64, device, layout)
-    go = make_input((3, 4, 5, 5), torch.float64, device, layout, seed=4)
-    mean, var, weight, bias = params(4, torch.float64, device)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16])
+def test_opcheck(device, layout, dtype):
+    """Low-precision input goes with float32 statistics, weight and bias: the fake kernels must
+    give the kernels' dtypes."""
+    x = make_input((3, 4, 5, 5), dtype, device, layout)
+    go = make_input((3, 4, 5, 5), dtype, device, layout, seed=4)
+    param_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    mean, var, weight, bias = params(4, param_dtype, device)
     ops = torch.ops.fastgan
     grad_x, grad_weight = x.clone().requires_grad_(), weight.clone().requires_grad_()
     cases = [

@@ -144,19 +144,19 @@ def test_conv_transpose2d_large_magnitudes(layout, offset, scale):
         assert (error <= n * EPS32 * bound + 1e-30).all(), name
 
 
-@pytest.mark.cuda
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_float16_sums_that_overflow_half(layout):
+def test_float16_sums_that_overflow_half(device, layout):
     """1M values near 300: their sum (3e8) and sum of squares overflow float16 (max 65504)."""
     x = torch.randn(16, 4, 128, 128, generator=torch.Generator().manual_seed(4)) + 300
-    x = _layout(x.half(), layout).cuda()
-    weight, bias = torch.ones(4, device="cuda"), torch.zeros(4, device="cuda")
-    running_mean, running_var = torch.zeros(4, device="cuda"), torch.ones(4, device="cuda")
+    x = _layout(x.half(), layout).to(device)
+    weight, bias = torch.ones(4, device=device), torch.zeros(4, device=device)
+    running_mean, running_var = torch.zeros(4, device=device), torch.ones(4, device=device)
     out = fastgan.ops.batch_norm_leaky_relu(x.requires_grad_(), running_mean, running_var,
                                             weight, bias, True, 0.1, 1e-5, 0.2)
     (grad,) = torch.autograd.grad(out.float().sum(), x)
-    ref = _reference.batch_norm_leaky_relu(x.double(), torch.zeros(4, device="cuda").double(),
-                                           torch.ones(4, device="cuda").double(), None, None,
+    ref = _reference.batch_norm_leaky_relu(x.double(), torch.zeros(4, device=device).double(),
+                                           torch.ones(4, device=device).double(), None, None,
                                            True, 0.1, 1e-5, 0.2)
     assert torch.isfinite(out).all() and torch.isfinite(grad).all()
     torch.testing.assert_close(out.double(), ref, rtol=1e-2, atol=2e-2)

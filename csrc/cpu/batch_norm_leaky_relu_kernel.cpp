@@ -14,10 +14,17 @@ namespace {
 
 using namespace fastgan::bn_lrelu;
 
+// bfloat16 and float16 input computes in float32 (its statistics, weight and bias are float32).
 void check_cpu(const char* op, const at::Tensor& input) {
-  TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble, op,
-              ": the CPU kernels support float32 and float64 input, got ", input.scalar_type());
+  const auto dtype = input.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16 ||
+                  dtype == at::kHalf,
+              op, ": the CPU kernels support float32, float64, bfloat16 and float16 input, got ",
+              dtype);
 }
+
+#define FASTGAN_DISPATCH_CPU_TYPES(TYPE, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, TYPE, NAME, __VA_ARGS__)
 
 // Reads a per-channel (float or double) tensor as doubles; an undefined one reads as `fallback`.
 // Element by element rather than through tensor ops: these are small, and each op costs
@@ -32,8 +39,8 @@ std::vector<double> channel_values(const at::Tensor& t, int64_t channels, double
   return values;
 }
 
-at::Tensor channel_tensor(const std::vector<double>& values, const at::Tensor& like) {
-  at::Tensor t = at::empty({static_cast<int64_t>(values.size())}, like.options());
+at::Tensor channel_tensor(const std::vector<double>& values, const at::TensorOptions& options) {
+  at::Tensor t = at::empty({static_cast<int64_t>(values.size())}, options);
   AT_DISPATCH_FLOATING_TYPES(t.scalar_type(), "channel_tensor", [&] {
     scalar_t* data = t.mutable_data_ptr<scalar_t>();
     for (size_t c = 0; c < values.size(); ++c) data[c] = static_cast<scalar_t>(values[c]);
@@ -41,13 +48,14 @@ at::Tensor channel_tensor(const std::vector<double>& values, const at::Tensor& l
   return t;
 }
 
-// Per-channel scalar_t arrays that the vectorized passes read (and `finish` callbacks write).
-template <typename scalar_t, int P>
+// Per-channel arrays of the compute type T that the vectorized passes read (and `finish`
+// callbacks write).
+template <typename T, int P>
 struct Coefficients {
-  std::array<std::vector<scalar_t>, P> values;
-  explicit Coefficients(int64_t channels) { values.fill(std::vector<scalar_t>(channels)); }
-  std::array<scalar_t*, P> pointers() {
-    std::array<scalar_t*, P> result;
+  std::array<std::vector<T>, P> values;
+  explicit Coefficients(int64_t channels) { values.fill(std::vector<T>(channels)); }
+  std::array<T*, P> pointers() {
+    std::array<T*, P> result;
     for (int p = 0; p < P; ++p) result[p] = values[p].data();
     return result;
   }
@@ -72,14 +80,14 @@ struct ChannelParams {
     }
   }
   // Coefficient arrays 0, 1, 2 = scale, shift, mean, as the backward passes read them: the shift
-  // goes with x minus the mean as rounded to scalar_t.
-  template <typename scalar_t, int P>
-  void store_affine(Coefficients<scalar_t, P>& coef) const {
+  // goes with x minus the mean as rounded to T.
+  template <typename T, int P>
+  void store_affine(Coefficients<T, P>& coef) const {
     for (size_t c = 0; c < mean.size(); ++c) {
-      const auto center = static_cast<scalar_t>(mean[c]);
-      coef.values[0][c] = static_cast<scalar_t>(scale[c]);
+      const auto center = static_cast<T>(mean[c]);
+      coef.values[0][c] = static_cast<T>(scale[c]);
       const double centered_shift = shift[c] + static_cast<double>(center) * scale[c];
-      coef.values[1][c] = static_cast<scalar_t>(centered_shift);
+      coef.values[1][c] = static_cast<T>(centered_shift);
       coef.values[2][c] = center;
     }
   }
@@ -101,12 +109,11 @@ struct SavedOperands {
 };
 
 // leaky_relu'(xc * scale + shift) for xc = x - mean, vectorized (the header's leaky_relu_grad).
-template <typename scalar_t>
-inline Vec<scalar_t> activation_slope(const Vec<scalar_t>& xc, const Vec<scalar_t>& scale,
-                                      const Vec<scalar_t>& shift, const Vec<scalar_t>& slope) {
-  using V = Vec<scalar_t>;
+template <typename V>
+inline V activation_slope(const V& xc, const V& scale, const V& shift, const V& slope) {
+  using T = typename V::value_type;
   const V y = at::vec::fmadd(xc, scale, shift);
-  return V::blendv(slope, V(scalar_t(1)), y > V(scalar_t(0)));
+  return V::blendv(slope, V(T(1)), y > V(T(0)));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu(
@@ -116,9 +123,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu(
   constexpr const char* op = "fastgan::batch_norm_leaky_relu";
   const at::Tensor w = weight.value_or(at::Tensor()), b = bias.value_or(at::Tensor());
   const at::Tensor m = mean.value_or(at::Tensor()), v = var.value_or(at::Tensor());
-  // Unsupported dtypes first: the Python wrapper passes float32 weights with half input.
   check_cpu(op, input);
-  check_inputs(op, input, m, v, w, b, training, input.scalar_type(), input.scalar_type(), eps);
+  const auto opmath = at::toOpMathType(input.scalar_type());
+  check_inputs(op, input, m, v, w, b, training, opmath, opmath, eps);
   const auto layout = choose_layout(input);
   const int64_t C = layout.channels;
   const at::Tensor x = to_layout(input, layout);
@@ -127,28 +134,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu(
   const auto weights = channel_values(w, C, 1.0), biases = channel_values(b, C, 0.0);
   // Training: the batch statistics; evaluation: the given ones.
   std::vector<double> batch_mean = channel_values(m, C, 0.0), batch_var = channel_values(v, C, 1.0);
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "batch_norm_leaky_relu", [&] {
+  FASTGAN_DISPATCH_CPU_TYPES(x.scalar_type(), "batch_norm_leaky_relu", [&] {
     using V = Vec<scalar_t>;
+    using T = opmath_t<scalar_t>;
     const scalar_t* data = x.const_data_ptr<scalar_t>();
     // The shift of the sums, then y = (x - center) * scale + shift.
-    Coefficients<scalar_t, 4> coef(C);
+    Coefficients<T, 4> coef(C);
     if (training && count > 0) {
       // Sums are of x minus the channel's first element (see moments_from_shifted_sums).
       for (int64_t c = 0; c < C; ++c) {
-        coef.values[0][c] = data[layout.stored_channels_last ? c : c * layout.spatial];
+        coef.values[0][c] =
+            static_cast<T>(data[layout.stored_channels_last ? c : c * layout.spatial]);
       }
     }
     auto set_affine = [&](int64_t c) {
       const auto a = affine(batch_mean[c], inverse_std(batch_var[c], eps), weights[c], biases[c]);
-      const auto center = static_cast<scalar_t>(batch_mean[c]);
-      coef.values[1][c] = static_cast<scalar_t>(a.scale);
-      coef.values[2][c] = static_cast<scalar_t>(a.shift + static_cast<double>(center) * a.scale);
+      const auto center = static_cast<T>(batch_mean[c]);
+      coef.values[1][c] = static_cast<T>(a.scale);
+      coef.values[2][c] = static_cast<T>(a.shift + static_cast<double>(center) * a.scale);
       coef.values[3][c] = center;
     };
-    const V slope(static_cast<scalar_t>(negative_slope));
+    const V slope(static_cast<T>(negative_slope));
     auto apply = [&](const V* in, const V* k, V* result) {
       const V y = at::vec::fmadd(in[0] - k[3], k[1], k[2]);
-      result[0] = V::blendv(y * slope, y, y > V(scalar_t(0)));
+      result[0] = V::blendv(y * slope, y, y > V(T(0)));
     };
     if (!training) {
       for (int64_t c = 0; c < C; ++c) set_affine(c);
@@ -173,13 +182,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu(
           // The shifted sums cancel when the shift (the first element, an outlier maybe) lies
           // many standard deviations from the mean: then sum again around the mean.
           if (shifted_sums_accurate(moments, shift)) return true;
-          coef.values[0][c] = static_cast<scalar_t>(moments.mean);
+          coef.values[0][c] = static_cast<T>(moments.mean);
           return false;
         },
         apply);
   });
-  if (!training) return {out, input.new_empty({0}), input.new_empty({0})};
-  return {out, channel_tensor(batch_mean, input), channel_tensor(batch_var, input)};
+  const auto stats_options = input.options().dtype(opmath);
+  if (!training) return {out, at::empty({0}, stats_options), at::empty({0}, stats_options)};
+  return {out, channel_tensor(batch_mean, stats_options), channel_tensor(batch_var, stats_options)};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu_backward(
@@ -189,9 +199,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu_backward(
     std::array<bool, 3> output_mask) {
   constexpr const char* op = "fastgan::batch_norm_leaky_relu_backward";
   const at::Tensor w = weight.value_or(at::Tensor()), b = bias.value_or(at::Tensor());
-  check_inputs(op, input, mean, var, w, b, false, input.scalar_type(), input.scalar_type(), eps);
-  check_like_input(op, "grad_output", grad_output, input);
   check_cpu(op, input);
+  const auto opmath = at::toOpMathType(input.scalar_type());
+  check_inputs(op, input, mean, var, w, b, false, opmath, opmath, eps);
+  check_like_input(op, "grad_output", grad_output, input);
   const SavedOperands saved(grad_output, input, mean, var, w, b, eps);
   const ChannelLayout& layout = saved.layout;
   const at::Tensor &x = saved.x, &go = saved.go;
@@ -201,11 +212,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu_backward(
   at::Tensor grad_input = output_mask[0] ? at::empty_like(x) : at::Tensor();
   std::vector<double> grad_weight(C, 0.0), grad_bias(C, 0.0);
   const bool need_sums = output_mask[1] || output_mask[2] || (training && output_mask[0]);
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "batch_norm_leaky_relu_backward", [&] {
+  FASTGAN_DISPATCH_CPU_TYPES(x.scalar_type(), "batch_norm_leaky_relu_backward", [&] {
     using V = Vec<scalar_t>;
-    const V slope(static_cast<scalar_t>(negative_slope));
+    using T = opmath_t<scalar_t>;
+    const V slope(static_cast<T>(negative_slope));
     // scale, shift, mean, then grad_input = g * k_grad + x * k_input + k_constant.
-    Coefficients<scalar_t, 6> coef(C);
+    Coefficients<T, 6> coef(C);
     ch.store_affine(coef);
     auto finish = [&](int64_t c, const double* sums) {
       const double sum_g = need_sums ? sums[0] : 0.0, sum_g_xc = need_sums ? sums[1] : 0.0;
@@ -213,10 +225,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu_backward(
       grad_bias[c] = sum_g;
       const auto k = backward_coefficients<double>(training, count, ch.mean[c], ch.invstd[c],
                                                    ch.weight[c], sum_g, sum_g_xc);
-      coef.values[3][c] = static_cast<scalar_t>(k.grad);
-      coef.values[4][c] = static_cast<scalar_t>(k.input);
+      coef.values[3][c] = static_cast<T>(k.grad);
+      coef.values[4][c] = static_cast<T>(k.input);
       // grad_input's x * input + constant, rewritten for x - center (coefficient 2)
-      coef.values[5][c] = static_cast<scalar_t>(k.constant + coef.values[2][c] * k.input);
+      coef.values[5][c] = static_cast<T>(k.constant + coef.values[2][c] * k.input);
     };
     // Sums of g and g * (x - mean), g = grad_out * leaky_relu'(y).
     auto accumulate = [&](V* acc, const V* in, const V* k) {
@@ -246,8 +258,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu_backward(
     }
   });
   return {output_mask[0] ? grad_input : input.new_empty({0}),
-          output_mask[1] && w.defined() ? channel_tensor(grad_weight, w) : input.new_empty({0}),
-          output_mask[2] && b.defined() ? channel_tensor(grad_bias, b) : input.new_empty({0})};
+          output_mask[1] && w.defined() ? channel_tensor(grad_weight, w.options())
+                                        : input.new_empty({0}),
+          output_mask[2] && b.defined() ? channel_tensor(grad_bias, b.options())
+                                        : input.new_empty({0})};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu_double_backward(
@@ -259,15 +273,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu_double_back
     double eps, double negative_slope, std::array<bool, 3> output_mask) {
   constexpr const char* op = "fastgan::batch_norm_leaky_relu_double_backward";
   const at::Tensor w = weight.value_or(at::Tensor()), b = bias.value_or(at::Tensor());
-  check_inputs(op, input, mean, var, w, b, false, input.scalar_type(), input.scalar_type(), eps);
+  check_cpu(op, input);
+  const auto opmath = at::toOpMathType(input.scalar_type());
+  check_inputs(op, input, mean, var, w, b, false, opmath, opmath, eps);
   check_like_input(op, "grad_output", grad_output, input);
   const at::Tensor ggi_in = grad_grad_input.value_or(at::Tensor());
   if (ggi_in.defined()) check_like_input(op, "grad_grad_input", ggi_in, input);
   const at::Tensor ggw_in = grad_grad_weight.value_or(at::Tensor());
   const at::Tensor ggb_in = grad_grad_bias.value_or(at::Tensor());
-  check_channel_tensor(op, "grad_grad_weight", ggw_in, input, input.scalar_type());
-  check_channel_tensor(op, "grad_grad_bias", ggb_in, input, input.scalar_type());
-  check_cpu(op, input);
+  check_channel_tensor(op, "grad_grad_weight", ggw_in, input, opmath);
+  check_channel_tensor(op, "grad_grad_bias", ggb_in, input, opmath);
   const SavedOperands saved(grad_output, input, mean, var, w, b, eps);
   const ChannelLayout& layout = saved.layout;
   const at::Tensor &x = saved.x, &go = saved.go;
@@ -281,10 +296,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu_double_back
   at::Tensor grad_grad_output = output_mask[0] ? at::empty_like(x) : at::Tensor();
   at::Tensor grad_input = output_mask[1] ? at::empty_like(x) : at::Tensor();
   std::vector<double> grad_weight(C);
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "batch_norm_leaky_relu_double_backward", [&] {
+  FASTGAN_DISPATCH_CPU_TYPES(x.scalar_type(), "batch_norm_leaky_relu_double_backward", [&] {
     using V = Vec<scalar_t>;
-    const V slope(static_cast<scalar_t>(negative_slope));
-    Coefficients<scalar_t, 10> coef(C);  // scale, shift, mean, then the seven of the header
+    using T = opmath_t<scalar_t>;
+    const V slope(static_cast<T>(negative_slope));
+    Coefficients<T, 10> coef(C);  // scale, shift, mean, then the seven of the header
     ch.store_affine(coef);
     // The five sums of DoubleBackwardSums.
     auto accumulate = [&](V* acc, const V* in, const V* k) {
@@ -305,7 +321,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu_double_back
       const double center = coef.values[2][c];
       const double values[7] = {k.go_ggi, k.go_x, k.go_const + center * k.go_x, k.x_ggi,
                                 k.x_g,    k.x_x,  k.x_const + center * k.x_x};
-      for (int i = 0; i < 7; ++i) coef.values[3 + i][c] = static_cast<scalar_t>(values[i]);
+      for (int i = 0; i < 7; ++i) coef.values[3 + i][c] = static_cast<T>(values[i]);
       grad_weight[c] = k.grad_weight;
     };
     // Both results are linear per channel: result 0 is grad_grad_output, 1 grad_input.
@@ -347,7 +363,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu_double_back
   });
   return {output_mask[0] ? grad_grad_output : input.new_empty({0}),
           output_mask[1] ? grad_input : input.new_empty({0}),
-          output_mask[2] && w.defined() ? channel_tensor(grad_weight, w) : input.new_empty({0})};
+          output_mask[2] && w.defined() ? channel_tensor(grad_weight, w.options())
+                                        : input.new_empty({0})};
 }
 
 }  // namespace

@@ -2,11 +2,14 @@
 // and channels-last storage, parallel and vectorized with at::vec. Channels-first: one task per
 // channel reduces it and maps it right away, so the second read comes from that core's cache.
 // Channels-last: a channel is a column, so whole rows are streamed twice (reduce, then map). Ops
-// supply the per-element math as functors on Vectorized values.
+// supply the per-element math as functors on Vectorized values of the compute type: the storage
+// type itself, or float for bfloat16 and float16 storage.
 #pragma once
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/OpMathType.h>
+#include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
@@ -20,10 +23,42 @@
 namespace fastgan {
 namespace cpu {
 
+// The compute type of scalar_t storage (float for bfloat16 and float16) and its vectors.
 template <typename scalar_t>
-using Vec = at::vec::Vectorized<scalar_t>;
+using opmath_t = at::opmath_type<scalar_t>;
+template <typename scalar_t>
+using Vec = at::vec::Vectorized<opmath_t<scalar_t>>;
 
-// Partial sums stay in scalar_t vectors for at most this many elements per lane, then move into
+// `count` (<= Vec::size()) elements at `data`, as a vector of the compute type.
+template <typename scalar_t>
+inline Vec<scalar_t> load(const scalar_t* data, int64_t count) {
+  using V = Vec<scalar_t>;
+  if constexpr (std::is_same_v<scalar_t, opmath_t<scalar_t>>) {
+    return V::loadu(data, count);
+  } else {
+    V result;
+    if (count == V::size()) {
+      at::vec::load_to_float(data, result);
+    } else {
+      scalar_t part[V::size()] = {};
+      std::copy(data, data + count, part);
+      at::vec::load_to_float(part, result);
+    }
+    return result;
+  }
+}
+
+// The first `count` lanes of `value`, rounded to scalar_t, to `data`.
+template <typename scalar_t>
+inline void store(const Vec<scalar_t>& value, scalar_t* data, int64_t count) {
+  if constexpr (std::is_same_v<scalar_t, opmath_t<scalar_t>>) {
+    value.store(data, count);
+  } else {
+    at::vec::convert_from_float<scalar_t>(value, value).store(data, count);
+  }
+}
+
+// Partial sums stay in compute-type vectors for at most this many elements per lane, then move into
 // double: fast and accurate for any N * S.
 constexpr int64_t kFlushElements = 1024;
 
@@ -64,7 +99,7 @@ inline void accumulate_run(Vec<scalar_t>* acc, const std::array<const scalar_t*,
     for (int64_t s = 0; s < steps; ++s) {
       for (int i = 0; i < I; ++i) {
         if (prefetch_ahead) __builtin_prefetch(at[i] + prefetch_ahead);
-        in[i] = V::loadu(at[i]);
+        in[i] = load(at[i], V::size());
         at[i] += stride;
       }
       accumulate(sums, in, coef);
@@ -72,7 +107,7 @@ inline void accumulate_run(Vec<scalar_t>* acc, const std::array<const scalar_t*,
   } else {
     for (int64_t s = 0; s < steps; ++s) {
       for (int i = 0; i < I; ++i) {
-        in[i] = V::loadu(at[i], count);
+        in[i] = load(at[i], count);
         at[i] += stride;
       }
       V updated[K > 0 ? K : 1];
@@ -99,12 +134,12 @@ inline void map_run(const std::array<const scalar_t*, I>& inputs,
   for (int64_t s = 0; s < steps; ++s) {
     for (int i = 0; i < I; ++i) {
       if (prefetch_ahead) __builtin_prefetch(at[i] + prefetch_ahead);
-      in[i] = V::loadu(at[i], count);
+      in[i] = load(at[i], count);
       at[i] += stride;
     }
     map(in, coef, out);
     for (int o = 0; o < O; ++o) {
-      out[o].store(to[o], count);
+      store(out[o], to[o], count);
       to[o] += stride;
     }
   }
@@ -122,18 +157,19 @@ inline void map_run(const std::array<const scalar_t*, I>& inputs,
 template <typename scalar_t, int K, int I, int P, int O, typename Accumulate, typename Finish,
           typename Map>
 void reduce_then_map(const ChannelLayout& layout, const std::array<const scalar_t*, I>& inputs,
-                     const std::array<scalar_t*, P>& coefficients,
+                     const std::array<opmath_t<scalar_t>*, P>& coefficients,
                      const std::array<scalar_t*, O>& outputs, const Accumulate& accumulate,
                      const Finish& finish, const Map& map) {
   using V = Vec<scalar_t>;
+  using T = opmath_t<scalar_t>;
   constexpr int64_t width = V::size();
   const int64_t C = layout.channels, per_channel = layout.per_channel();
   auto flush = [](V* acc, double (*totals)[width]) {
     for (int k = 0; k < K; ++k) {
-      scalar_t lanes[width];
+      T lanes[width];
       acc[k].store(lanes);
       for (int64_t l = 0; l < width; ++l) totals[k][l] += static_cast<double>(lanes[l]);
-      acc[k] = V(scalar_t(0));
+      acc[k] = V(T(0));
     }
   };
 
@@ -165,7 +201,7 @@ void reduce_then_map(const ChannelLayout& layout, const std::array<const scalar_
       double totals[K > 0 ? K : 1][width] = {};
       if (K > 0 && per_channel > 0) {
         V acc[K > 0 ? K : 1];
-        for (int k = 0; k < K; ++k) acc[k] = V(scalar_t(0));
+        for (int k = 0; k < K; ++k) acc[k] = V(T(0));
         int64_t pending = 0;
         for_each_run(c, [&](int64_t offset, int64_t steps, int64_t count, int64_t n) {
           accumulate_run<scalar_t, K, I>(acc, inputs, offset, width, steps, count,
@@ -224,11 +260,11 @@ void reduce_then_map(const ChannelLayout& layout, const std::array<const scalar_
     const int64_t rows_per_block = (rows + blocks - 1) / blocks;
     std::vector<double> partial(blocks * K * C, 0.0);
     at::parallel_for(0, blocks, grain_for(rows_per_block * C), [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> acc_buffer(std::max<int64_t>(K, 1) * padded);
+      std::vector<T> acc_buffer(std::max<int64_t>(K, 1) * padded);
       for (int64_t block = begin; block < end; ++block) {
         double* block_sums = partial.data() + block * K * C;
         const int64_t first = block * rows_per_block, last = std::min(rows, first + rows_per_block);
-        std::fill(acc_buffer.begin(), acc_buffer.end(), scalar_t(0));
+        std::fill(acc_buffer.begin(), acc_buffer.end(), T(0));
         for (int64_t tile = first; tile < last; tile += kTileRows) {
           const int64_t tile_end = std::min(last, tile + kTileRows);
           for_each_vector([&](int64_t c, int64_t count) {
@@ -243,7 +279,7 @@ void reduce_then_map(const ChannelLayout& layout, const std::array<const scalar_
             for (int k = 0; k < K; ++k) {
               for (int64_t c = 0; c < C; ++c) block_sums[k * C + c] += acc_buffer[k * padded + c];
             }
-            std::fill(acc_buffer.begin(), acc_buffer.end(), scalar_t(0));
+            std::fill(acc_buffer.begin(), acc_buffer.end(), T(0));
           }
         }
       }

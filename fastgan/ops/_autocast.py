@@ -1,22 +1,21 @@
-"""torch.autocast for fastgan's ops: kernels registered for the dispatcher's AutocastCPU and
-AutocastCUDA keys, so that each op follows the policy torch applies to its counterpart:
-- conv_transpose2d, like F.conv_transpose2d, runs in the autocast dtype: its floating-point
-  operands are cast to it (float64 ones are left alone, as torch does);
+"""torch.autocast for fastgan's ops, so that each op follows the policy torch applies to its
+counterpart:
+- conv_transpose2d, like F.conv_transpose2d, runs in the autocast dtype: kernels registered for
+  the dispatcher's AutocastCPU and AutocastCUDA keys cast its floating-point operands to it
+  (float64 ones are left alone, as torch does). Where the device's kernels lack the dtype (the
+  CPU kernels are float32/float64 only) it runs torch's own transposed convolution in that
+  dtype, with the activation as a separate op (fastgan's reference), so its results are torch's.
+  The casts are ordinary differentiable ops, so autograd, double backward and the fake kernels
+  (torch.compile) work unchanged under autocast.
 - batch_norm_leaky_relu, like F.batch_norm, runs in its input's dtype with float32 statistics,
-  weight and bias: nothing is cast.
-Where the device's kernels lack the dtype (the CPU kernels are float32/float64 only):
-- conv_transpose2d runs torch's own transposed convolution in that dtype, with the activation as
-  a separate op (fastgan's reference), so its results are torch's;
-- batch_norm_leaky_relu computes in float32 with the fused kernel and rounds its output to the
-  input's dtype (torch's low-precision batch norm also computes in float32).
-The casts are ordinary differentiable ops, so autograd, double backward and the fake kernels
-(torch.compile) work unchanged under autocast.
+  weight and bias: nothing is cast. Its kernels take float32, float64, bfloat16 and float16 on
+  both devices, so it has no autocast kernel: the dispatcher's autocast fallthrough runs it as is.
 """
 import torch
 
 from fastgan import _reference
 
-KERNEL_DTYPES = {
+CONV_TRANSPOSE2D_DTYPES = {
     "cpu": (torch.float32, torch.float64),
     "cuda": (torch.float32, torch.float64, torch.float16, torch.bfloat16),
 }
@@ -47,7 +46,7 @@ def _conv_transpose2d(device_type):
         dtype = torch.get_autocast_dtype(device_type)
         input, weight, bias = (_cast(t, dtype, device_type) for t in (input, weight, bias))
         with _autocast_off(device_type):
-            if input.dtype in KERNEL_DTYPES[device_type]:
+            if input.dtype in CONV_TRANSPOSE2D_DTYPES[device_type]:
                 return torch.ops.fastgan.conv_transpose2d(
                     input, weight, bias, stride, padding, output_padding, groups, dilation,
                     activation, negative_slope)
@@ -57,21 +56,7 @@ def _conv_transpose2d(device_type):
     return kernel
 
 
-def _batch_norm_leaky_relu(device_type):
-    def kernel(input, mean, var, weight, bias, training, eps, negative_slope):
-        with _autocast_off(device_type):
-            if input.dtype in KERNEL_DTYPES[device_type]:
-                return torch.ops.fastgan.batch_norm_leaky_relu(
-                    input, mean, var, weight, bias, training, eps, negative_slope)
-            output, batch_mean, batch_var = torch.ops.fastgan.batch_norm_leaky_relu(
-                input.float(), mean, var, weight, bias, training, eps, negative_slope)
-            return output.to(input.dtype), batch_mean, batch_var
-    return kernel
-
-
 def register():
-    for device_type in KERNEL_DTYPES:
-        key = _autocast_key(device_type)
-        torch.library.impl("fastgan::conv_transpose2d", key, _conv_transpose2d(device_type))
-        torch.library.impl("fastgan::batch_norm_leaky_relu", key,
-                           _batch_norm_leaky_relu(device_type))
+    for device_type in CONV_TRANSPOSE2D_DTYPES:
+        torch.library.impl("fastgan::conv_transpose2d", _autocast_key(device_type),
+                           _conv_transpose2d(device_type))
