@@ -7,8 +7,8 @@
 #pragma once
 
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 #include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
@@ -58,8 +58,8 @@ inline void store(const Vec<scalar_t>& value, scalar_t* data, int64_t count) {
   }
 }
 
-// Partial sums stay in compute-type vectors for at most this many elements per lane, then move into
-// double: fast and accurate for any N * S.
+// Partial sums stay in compute-type vectors for at most this many elements per lane, then move
+// into double: fast and accurate for any N * S.
 constexpr int64_t kFlushElements = 1024;
 
 // Channels-first reductions prefetch this many bytes of rows ahead. One row ahead is too little for
