@@ -54,7 +54,9 @@ inline void store(const Vec<scalar_t>& value, scalar_t* data, int64_t count) {
   if constexpr (std::is_same_v<scalar_t, opmath_t<scalar_t>>) {
     value.store(data, count);
   } else {
-    at::vec::convert_from_float<scalar_t>(value, value).store(data, count);
+    // One vector's conversion; its lanes land in the low half of the scalar_t vector.
+    const at::vec::VectorizedN<float, 1> wide(value);
+    at::vec::convert<scalar_t, 1, float, 1>(wide).store(data, count);
   }
 }
 
