@@ -2,7 +2,7 @@
 counterpart:
 - conv_transpose2d, like F.conv_transpose2d, runs in the autocast dtype: kernels registered for
   the dispatcher's AutocastCPU and AutocastCUDA keys cast its floating-point operands to it
-  (float64 ones are left alone, as torch does). Where the device's kernels lack the dtype (the
+  (float64 ones are left alone, as torch does). Where the device's kernels lack the dtype (its
   CPU kernels are float32/float64 only) it runs torch's own transposed convolution in that
   dtype, with the activation as a separate op (fastgan's reference), so its results are torch's.
   The casts are ordinary differentiable ops, so autograd, double backward and the fake kernels

@@ -46,8 +46,8 @@ def batch_norm_leaky_relu(input, running_mean, running_var, weight=None, bias=No
         input, mean, var, _as_dtype(weight, stats_dtype), _as_dtype(bias, stats_dtype), training,
         float(eps), float(negative_slope))
     if training and running_mean is not None and per_channel > 0:
-        # As torch: the running variance is unbiased. One foreach call for both: at small shapes
-        # this update's separate small ops cost more than the kernel.
+        # As torch: the running variance is unbiased. One foreach call updates both: each small
+        # tensor op costs microseconds, several times more inside a training step than alone.
         unbiased = batch_var * (per_channel / (per_channel - 1))
         with torch.no_grad():
             torch._foreach_lerp_((running_mean, running_var),
