@@ -14,7 +14,9 @@ def batch_norm_leaky_relu(input, running_mean, running_var, weight=None, bias=No
                           training=False, momentum=0.1, eps=1e-5, negative_slope=0.2):
     """`F.leaky_relu(F.batch_norm(input, running_mean, running_var, weight, bias, training,
     momentum, eps), negative_slope)`, fused: same arguments, same results, same running-statistics
-    update. negative_slope=0 is BatchNorm+ReLU, negative_slope=1 plain BatchNorm."""
+    update. negative_slope=0 is BatchNorm+ReLU, negative_slope=1 plain BatchNorm. input may be
+    float32, float64, bfloat16 or float16 (on the CPU too); low precision is computed in float32
+    and the output has input's dtype, as in torch."""
     check_tensor("input", input, min_dim=2)
     channels = input.shape[1]
     for name, value in (("running_mean", running_mean), ("running_var", running_var),
