@@ -64,7 +64,8 @@ def extension():
     ]
     # -fopenmp: at::parallel_for is inline OpenMP code; without it the kernels run on one thread.
     cxx_flags = ["-O3", f"-march={march}", "-fopenmp", "-Wno-unknown-pragmas"]
-    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
+    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp") +
+                     glob.glob("csrc/autograd/*.cpp"))
     if not cuda_wanted():
         return CppExtension(
             "fastgan._C", sources, define_macros=macros, extra_compile_args={"cxx": cxx_flags},

@@ -1,6 +1,7 @@
 // The one place where fastgan's op schemas are defined. Backends register their kernels with
-// TORCH_LIBRARY_IMPL(fastgan, CPU|CUDA, m) in csrc/cpu and csrc/cuda; fake kernels and autograd
-// formulas are registered from Python (fastgan/ops).
+// TORCH_LIBRARY_IMPL(fastgan, CPU|CUDA, m) in csrc/cpu and csrc/cuda; fake kernels are registered
+// from Python (fastgan/ops), and so are the autograd formulas, except BatchNorm + LeakyReLU's,
+// which are C++ (csrc/autograd: a Python autograd layer cost more than its kernels).
 #include <torch/extension.h>
 
 #ifndef FASTGAN_VERSION

@@ -105,60 +105,8 @@ def _register():
                 _empty_or(output_mask[2] and weight is not None,
                           lambda: torch.empty_like(weight), input))
 
-    # --- autograd: forward -> backward op -> double backward op -----------------------------
-
-    def setup_forward(ctx, inputs, output):
-        input, mean, var, weight, bias, training, eps, negative_slope = inputs
-        _, batch_mean, batch_var = output
-        ctx.mark_non_differentiable(batch_mean, batch_var)
-        ctx.save_for_backward(input, *((batch_mean, batch_var) if training else (mean, var)),
-                              weight, bias)
-        ctx.config = (training, eps, negative_slope)
-
-    def backward_forward(ctx, grad_output, _grad_batch_mean, _grad_batch_var):
-        input, mean, var, weight, bias = ctx.saved_tensors
-        needs = ctx.needs_input_grad
-        mask = [needs[0], weight is not None and needs[3], bias is not None and needs[4]]
-        grad_input, grad_weight, grad_bias = _ops.batch_norm_leaky_relu_backward(
-            grad_output, input, mean, var, weight, bias, *ctx.config, mask)
-        return (grad_input if mask[0] else None, None, None,
-                grad_weight if mask[1] else None, grad_bias if mask[2] else None,
-                None, None, None)
-
-    torch.library.register_autograd(lib + "batch_norm_leaky_relu", backward_forward,
-                                    setup_context=setup_forward)
-
-    def setup_backward(ctx, inputs, output):
-        grad_output, input, mean, var, weight, bias, training, eps, negative_slope, mask = inputs
-        ctx.save_for_backward(grad_output, input, mean, var, weight, bias)
-        ctx.config = (training, eps, negative_slope)
-        ctx.mask = mask
-
-    def backward_backward(ctx, grad_grad_input, grad_grad_weight, grad_grad_bias):
-        grad_output, input, mean, var, weight, bias = ctx.saved_tensors
-        # Gradients of outputs the backward did not compute (empty) carry nothing.
-        upstream = [g if present else None for g, present in
-                    zip((grad_grad_input, grad_grad_weight, grad_grad_bias), ctx.mask)]
-        needs = ctx.needs_input_grad
-        mask = [needs[0], needs[1], weight is not None and needs[4]]
-        grad_grad_output, grad_input, grad_weight = _ops.batch_norm_leaky_relu_double_backward(
-            *upstream, grad_output, input, mean, var, weight, bias, *ctx.config, mask)
-        # The bias only moves the activation's kink: its gradient is zero, given as torch does.
-        grad_bias = torch.zeros_like(bias) if bias is not None and needs[5] else None
-        return (grad_grad_output if mask[0] else None, grad_input if mask[1] else None, None,
-                None, grad_weight if mask[2] else None, grad_bias, None, None, None, None)
-
-    torch.library.register_autograd(lib + "batch_norm_leaky_relu_backward", backward_backward,
-                                    setup_context=setup_backward)
-
-    def not_differentiable(message):
-        def backward(ctx, *grads):
-            raise NotImplementedError(message)
-        return backward
-
-    torch.library.register_autograd(
-        lib + "batch_norm_leaky_relu_double_backward",
-        not_differentiable("third-order gradients of batch_norm_leaky_relu are not implemented"))
+    # Autograd (forward -> backward op -> double backward op) is registered in C++:
+    # csrc/autograd/batch_norm_leaky_relu_kernel.cpp.
 
 
 if _ops is not None:

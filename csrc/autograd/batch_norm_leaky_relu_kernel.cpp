@@ -1,0 +1,229 @@
+// Autograd for the fused BatchNorm + LeakyReLU ops, for every device: forward -> backward op ->
+// double backward op, each a node of its own so that a gradient penalty differentiates through
+// the backward. Registered in C++ (as torchvision's ops are) rather than with Python's
+// torch.library.register_autograd: these ops run once per layer and direction at sizes where
+// the kernels take tens of microseconds, and a Python autograd layer cost more than the kernels
+// at small sizes (see benchmarks/RESULTS.md). The fake kernels stay in Python (fastgan/ops).
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include <array>
+#include <tuple>
+
+namespace fastgan {
+namespace autograd {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+using at::Tensor;
+using OptionalTensor = std::optional<Tensor>;
+using Mask = std::array<bool, 3>;
+using Triple = std::tuple<Tensor, Tensor, Tensor>;
+
+// The ops as the dispatcher holds them; called under AutoDispatchBelowADInplaceOrView they run
+// the device's kernel, and called from a backward that builds a graph, their own autograd.
+const auto& forward_op() {
+  static const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("fastgan::batch_norm_leaky_relu", "")
+          .typed<Triple(const Tensor&, const OptionalTensor&, const OptionalTensor&,
+                        const OptionalTensor&, const OptionalTensor&, bool, double, double)>();
+  return op;
+}
+
+const auto& backward_op() {
+  static const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("fastgan::batch_norm_leaky_relu_backward", "")
+          .typed<Triple(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                        const OptionalTensor&, const OptionalTensor&, bool, double, double,
+                        Mask)>();
+  return op;
+}
+
+const auto& double_backward_op() {
+  static const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("fastgan::batch_norm_leaky_relu_double_backward", "")
+          .typed<Triple(const OptionalTensor&, const OptionalTensor&, const OptionalTensor&,
+                        const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                        const OptionalTensor&, const OptionalTensor&, bool, double, double,
+                        Mask)>();
+  return op;
+}
+
+// An undefined tensor reads as None.
+OptionalTensor or_none(const Tensor& t) { return t.defined() ? OptionalTensor(t) : std::nullopt; }
+
+bool given(const OptionalTensor& t) { return t.has_value() && t->defined(); }
+
+// Which tensor arguments need a gradient, by position. A Function's needs_input_grad numbers only
+// the tensors that were given (None has no edge), so the forward records which were.
+std::vector<bool> needs_grad(AutogradContext* ctx) {
+  const auto was_given = ctx->saved_data["given"].toBoolList();
+  std::vector<bool> needs(was_given.size(), false);
+  size_t edge = 0;
+  for (size_t i = 0; i < was_given.size(); ++i) {
+    if (was_given.get(i)) needs[i] = ctx->needs_input_grad(edge++);
+  }
+  return needs;
+}
+
+// The configuration every op takes after its tensors.
+struct Config {
+  bool training;
+  double eps, negative_slope;
+
+  void save(AutogradContext* ctx) const {
+    ctx->saved_data["training"] = training;
+    ctx->saved_data["eps"] = eps;
+    ctx->saved_data["negative_slope"] = negative_slope;
+  }
+  static Config load(AutogradContext* ctx) {
+    return {ctx->saved_data["training"].toBool(), ctx->saved_data["eps"].toDouble(),
+            ctx->saved_data["negative_slope"].toDouble()};
+  }
+};
+
+class BatchNormLeakyReLU : public torch::autograd::Function<BatchNormLeakyReLU> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const Tensor& input,
+                               const OptionalTensor& mean, const OptionalTensor& var,
+                               const OptionalTensor& weight, const OptionalTensor& bias,
+                               bool training, double eps, double negative_slope) {
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [output, batch_mean, batch_var] =
+        forward_op().call(input, mean, var, weight, bias, training, eps, negative_slope);
+    ctx->mark_non_differentiable({batch_mean, batch_var});
+    // The backward needs the statistics that normalized the input: the batch's when training.
+    ctx->save_for_backward({input, training ? batch_mean : mean.value_or(Tensor()),
+                            training ? batch_var : var.value_or(Tensor()),
+                            weight.value_or(Tensor()), bias.value_or(Tensor())});
+    Config{training, eps, negative_slope}.save(ctx);
+    ctx->saved_data["given"] =
+        std::vector<bool>{true, given(mean), given(var), given(weight), given(bias)};
+    return {output, batch_mean, batch_var};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const Tensor &input = saved[0], &mean = saved[1], &var = saved[2], &weight = saved[3],
+                 &bias = saved[4];
+    const Config config = Config::load(ctx);
+    const auto needs = needs_grad(ctx);
+    const Mask mask{needs[0], needs[3], needs[4]};
+    auto [grad_input, grad_weight, grad_bias] =
+        backward_op().call(grads[0], input, mean, var, or_none(weight), or_none(bias),
+                           config.training, config.eps, config.negative_slope, mask);
+    return {mask[0] ? grad_input : Tensor(), Tensor(), Tensor(),
+            mask[1] ? grad_weight : Tensor(), mask[2] ? grad_bias : Tensor(),
+            Tensor(), Tensor(), Tensor()};
+  }
+};
+
+class BatchNormLeakyReLUBackward : public torch::autograd::Function<BatchNormLeakyReLUBackward> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const Tensor& grad_output,
+                               const Tensor& input, const Tensor& mean, const Tensor& var,
+                               const OptionalTensor& weight, const OptionalTensor& bias,
+                               bool training, double eps, double negative_slope, Mask mask) {
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [grad_input, grad_weight, grad_bias] = backward_op().call(
+        grad_output, input, mean, var, weight, bias, training, eps, negative_slope, mask);
+    ctx->save_for_backward({grad_output, input, mean, var, weight.value_or(Tensor()),
+                            bias.value_or(Tensor())});
+    Config{training, eps, negative_slope}.save(ctx);
+    ctx->saved_data["mask"] = std::vector<bool>(mask.begin(), mask.end());
+    ctx->saved_data["given"] =
+        std::vector<bool>{true, true, true, true, given(weight), given(bias)};
+    return {grad_input, grad_weight, grad_bias};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const Tensor &grad_output = saved[0], &input = saved[1], &mean = saved[2], &var = saved[3],
+                 &weight = saved[4], &bias = saved[5];
+    const Config config = Config::load(ctx);
+    const auto computed = ctx->saved_data["mask"].toBoolList();
+    // Gradients of outputs the backward did not compute (empty) carry nothing.
+    std::array<OptionalTensor, 3> upstream;
+    for (size_t i = 0; i < 3; ++i) {
+      if (computed.get(i)) upstream[i] = or_none(grads[i]);
+    }
+    const auto needs = needs_grad(ctx);
+    const Mask mask{needs[0], needs[1], needs[4]};
+    auto [grad_grad_output, grad_input, grad_weight] = double_backward_op().call(
+        upstream[0], upstream[1], upstream[2], grad_output, input, mean, var, or_none(weight),
+        or_none(bias), config.training, config.eps, config.negative_slope, mask);
+    // The bias only moves the activation's kink: its gradient is zero, given as torch does.
+    const Tensor grad_bias = needs[5] ? at::zeros_like(bias) : Tensor();
+    return {mask[0] ? grad_grad_output : Tensor(), mask[1] ? grad_input : Tensor(), Tensor(),
+            Tensor(), mask[2] ? grad_weight : Tensor(), grad_bias, Tensor(), Tensor(), Tensor(),
+            Tensor()};
+  }
+};
+
+class BatchNormLeakyReLUDoubleBackward
+    : public torch::autograd::Function<BatchNormLeakyReLUDoubleBackward> {
+ public:
+  static variable_list forward(AutogradContext*, const OptionalTensor& grad_grad_input,
+                               const OptionalTensor& grad_grad_weight,
+                               const OptionalTensor& grad_grad_bias, const Tensor& grad_output,
+                               const Tensor& input, const Tensor& mean, const Tensor& var,
+                               const OptionalTensor& weight, const OptionalTensor& bias,
+                               bool training, double eps, double negative_slope, Mask mask) {
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [grad_grad_output, grad_input, grad_weight] = double_backward_op().call(
+        grad_grad_input, grad_grad_weight, grad_grad_bias, grad_output, input, mean, var, weight,
+        bias, training, eps, negative_slope, mask);
+    return {grad_grad_output, grad_input, grad_weight};
+  }
+
+  static variable_list backward(AutogradContext*, variable_list) {
+    TORCH_CHECK_NOT_IMPLEMENTED(false, "third-order gradients of batch_norm_leaky_relu are not implemented");
+  }
+};
+
+Triple as_triple(const variable_list& outputs) { return {outputs[0], outputs[1], outputs[2]}; }
+
+Triple batch_norm_leaky_relu(const Tensor& input, const OptionalTensor& mean,
+                             const OptionalTensor& var, const OptionalTensor& weight,
+                             const OptionalTensor& bias, bool training, double eps,
+                             double negative_slope) {
+  return as_triple(BatchNormLeakyReLU::apply(input, mean, var, weight, bias, training, eps,
+                                             negative_slope));
+}
+
+Triple batch_norm_leaky_relu_backward(const Tensor& grad_output, const Tensor& input,
+                                      const Tensor& mean, const Tensor& var,
+                                      const OptionalTensor& weight, const OptionalTensor& bias,
+                                      bool training, double eps, double negative_slope,
+                                      Mask output_mask) {
+  return as_triple(BatchNormLeakyReLUBackward::apply(grad_output, input, mean, var, weight, bias,
+                                                     training, eps, negative_slope,
+                                                     output_mask));
+}
+
+Triple batch_norm_leaky_relu_double_backward(
+    const OptionalTensor& grad_grad_input, const OptionalTensor& grad_grad_weight,
+    const OptionalTensor& grad_grad_bias, const Tensor& grad_output, const Tensor& input,
+    const Tensor& mean, const Tensor& var, const OptionalTensor& weight,
+    const OptionalTensor& bias, bool training, double eps, double negative_slope,
+    Mask output_mask) {
+  return as_triple(BatchNormLeakyReLUDoubleBackward::apply(
+      grad_grad_input, grad_grad_weight, grad_grad_bias, grad_output, input, mean, var, weight,
+      bias, training, eps, negative_slope, output_mask));
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastgan, Autograd, m) {
+  m.impl("batch_norm_leaky_relu", &batch_norm_leaky_relu);
+  m.impl("batch_norm_leaky_relu_backward", &batch_norm_leaky_relu_backward);
+  m.impl("batch_norm_leaky_relu_double_backward", &batch_norm_leaky_relu_double_backward);
+}
+
+}  // namespace autograd
+}  // namespace fastgan
