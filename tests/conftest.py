@@ -70,3 +70,15 @@ def make_input(shape, dtype=torch.float64, device="cpu", layout="contiguous", se
     if layout == "channels_last":
         x = x.to(memory_format=torch.channels_last)
     return x
+
+
+def first_and_second_order_grads(out, leaves, seed):
+    """The gradients of `out` (against a random upstream gradient made from `seed`) with respect
+    to `leaves`, then those of their squared norms' sum with respect to `leaves` (zeros where
+    unused): what an R1 penalty differentiates, for any subset of an op's inputs."""
+    upstream = make_input(out.shape, out.dtype, out.device, seed=seed)
+    first = torch.autograd.grad(out, leaves, upstream, create_graph=True)
+    penalty = sum(g.square().sum() for g in first)
+    second = torch.autograd.grad(penalty, leaves, allow_unused=True)
+    return [*first, *(s if s is not None else torch.zeros_like(leaf)
+                      for s, leaf in zip(second, leaves))]

@@ -10,7 +10,8 @@ from torch.autograd import gradcheck, gradgradcheck
 
 import fastgan
 from fastgan.nn import BatchNormLeakyReLU1d, BatchNormLeakyReLU2d
-from conftest import DEVICES, assert_close, make_input, shape_layouts
+from conftest import (DEVICES, assert_close, first_and_second_order_grads, make_input,
+                      shape_layouts)
 
 bn_lrelu = fastgan.ops.batch_norm_leaky_relu
 
@@ -197,12 +198,7 @@ def test_gradients_of_any_subset_of_the_leaves(device, training, track, weight_g
         leaves = [named[name] for name in wrt]
         stats = (running_mean, running_var) if track else (None, None)
         out = fn(x, *stats, weight, bias, training, 0.1, 1e-5, 0.2)
-        upstream = make_input(out.shape, torch.float64, device, seed=3)
-        first = torch.autograd.grad(out, leaves, upstream, create_graph=True)
-        penalty = sum(g.square().sum() for g in first)
-        second = torch.autograd.grad(penalty, leaves, allow_unused=True)
-        return [*first, *(s if s is not None else torch.zeros_like(l)
-                          for s, l in zip(second, leaves))]
+        return first_and_second_order_grads(out, leaves, seed=3)
 
     def torch_with_unit_weight(x, running_mean, running_var, weight, bias, *args):
         # torch's own double backward fails for weight=None with a bias; a weight of ones that

@@ -1,74 +1,45 @@
 // Autograd for the fused BatchNorm + LeakyReLU ops, for every device: forward -> backward op ->
 // double backward op, each a node of its own so that a gradient penalty differentiates through
-// the backward. Registered in C++ (as torchvision's ops are) rather than with Python's
-// torch.library.register_autograd: these ops run once per layer and direction at sizes where
-// the kernels take tens of microseconds, and a Python autograd layer cost more than the kernels
-// at small sizes (see benchmarks/RESULTS.md). The fake kernels stay in Python (fastgan/ops).
-#include <ATen/core/dispatch/Dispatcher.h>
-#include <torch/autograd.h>
+// the backward.
 #include <torch/library.h>
 
 #include <array>
 #include <tuple>
 
+#include "function_support.h"
+
 namespace fastgan {
 namespace autograd {
 namespace {
 
-using torch::autograd::AutogradContext;
-using torch::autograd::variable_list;
-using at::Tensor;
-using OptionalTensor = std::optional<Tensor>;
 using Mask = std::array<bool, 3>;
 using Triple = std::tuple<Tensor, Tensor, Tensor>;
 
 // The ops as the dispatcher holds them; called under AutoDispatchBelowADInplaceOrView they run
 // the device's kernel, and called from a backward that builds a graph, their own autograd.
 const auto& forward_op() {
-  static const auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("fastgan::batch_norm_leaky_relu", "")
-          .typed<Triple(const Tensor&, const OptionalTensor&, const OptionalTensor&,
-                        const OptionalTensor&, const OptionalTensor&, bool, double, double)>();
+  static const auto op = find_op<Triple(const Tensor&, const OptionalTensor&,
+                                        const OptionalTensor&, const OptionalTensor&,
+                                        const OptionalTensor&, bool, double, double)>(
+      "fastgan::batch_norm_leaky_relu");
   return op;
 }
 
 const auto& backward_op() {
   static const auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("fastgan::batch_norm_leaky_relu_backward", "")
-          .typed<Triple(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                        const OptionalTensor&, const OptionalTensor&, bool, double, double,
-                        Mask)>();
+      find_op<Triple(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                     const OptionalTensor&, const OptionalTensor&, bool, double, double, Mask)>(
+          "fastgan::batch_norm_leaky_relu_backward");
   return op;
 }
 
 const auto& double_backward_op() {
   static const auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("fastgan::batch_norm_leaky_relu_double_backward", "")
-          .typed<Triple(const OptionalTensor&, const OptionalTensor&, const OptionalTensor&,
-                        const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                        const OptionalTensor&, const OptionalTensor&, bool, double, double,
-                        Mask)>();
+      find_op<Triple(const OptionalTensor&, const OptionalTensor&, const OptionalTensor&,
+                     const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                     const OptionalTensor&, const OptionalTensor&, bool, double, double, Mask)>(
+          "fastgan::batch_norm_leaky_relu_double_backward");
   return op;
-}
-
-// An undefined tensor reads as None.
-OptionalTensor or_none(const Tensor& t) { return t.defined() ? OptionalTensor(t) : std::nullopt; }
-
-bool given(const OptionalTensor& t) { return t.has_value() && t->defined(); }
-
-// Which tensor arguments need a gradient, by position. A Function's needs_input_grad numbers only
-// the tensors that were given (None has no edge), so the forward records which were.
-std::vector<bool> needs_grad(AutogradContext* ctx) {
-  const auto was_given = ctx->saved_data["given"].toBoolList();
-  std::vector<bool> needs(was_given.size(), false);
-  size_t edge = 0;
-  for (size_t i = 0; i < was_given.size(); ++i) {
-    if (was_given.get(i)) needs[i] = ctx->needs_input_grad(edge++);
-  }
-  return needs;
 }
 
 // The configuration every op takes after its tensors.
@@ -102,8 +73,7 @@ class BatchNormLeakyReLU : public torch::autograd::Function<BatchNormLeakyReLU> 
                             training ? batch_var : var.value_or(Tensor()),
                             weight.value_or(Tensor()), bias.value_or(Tensor())});
     Config{training, eps, negative_slope}.save(ctx);
-    ctx->saved_data["given"] =
-        std::vector<bool>{true, given(mean), given(var), given(weight), given(bias)};
+    record_given(ctx, {true, given(mean), given(var), given(weight), given(bias)});
     return {output, batch_mean, batch_var};
   }
 
@@ -136,8 +106,7 @@ class BatchNormLeakyReLUBackward : public torch::autograd::Function<BatchNormLea
                             bias.value_or(Tensor())});
     Config{training, eps, negative_slope}.save(ctx);
     ctx->saved_data["mask"] = std::vector<bool>(mask.begin(), mask.end());
-    ctx->saved_data["given"] =
-        std::vector<bool>{true, true, true, true, given(weight), given(bias)};
+    record_given(ctx, {true, true, true, true, given(weight), given(bias)});
     return {grad_input, grad_weight, grad_bias};
   }
 

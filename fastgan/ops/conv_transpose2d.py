@@ -152,82 +152,8 @@ def _register():
         return tuple(_empty_in_layout_of(result, result.shape) if wanted
                      else result.new_empty((0,)) for wanted in output_mask)
 
-    # --- autograd: forward -> backward op -> double backward from the same ops ---------------
-
-    def setup_forward(ctx, inputs, output):
-        input, weight, bias, *geometry, activation, negative_slope = inputs
-        ctx.save_for_backward(input, weight, output if activation != "none" else None)
-        ctx.geometry = geometry
-        ctx.activation = (activation, negative_slope)
-        ctx.has_bias = bias is not None
-
-    def backward_forward(ctx, grad_output):
-        input, weight, result = ctx.saved_tensors
-        needs = ctx.needs_input_grad
-        mask = [needs[0], needs[1], ctx.has_bias and needs[2]]
-        grads = _ops.conv_transpose2d_backward(grad_output, input, weight, result,
-                                               *ctx.geometry, *ctx.activation, mask)
-        return (*(g if wanted else None for g, wanted in zip(grads, mask)),
-                *[None] * (len(ctx.geometry) + 2))
-
-    torch.library.register_autograd(lib + "conv_transpose2d", backward_forward,
-                                    setup_context=setup_forward)
-
-    def setup_backward(ctx, inputs, output):
-        grad_output, input, weight, result, *geometry, activation, negative_slope, mask = inputs
-        ctx.save_for_backward(grad_output, input, weight, result)
-        ctx.geometry = geometry
-        ctx.activation = (activation, negative_slope)
-        ctx.mask = mask
-
-    def backward_backward(ctx, grad_grad_input, grad_grad_weight, grad_grad_bias):
-        """The backward is linear in g = grad_output * activation'(result) and, given g, in
-        weight (grad_input) and input (grad_weight). So the upstream gradients reach g as the
-        forward's tangent G = conv_transpose2d(ggi, weight) + conv_transpose2d(input, ggw) + ggb,
-        reach input and weight through the backward op with the roles swapped, and reach
-        grad_output and result through activation'."""
-        grad_output, input, weight, result = ctx.saved_tensors
-        ggi, ggw, ggb = (g if wanted else None for g, wanted in
-                         zip((grad_grad_input, grad_grad_weight, grad_grad_bias), ctx.mask))
-        needs = ctx.needs_input_grad
-        activation, negative_slope = ctx.activation
-        args = (*ctx.geometry, activation, negative_slope)
-        linear = (*ctx.geometry, "none", 0.0)
-
-        grad_grad_output = grad_result = grad_input = grad_weight = None
-        want_result = needs[3] and activation == "tanh"
-        if (needs[0] or want_result) and any(g is not None for g in (ggi, ggw, ggb)):
-            terms = []
-            if ggi is not None:
-                terms.append(_ops.conv_transpose2d(ggi, weight, ggb, *linear))
-            if ggw is not None:
-                terms.append(_ops.conv_transpose2d(input, ggw, None if terms else ggb, *linear))
-            tangent = (sum(terms[1:], terms[0]) if terms
-                       else ggb.view(1, -1, 1, 1).expand(grad_output.shape))
-            if activation == "none":
-                grad_grad_output = tangent
-            else:
-                grad_grad_output, grad_result = _ops.conv_transpose2d_activation_double_backward(
-                    tangent, grad_output, result, activation, negative_slope,
-                    [needs[0], want_result])
-        if needs[1] and ggw is not None:
-            grad_input = _ops.conv_transpose2d_backward(grad_output, input, ggw, result, *args,
-                                                        [True, False, False])[0]
-        if needs[2] and ggi is not None:
-            grad_weight = _ops.conv_transpose2d_backward(grad_output, ggi, weight, result, *args,
-                                                         [False, True, False])[1]
-        return (grad_grad_output if needs[0] else None, grad_input, grad_weight,
-                grad_result if want_result else None, *[None] * (len(ctx.geometry) + 3))
-
-    torch.library.register_autograd(lib + "conv_transpose2d_backward", backward_backward,
-                                    setup_context=setup_backward)
-
-    def third_order(ctx, *grads):
-        raise NotImplementedError("third-order gradients of conv_transpose2d with a fused "
-                                  "activation are not implemented")
-
-    torch.library.register_autograd(lib + "conv_transpose2d_activation_double_backward",
-                                    third_order)
+    # Autograd (forward -> backward op, whose backward reuses both ops and the activation's
+    # double backward) is registered in C++: csrc/autograd/conv_transpose2d_kernel.cpp.
 
 
 if _ops is not None:

@@ -1,0 +1,52 @@
+// What the C++ autograd Functions of fastgan's ops share. Their autograd is C++ (as torchvision
+// registers its ops' autograd) rather than Python's torch.library.register_autograd: an op runs
+// once per layer and direction, and a Python autograd layer cost more than the kernels at small
+// sizes (benchmarks/RESULTS.md). The fake kernels stay in Python (fastgan/ops).
+#pragma once
+
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/autograd.h>
+
+#include <optional>
+#include <vector>
+
+namespace fastgan {
+namespace autograd {
+
+using at::Tensor;
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+using OptionalTensor = std::optional<Tensor>;
+
+// An undefined tensor reads as None.
+inline OptionalTensor or_none(const Tensor& t) {
+  return t.defined() ? OptionalTensor(t) : std::nullopt;
+}
+
+inline bool given(const OptionalTensor& t) { return t.has_value() && t->defined(); }
+
+// A Function's needs_input_grad numbers only the tensors that were given (None has no edge), so
+// each forward records, per tensor argument in order, whether it was given ...
+inline void record_given(AutogradContext* ctx, std::vector<bool> was_given) {
+  ctx->saved_data["given"] = std::move(was_given);
+}
+
+// ... and its backward reads which tensor arguments need a gradient, by position.
+inline std::vector<bool> needs_grad(AutogradContext* ctx) {
+  const auto was_given = ctx->saved_data["given"].toBoolList();
+  std::vector<bool> needs(was_given.size(), false);
+  size_t edge = 0;
+  for (size_t i = 0; i < was_given.size(); ++i) {
+    if (was_given.get(i)) needs[i] = ctx->needs_input_grad(edge++);
+  }
+  return needs;
+}
+
+// The typed handle of fastgan::`name` (looked up once per call site).
+template <typename Signature>
+c10::TypedOperatorHandle<Signature> find_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+}
+
+}  // namespace autograd
+}  // namespace fastgan
