@@ -1,7 +1,8 @@
 // The one place where fastgan's op schemas are defined. Backends register their kernels with
-// TORCH_LIBRARY_IMPL(fastgan, CPU|CUDA, m) in csrc/cpu and csrc/cuda; fake kernels are registered
-// from Python (fastgan/ops), and so are the autograd formulas, except BatchNorm + LeakyReLU's,
-// which are C++ (csrc/autograd: a Python autograd layer cost more than its kernels).
+// TORCH_LIBRARY_IMPL(fastgan, CPU|CUDA, m) in csrc/cpu and csrc/cuda, and the autograd of the
+// BatchNorm and transposed-convolution ops with TORCH_LIBRARY_IMPL(fastgan, Autograd, m) in
+// csrc/autograd; fake kernels, and the gradient penalty's autograd, are registered from Python
+// (fastgan/ops).
 #include <torch/extension.h>
 
 #ifndef FASTGAN_VERSION

@@ -151,7 +151,9 @@ class BatchNormLeakyReLUDoubleBackward
   }
 
   static variable_list backward(AutogradContext*, variable_list) {
-    TORCH_CHECK_NOT_IMPLEMENTED(false, "third-order gradients of batch_norm_leaky_relu are not implemented");
+    TORCH_CHECK_NOT_IMPLEMENTED(false,
+                                "third-order gradients of batch_norm_leaky_relu are not "
+                                "implemented");
   }
 };
 
