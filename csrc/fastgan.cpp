@@ -1,8 +1,7 @@
 // The one place where fastgan's op schemas are defined. Backends register their kernels with
-// TORCH_LIBRARY_IMPL(fastgan, CPU|CUDA, m) in csrc/cpu and csrc/cuda, and the autograd of the
-// BatchNorm and transposed-convolution ops with TORCH_LIBRARY_IMPL(fastgan, Autograd, m) in
-// csrc/autograd; fake kernels, and the gradient penalty's autograd, are registered from Python
-// (fastgan/ops).
+// TORCH_LIBRARY_IMPL(fastgan, CPU|CUDA, m) in csrc/cpu and csrc/cuda, and the ops' autograd with
+// TORCH_LIBRARY_IMPL(fastgan, Autograd, m) in csrc/autograd; fake kernels are registered from
+// Python (fastgan/ops).
 #include <torch/extension.h>
 
 #ifndef FASTGAN_VERSION

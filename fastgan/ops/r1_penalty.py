@@ -59,42 +59,8 @@ def _register():
             return torch.empty_like(grad)
         return torch.empty_like(grad, memory_format=torch.contiguous_format)
 
-    def setup_penalty(ctx, inputs, output):
-        grad, scale = inputs
-        ctx.save_for_backward(grad)
-        ctx.scale = scale
-
-    def backward_penalty(ctx, grad_out):
-        (grad,) = ctx.saved_tensors
-        if not ctx.needs_input_grad[0]:
-            return None, None
-        return _ops.gradient_penalty_backward(grad_out, grad, ctx.scale), None
-
-    torch.library.register_autograd(lib + "gradient_penalty", backward_penalty,
-                                    setup_context=setup_penalty)
-
-    def setup_backward(ctx, inputs, output):
-        grad_out, grad, scale = inputs
-        ctx.save_for_backward(grad_out, grad)
-        ctx.scale = scale
-
-    def backward_backward(ctx, upstream):
-        """The backward, 2 * scale / N * grad_out * grad, is linear in grad_out and in grad: the
-        upstream gradient reaches grad through the same op, and grad_out as a dot product."""
-        grad_out, grad = ctx.saved_tensors
-        needs = ctx.needs_input_grad
-        grad_grad_out = grad_grad = None
-        if needs[0]:
-            dtype = _accumulation_dtype(grad.dtype)
-            dot = (upstream.to(dtype) * grad.to(dtype)).sum()
-            grad_grad_out = (dot * (2 * ctx.scale) / grad.shape[0]).to(grad_out.dtype).reshape(
-                grad_out.shape)
-        if needs[1]:
-            grad_grad = _ops.gradient_penalty_backward(grad_out, upstream, ctx.scale)
-        return grad_grad_out, grad_grad, None
-
-    torch.library.register_autograd(lib + "gradient_penalty_backward", backward_backward,
-                                    setup_context=setup_backward)
+    # Autograd (penalty -> backward op, whose backward reuses it) is registered in C++:
+    # csrc/autograd/gradient_penalty_kernel.cpp.
 
 
 if _ops is not None:
