@@ -221,6 +221,26 @@ void reduce_then_map(const ChannelLayout& layout, const std::array<const scalar_
         for (int64_t l = 0; l < width; ++l) sums[k] += totals[k][l];
       }
     };
+    if constexpr (K == 0) {
+      // Nothing to reduce, so no reason to walk channel by channel: the map runs in storage
+      // order, row after row, which the hardware prefetchers follow.
+      const double no_sums[1] = {};
+      for (int64_t c = 0; c < C; ++c) finish(c, no_sums);
+      if (O == 0) return;
+      parallel_tasks(N * C, S, [&](int64_t row) {
+        V coef[P];
+        for (int p = 0; p < P; ++p) coef[p] = V(coefficients[p][row % C]);
+        if (full > 0) {
+          map_run<scalar_t, I, O>(inputs, outputs, row * S, width, full / width, width, 0, coef,
+                                  map);
+        }
+        if (full < S) {
+          map_run<scalar_t, I, O>(inputs, outputs, row * S + full, width, 1, S - full, 0, coef,
+                                  map);
+        }
+      });
+      return;
+    }
     parallel_tasks(C, per_channel, [&](int64_t c) {
       double sums[K > 0 ? K : 1] = {};
       reduce_channel(c, sums);
