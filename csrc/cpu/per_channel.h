@@ -1,6 +1,7 @@
 // Per-channel "reduce, then map" passes over (N, C, *) tensors on the CPU, native for channels-first
 // and channels-last storage, parallel and vectorized with at::vec. Channels-first: one task per
-// channel reduces it and maps it right away, so the second read comes from that core's cache.
+// channel reduces it and maps it right away, so the second read comes from that core's cache
+// (with nothing to reduce, the map runs in storage order instead).
 // Channels-last: a channel is a column, so whole rows are streamed twice (reduce, then map). Ops
 // supply the per-element math as functors on Vectorized values of the compute type: the storage
 // type itself, or float for bfloat16 and float16 storage.
