@@ -13,7 +13,6 @@ namespace autograd {
 namespace {
 
 using Mask = std::array<bool, 3>;
-using Triple = std::tuple<Tensor, Tensor, Tensor>;
 
 // The ops as the dispatcher holds them; called under AutoDispatchBelowADInplaceOrView they run
 // the device's kernel, and called from a backward that builds a graph, their own autograd.
@@ -156,8 +155,6 @@ class BatchNormLeakyReLUDoubleBackward
                                 "implemented");
   }
 };
-
-Triple as_triple(const variable_list& outputs) { return {outputs[0], outputs[1], outputs[2]}; }
 
 Triple batch_norm_leaky_relu(const Tensor& input, const OptionalTensor& mean,
                              const OptionalTensor& var, const OptionalTensor& weight,

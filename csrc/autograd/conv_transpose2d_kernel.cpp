@@ -15,7 +15,6 @@ namespace autograd {
 namespace {
 
 using at::IntArrayRef;
-using Triple = std::tuple<Tensor, Tensor, Tensor>;
 
 const auto& forward_op() {
   static const auto op =
@@ -221,10 +220,9 @@ Triple conv_transpose2d_backward(const Tensor& grad_output, const Tensor& input,
                                  IntArrayRef output_padding, int64_t groups, IntArrayRef dilation,
                                  c10::string_view activation, double negative_slope,
                                  std::array<bool, 3> output_mask) {
-  const auto grads = ConvTranspose2dBackward::apply(grad_output, input, weight, result, stride,
-                                                    padding, output_padding, groups, dilation,
-                                                    activation, negative_slope, output_mask);
-  return {grads[0], grads[1], grads[2]};
+  return as_triple(ConvTranspose2dBackward::apply(grad_output, input, weight, result, stride,
+                                                  padding, output_padding, groups, dilation,
+                                                  activation, negative_slope, output_mask));
 }
 
 std::tuple<Tensor, Tensor> conv_transpose2d_activation_double_backward(

@@ -8,6 +8,7 @@
 #include <torch/autograd.h>
 
 #include <optional>
+#include <tuple>
 #include <vector>
 
 namespace fastgan {
@@ -17,10 +18,16 @@ using at::Tensor;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 using OptionalTensor = std::optional<Tensor>;
+using Triple = std::tuple<Tensor, Tensor, Tensor>;
 
 // An undefined tensor reads as None.
 inline OptionalTensor or_none(const Tensor& t) {
   return t.defined() ? OptionalTensor(t) : std::nullopt;
+}
+
+// A Function's three outputs as the ops return them.
+inline Triple as_triple(const variable_list& outputs) {
+  return {outputs[0], outputs[1], outputs[2]};
 }
 
 inline bool given(const OptionalTensor& t) { return t.has_value() && t->defined(); }
