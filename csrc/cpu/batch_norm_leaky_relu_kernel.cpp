@@ -1,6 +1,6 @@
-// Fused BatchNorm + LeakyReLU on the CPU. Each op is one parallel sweep over channels: a channel's
-// reduction (statistics, or the backward's sums) and then its element-wise pass, back to back, so
-// every tensor is read from memory once.
+// Fused BatchNorm + LeakyReLU on the CPU. Each op is a reduction (statistics, or the backward's
+// sums) and then one element-wise pass that applies the normalization, the activation and their
+// derivatives at once (per_channel.h).
 #include <torch/library.h>
 
 #include <vector>
