@@ -1,10 +1,9 @@
 // Per-channel "reduce, then map" passes over (N, C, *) tensors on the CPU, native for channels-first
-// and channels-last storage, parallel and vectorized with at::vec. Both passes walk the tensors in
-// storage order, so a tensor is read twice (from cache when it fits): walking a channel at a time
-// instead would read it once, but a channel's rows lie a power of two apart in most networks and
-// evict each other from the cache (measured 2-2.5x slower, see benchmarks/RESULTS.md). Ops supply
-// the per-element math as functors on Vectorized values of the compute type: the storage type
-// itself, or float for bfloat16 and float16 storage.
+// and channels-last storage, parallel and vectorized with at::vec. Channels-first tensors are
+// reduced a channel at a time and then mapped either channel by channel or in storage order
+// (walk_channels says which); channels-last ones are walked a few rows at a time, close to
+// storage order. Ops supply the per-element math as functors on Vectorized values of the compute
+// type: the storage type itself, or float for bfloat16 and float16 storage.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -127,7 +126,8 @@ inline void accumulate_run(Vec<scalar_t>* acc, const std::array<const scalar_t*,
 template <typename scalar_t, int I, int O, typename Map>
 inline void map_run(const std::array<const scalar_t*, I>& inputs,
                     const std::array<scalar_t*, O>& outputs, int64_t offset, int64_t stride,
-                    int64_t steps, int64_t count, const Vec<scalar_t>* coef, const Map& map) {
+                    int64_t steps, int64_t count, int64_t prefetch_ahead,
+                    const Vec<scalar_t>* coef, const Map& map) {
   using V = Vec<scalar_t>;
   const scalar_t* at[I];
   scalar_t* to[O > 0 ? O : 1];
@@ -136,6 +136,7 @@ inline void map_run(const std::array<const scalar_t*, I>& inputs,
   V in[I], out[O > 0 ? O : 1];
   for (int64_t s = 0; s < steps; ++s) {
     for (int i = 0; i < I; ++i) {
+      if (prefetch_ahead) __builtin_prefetch(at[i] + prefetch_ahead);
       in[i] = load(at[i], count);
       at[i] += stride;
     }
@@ -157,49 +158,67 @@ inline double lane_sum(const V& v) {
   return total;
 }
 
-// Channels-first: sums[k * C + c] = the K sums of channel c, one task per channel. A channel is N
-// rows of S contiguous elements a stride apart: the hardware prefetcher restarts at each row, so
-// the walk prefetches kPrefetchBytes of rows ahead, reaching from a channel's last rows into the
-// next channel's first ones, which a task takes next.
+// fn(offset, steps, count, n) for channel c's runs of a channels-first tensor: sample n's row of S
+// contiguous elements (a stride of C * S after the previous sample's), its full vectors and then
+// its tail.
+template <typename Fn>
+void for_each_channel_run(const ChannelLayout& layout, int64_t width, int64_t c, const Fn& fn) {
+  const int64_t S = layout.spatial, full = S / width * width;
+  for (int64_t n = 0; n < layout.batch; ++n) {
+    const int64_t row = (n * layout.channels + c) * S;
+    if (full > 0) fn(row, full / width, width, n);
+    if (full < S) fn(row + full, 1, S - full, n);
+  }
+}
+
+// sums[k] = the K sums of channel c of a channels-first tensor. The hardware prefetcher restarts
+// at each row, so the walk prefetches kPrefetchBytes of rows ahead, reaching from the channel's
+// last rows into the next channel's first ones, which a task takes next.
 template <typename scalar_t, int K, int I, int P, typename Accumulate>
-void channels_first_sums(const ChannelLayout& layout,
-                         const std::array<const scalar_t*, I>& inputs,
-                         const std::array<opmath_t<scalar_t>*, P>& coefficients,
-                         const Accumulate& accumulate, double* sums) {
+void channel_sums(const ChannelLayout& layout, const std::array<const scalar_t*, I>& inputs,
+                  const std::array<opmath_t<scalar_t>*, P>& coefficients,
+                  const Accumulate& accumulate, int64_t c, double* sums) {
   using V = Vec<scalar_t>;
   using T = opmath_t<scalar_t>;
   constexpr int64_t width = V::size();
-  const int64_t C = layout.channels, S = layout.spatial, N = layout.batch;
-  const int64_t row_stride = C * S, full = S / width * width;
+  const int64_t N = layout.batch, S = layout.spatial, row_stride = layout.channels * S;
   const int64_t row_bytes = std::max<int64_t>(1, S * static_cast<int64_t>(sizeof(scalar_t)));
   const int64_t ahead = std::min(N, std::max<int64_t>(1, kPrefetchBytes / row_bytes));
-  parallel_tasks(C, layout.per_channel(), [&](int64_t c) {
-    V coef[P], acc[K];
-    for (int p = 0; p < P; ++p) coef[p] = V(coefficients[p][c]);
-    for (int k = 0; k < K; ++k) acc[k] = V(T(0));
-    double totals[K] = {};
-    int64_t pending = 0;
-    for (int64_t n = 0; n < N; ++n) {
-      const int64_t row = n * row_stride + c * S;
-      const int64_t prefetch = n + ahead < N ? ahead * row_stride : (ahead - N) * row_stride + S;
-      if (full > 0) {
-        accumulate_run<scalar_t, K, I>(acc, inputs, row, width, full / width, width, prefetch,
-                                       coef, accumulate);
+  V coef[P], acc[K];
+  for (int p = 0; p < P; ++p) coef[p] = V(coefficients[p][c]);
+  for (int k = 0; k < K; ++k) acc[k] = V(T(0));
+  for (int k = 0; k < K; ++k) sums[k] = 0;
+  int64_t pending = 0;
+  for_each_channel_run(layout, width, c, [&](int64_t offset, int64_t steps, int64_t count,
+                                             int64_t n) {
+    const int64_t prefetch = n + ahead < N ? ahead * row_stride : (ahead - N) * row_stride + S;
+    accumulate_run<scalar_t, K, I>(acc, inputs, offset, width, steps, count, prefetch, coef,
+                                   accumulate);
+    pending += steps * count;
+    if (pending >= kFlushElements * width) {
+      for (int k = 0; k < K; ++k) {
+        sums[k] += lane_sum(acc[k]);
+        acc[k] = V(T(0));
       }
-      if (full < S) {
-        accumulate_run<scalar_t, K, I>(acc, inputs, row + full, width, 1, S - full, prefetch,
-                                       coef, accumulate);
-      }
-      pending += S;
-      if (pending >= kFlushElements * width || n + 1 == N) {
-        for (int k = 0; k < K; ++k) {
-          totals[k] += lane_sum(acc[k]);
-          acc[k] = V(T(0));
-        }
-        pending = 0;
-      }
+      pending = 0;
     }
-    for (int k = 0; k < K; ++k) sums[k * C + c] = totals[k];
+  });
+  for (int k = 0; k < K; ++k) sums[k] += lane_sum(acc[k]);
+}
+
+// map over channel c of a channels-first tensor, prefetching the next sample's row.
+template <typename scalar_t, int I, int P, int O, typename Map>
+void map_channel(const ChannelLayout& layout, const std::array<const scalar_t*, I>& inputs,
+                 const std::array<opmath_t<scalar_t>*, P>& coefficients,
+                 const std::array<scalar_t*, O>& outputs, const Map& map, int64_t c) {
+  using V = Vec<scalar_t>;
+  V coef[P];
+  for (int p = 0; p < P; ++p) coef[p] = V(coefficients[p][c]);
+  const int64_t row_stride = layout.channels * layout.spatial;
+  for_each_channel_run(layout, V::size(), c, [&](int64_t offset, int64_t steps, int64_t count,
+                                                 int64_t) {
+    map_run<scalar_t, I, O>(inputs, outputs, offset, V::size(), steps, count, row_stride, coef,
+                            map);
   });
 }
 
@@ -269,9 +288,9 @@ void map_in_storage_order(const ChannelLayout& layout,
       V coef[P];
       for (int p = 0; p < P; ++p) coef[p] = V(coefficients[p][row % C]);
       if (full > 0) map_run<scalar_t, I, O>(inputs, outputs, row * S, width, full / width, width,
-                                            coef, map);
+                                            0, coef, map);
       if (full < S) map_run<scalar_t, I, O>(inputs, outputs, row * S + full, width, 1, S - full,
-                                            coef, map);
+                                            0, coef, map);
     });
     return;
   }
@@ -283,9 +302,27 @@ void map_in_storage_order(const ChannelLayout& layout,
       const int64_t count = std::min(width, C - c);
       V coef[P];
       for (int p = 0; p < P; ++p) coef[p] = V::loadu(coefficients[p] + c, count);
-      map_run<scalar_t, I, O>(inputs, outputs, first * C + c, C, steps, count, coef, map);
+      map_run<scalar_t, I, O>(inputs, outputs, first * C + c, C, steps, count, 0, coef, map);
     }
   });
+}
+
+// Whether a channels-first reduce_then_map walks channel by channel (reduce a channel, then map it
+// while it is still in this core's caches) rather than in storage order (reduce every channel,
+// then map everything row after row). Each wins somewhere; measured on an AMD EPYC (32 MB L3,
+// benchmarks/RESULTS.md, ninth session), op by op in one process, alternating the two walks:
+// - storage order is 3-30% faster for one or two inputs with rows of 64 floats or more, up to
+//   32 MB of input: the channel walk's re-reads miss, since a channel's rows lie a power of two
+//   apart in most networks and share cache sets;
+// - the channel walk is faster for three inputs (the double backward: 0-20% at 6-48 MB), for rows
+//   under 256 bytes (per-row coefficient set-up dominates a storage-order row: up to 1.9x), and
+//   beyond 48 MB of input (14-33% at 64-128 MB: the storage-order second pass comes from memory).
+inline bool walk_channels(const ChannelLayout& layout, int inputs, int64_t bytes_per_element) {
+  if (layout.channels_last) return false;
+  constexpr int64_t kStorageOrderMaxBytes = int64_t(48) << 20;
+  const int64_t row_bytes = layout.spatial * bytes_per_element;
+  const int64_t input_bytes = layout.batch * layout.channels * row_bytes * inputs;
+  return inputs >= 3 || row_bytes < 256 || input_bytes > kStorageOrderMaxBytes;
 }
 
 // For each channel c:
@@ -295,9 +332,8 @@ void map_in_storage_order(const ChannelLayout& layout,
 //      once more, reduced with the coefficients it set, and its second answer is final,
 //   3. map(const Vec in[I], const Vec coef[P], Vec out[O]) for all its elements.
 // in[i] holds elements of inputs[i] and coef[p] the matching channels' coefficients[p]. K == 0 skips
-// the reduction; O == 0 the map. Each pass walks the tensors in storage order (the hardware
-// prefetchers follow it); the summation order depends only on the shape, never on the thread
-// count.
+// the reduction; O == 0 the map. The summation order depends only on the shape, never on the
+// thread count.
 template <typename scalar_t, int K, int I, int P, int O, typename Accumulate, typename Finish,
           typename Map>
 void reduce_then_map(const ChannelLayout& layout, const std::array<const scalar_t*, I>& inputs,
@@ -305,6 +341,20 @@ void reduce_then_map(const ChannelLayout& layout, const std::array<const scalar_
                      const std::array<scalar_t*, O>& outputs, const Accumulate& accumulate,
                      const Finish& finish, const Map& map) {
   const int64_t C = layout.channels;
+  if constexpr (K > 0 && O > 0) {
+    if (walk_channels(layout, I, sizeof(scalar_t))) {
+      parallel_tasks(C, layout.per_channel(), [&](int64_t c) {
+        double channel[K];
+        channel_sums<scalar_t, K, I, P>(layout, inputs, coefficients, accumulate, c, channel);
+        if (!finish_accepts(finish, c, channel)) {
+          channel_sums<scalar_t, K, I, P>(layout, inputs, coefficients, accumulate, c, channel);
+          finish(c, channel);
+        }
+        map_channel<scalar_t, I, P, O>(layout, inputs, coefficients, outputs, map, c);
+      });
+      return;
+    }
+  }
   // sums[k * C + c]: the K sums of every channel, with the current coefficients.
   std::vector<double> sums(std::max(K, 1) * C, 0.0);
   auto reduce_all = [&] {
@@ -313,8 +363,11 @@ void reduce_then_map(const ChannelLayout& layout, const std::array<const scalar_
         channels_last_sums<scalar_t, K, I, P>(layout, inputs, coefficients, accumulate,
                                               sums.data());
       } else {
-        channels_first_sums<scalar_t, K, I, P>(layout, inputs, coefficients, accumulate,
-                                               sums.data());
+        parallel_tasks(C, layout.per_channel(), [&](int64_t c) {
+          double channel[K];
+          channel_sums<scalar_t, K, I, P>(layout, inputs, coefficients, accumulate, c, channel);
+          for (int k = 0; k < K; ++k) sums[k * C + c] = channel[k];
+        });
       }
     }
   };
