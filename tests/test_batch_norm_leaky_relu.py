@@ -44,9 +44,9 @@ def run(fn, x, running_mean, running_var, weight, bias, training, slope, upstrea
     return out, grads, stats
 
 
-# The CPU kernels walk channels-first tensors by row length (csrc/cpu/per_channel.h): (2, 3, 8, 9)
-# is mapped in storage order and shorter rows channel by channel; (2, 3, 32, 33) is reduced in
-# storage order too.
+# The CPU kernels walk channels-first tensors by row length (csrc/cpu/per_channel.h): in float32,
+# (2, 3, 8, 9) is mapped in storage order and the shorter rows channel by channel; (2, 3, 32, 33)
+# is reduced in storage order too.
 SHAPES = [(16, 5), (4, 3, 7), (4, 3, 5, 6), (3, 5, 7, 9), (2, 3, 8, 9), (2, 3, 32, 33),
           (1, 4, 3, 3), (2, 8, 1, 1)]
 SHAPE_LAYOUTS = shape_layouts(SHAPES)

@@ -358,9 +358,10 @@ void map_in_storage_order(const ChannelLayout& layout,
 // - storage order is 3-30% faster for one or two inputs with rows of 64 floats or more, up to
 //   32 MB of input: the channel walk's re-reads miss, since a channel's rows lie a power of two
 //   apart in most networks and share cache sets;
-// - the channel walk is faster for three inputs (the double backward: 0-20% at 6-48 MB), for rows
-//   under 256 bytes (per-row coefficient set-up dominates a storage-order row: up to 1.9x), and
-//   beyond 48 MB of input (14-33% at 64-128 MB: the storage-order second pass comes from memory).
+// - the channel walk is faster for three inputs (the double backward: 0-20% at 6-48 MB; with
+//   rows of 4 KB or more, storage order in both passes ties with it), for rows under 256 bytes
+//   (per-row coefficient set-up dominates a storage-order row: up to 1.9x), and beyond 48 MB of
+//   input (7-33% at 64-128 MB: the storage-order second pass comes from memory).
 inline bool walk_channels(const ChannelLayout& layout, int inputs, int64_t bytes_per_element) {
   if (layout.channels_last) return false;
   constexpr int64_t kStorageOrderMaxBytes = int64_t(48) << 20;
@@ -419,7 +420,7 @@ void reduce_then_map(const ChannelLayout& layout, const std::array<const scalar_
       }
     }
   };
-  auto channel_sums = [&](int64_t c) {
+  auto sums_of = [&](int64_t c) {
     std::array<double, (K > 0 ? K : 1)> result{};
     for (int k = 0; k < K; ++k) result[k] = sums[k * C + c];
     return result;
@@ -427,11 +428,11 @@ void reduce_then_map(const ChannelLayout& layout, const std::array<const scalar_
   reduce_all();
   std::vector<int64_t> again;
   for (int64_t c = 0; c < C; ++c) {
-    if (!finish_accepts(finish, c, channel_sums(c).data())) again.push_back(c);
+    if (!finish_accepts(finish, c, sums_of(c).data())) again.push_back(c);
   }
   if (!again.empty()) {
     reduce_all();
-    for (int64_t c : again) finish(c, channel_sums(c).data());
+    for (int64_t c : again) finish(c, sums_of(c).data());
   }
   if constexpr (O > 0) {
     if (layout.per_channel() > 0) {
