@@ -44,11 +44,13 @@ def run(fn, x, running_mean, running_var, weight, bias, training, slope, upstrea
     return out, grads, stats
 
 
-# The CPU kernels walk channels-first tensors by row length (csrc/cpu/per_channel.h): in float32,
-# (2, 3, 8, 9) is mapped in storage order and the shorter rows channel by channel; (2, 3, 32, 33)
-# is reduced in storage order too.
+# The CPU kernels walk tensors by row length (csrc/cpu/per_channel.h). Channels-first, in
+# float32: (2, 3, 8, 9) and (6, 85, 10, 10) are reduced by sample blocks and mapped in storage
+# order, (2, 3, 32, 33) reduced row by row, the shorter rows walked channel by channel.
+# Channels-last: 85 channels are reduced in groups of four vectors, then a vector and a part of
+# one; rows of 128 channels are mapped in storage order, shorter ones a vector down the rows.
 SHAPES = [(16, 5), (4, 3, 7), (4, 3, 5, 6), (3, 5, 7, 9), (2, 3, 8, 9), (2, 3, 32, 33),
-          (1, 4, 3, 3), (2, 8, 1, 1)]
+          (1, 4, 3, 3), (2, 8, 1, 1), (6, 85, 10, 10), (2, 128, 3, 3)]
 SHAPE_LAYOUTS = shape_layouts(SHAPES)
 
 
@@ -239,6 +241,21 @@ def test_large_mean_does_not_cancel():
     torch.testing.assert_close(var.double(), x64.var(dim=(0, 2, 3), unbiased=False),
                                rtol=1e-4, atol=0)
     torch.testing.assert_close(mean.double(), x64.mean(dim=(0, 2, 3)), rtol=1e-7, atol=0)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_partial_sums_move_to_double_within_a_block(layout):
+    """288 samples of 1000-element rows: each of the channels-first reduction's 16 sample blocks
+    (and each channels-last block of 18000 rows) moves its float32 sums into double partway."""
+    x = make_input((288, 2, 25, 40), torch.float32, "cpu", layout) + 3
+    upstream = make_input(x.shape, torch.float32, "cpu", layout, seed=2)
+    p = params(2, torch.float32, "cpu")
+    actual = run(bn_lrelu, x, *p, True, 0.2, upstream)
+    expected = run(torch_bn_lrelu, x.double(), *[t.double() for t in p], True, 0.2,
+                   upstream.double())
+    assert_close(actual[0], expected[0], torch.float32)
+    for a, e in zip([*actual[1], *actual[2]], [*expected[1], *expected[2]], strict=True):
+        assert_close(a, e, torch.float32, scale=10)
 
 
 def test_constant_channel_has_zero_variance():
