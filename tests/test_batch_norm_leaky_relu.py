@@ -440,6 +440,39 @@ def test_double_backward_computes_the_outputs_asked_for(device, layout, training
                 assert result.numel() == 0, mask
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("grad_mode", [torch.no_grad, torch.inference_mode])
+def test_without_grad_mode_no_graph_is_recorded(device, grad_mode):
+    """The autograd kernels call the device kernels directly when no graph is recorded: same
+    output and running statistics, no grad_fn."""
+    x = make_input((4, 3, 5, 6), torch.float32, device).requires_grad_()
+    recorded, unrecorded = params(3, torch.float32, device), params(3, torch.float32, device)
+    expected = bn_lrelu(x, *recorded, training=True)
+    with grad_mode():
+        out = bn_lrelu(x, *unrecorded, training=True)
+    assert expected.grad_fn is not None and out.grad_fn is None
+    torch.testing.assert_close(out, expected.detach(), rtol=0, atol=0)
+    for a, e in zip(unrecorded, recorded):
+        torch.testing.assert_close(a, e, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_backward_op_records_a_graph_only_for_inputs_that_require_grad(device):
+    x = make_input((4, 3, 5, 6), torch.float64, device)
+    go = make_input(x.shape, torch.float64, device, seed=1)
+    weight, bias = params(3, torch.float64, device)[2:]
+    _, mean, var = torch.ops.fastgan.batch_norm_leaky_relu(x, None, None, weight, bias, True,
+                                                           1e-5, 0.2)
+    args = (go, x, mean, var, weight, bias, True, 1e-5, 0.2, [True, True, True])
+    plain = torch.ops.fastgan.batch_norm_leaky_relu_backward(*args)
+    assert all(t.grad_fn is None for t in plain)
+    go.requires_grad_()
+    recorded = torch.ops.fastgan.batch_norm_leaky_relu_backward(*args)
+    assert all(t.grad_fn is not None for t in recorded)
+    for a, e in zip(plain, recorded, strict=True):
+        torch.testing.assert_close(a, e.detach(), rtol=0, atol=0)
+
+
 def test_third_order_raises():
     x = torch.randn(4, 3, requires_grad=True)
     out = bn_lrelu(x, None, None, training=True)

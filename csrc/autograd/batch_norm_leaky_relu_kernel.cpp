@@ -67,6 +67,7 @@ class BatchNormLeakyReLU : public torch::autograd::Function<BatchNormLeakyReLU> 
     auto [output, batch_mean, batch_var] =
         forward_op().call(input, mean, var, weight, bias, training, eps, negative_slope);
     ctx->mark_non_differentiable({batch_mean, batch_var});
+    ctx->set_materialize_grads(false);  // the statistics never have one
     // The backward needs the statistics that normalized the input: the batch's when training.
     ctx->save_for_backward({input, training ? batch_mean : mean.value_or(Tensor()),
                             training ? batch_var : var.value_or(Tensor()),
@@ -77,6 +78,7 @@ class BatchNormLeakyReLU : public torch::autograd::Function<BatchNormLeakyReLU> 
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    if (!grads[0].defined()) return variable_list(8);
     const auto saved = ctx->get_saved_variables();
     const Tensor &input = saved[0], &mean = saved[1], &var = saved[2], &weight = saved[3],
                  &bias = saved[4];
@@ -105,6 +107,7 @@ class BatchNormLeakyReLUBackward : public torch::autograd::Function<BatchNormLea
                             bias.value_or(Tensor())});
     Config{training, eps, negative_slope}.save(ctx);
     ctx->saved_data["mask"] = std::vector<bool>(mask.begin(), mask.end());
+    ctx->set_materialize_grads(false);  // an output without a gradient reads as None
     record_given(ctx, {true, true, true, true, given(weight), given(bias)});
     return {grad_input, grad_weight, grad_bias};
   }
@@ -160,8 +163,8 @@ Triple batch_norm_leaky_relu(const Tensor& input, const OptionalTensor& mean,
                              const OptionalTensor& var, const OptionalTensor& weight,
                              const OptionalTensor& bias, bool training, double eps,
                              double negative_slope) {
-  return as_triple(BatchNormLeakyReLU::apply(input, mean, var, weight, bias, training, eps,
-                                             negative_slope));
+  return autograd_call<BatchNormLeakyReLU>(forward_op(), input, mean, var, weight, bias, training,
+                                           eps, negative_slope);
 }
 
 Triple batch_norm_leaky_relu_backward(const Tensor& grad_output, const Tensor& input,
@@ -169,9 +172,9 @@ Triple batch_norm_leaky_relu_backward(const Tensor& grad_output, const Tensor& i
                                       const OptionalTensor& weight, const OptionalTensor& bias,
                                       bool training, double eps, double negative_slope,
                                       Mask output_mask) {
-  return as_triple(BatchNormLeakyReLUBackward::apply(grad_output, input, mean, var, weight, bias,
-                                                     training, eps, negative_slope,
-                                                     output_mask));
+  return autograd_call<BatchNormLeakyReLUBackward>(backward_op(), grad_output, input, mean, var,
+                                                   weight, bias, training, eps, negative_slope,
+                                                   output_mask);
 }
 
 Triple batch_norm_leaky_relu_double_backward(
@@ -180,9 +183,9 @@ Triple batch_norm_leaky_relu_double_backward(
     const Tensor& mean, const Tensor& var, const OptionalTensor& weight,
     const OptionalTensor& bias, bool training, double eps, double negative_slope,
     Mask output_mask) {
-  return as_triple(BatchNormLeakyReLUDoubleBackward::apply(
-      grad_grad_input, grad_grad_weight, grad_grad_bias, grad_output, input, mean, var, weight,
-      bias, training, eps, negative_slope, output_mask));
+  return autograd_call<BatchNormLeakyReLUDoubleBackward>(
+      double_backward_op(), grad_grad_input, grad_grad_weight, grad_grad_bias, grad_output, input,
+      mean, var, weight, bias, training, eps, negative_slope, output_mask);
 }
 
 }  // namespace

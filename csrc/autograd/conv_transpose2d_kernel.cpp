@@ -210,8 +210,9 @@ Tensor conv_transpose2d(const Tensor& input, const Tensor& weight, const Optiona
                         IntArrayRef stride, IntArrayRef padding, IntArrayRef output_padding,
                         int64_t groups, IntArrayRef dilation, c10::string_view activation,
                         double negative_slope) {
-  return ConvTranspose2d::apply(input, weight, bias, stride, padding, output_padding, groups,
-                                dilation, activation, negative_slope);
+  return autograd_call<ConvTranspose2d>(forward_op(), input, weight, bias, stride, padding,
+                                        output_padding, groups, dilation, activation,
+                                        negative_slope);
 }
 
 Triple conv_transpose2d_backward(const Tensor& grad_output, const Tensor& input,
@@ -220,17 +221,17 @@ Triple conv_transpose2d_backward(const Tensor& grad_output, const Tensor& input,
                                  IntArrayRef output_padding, int64_t groups, IntArrayRef dilation,
                                  c10::string_view activation, double negative_slope,
                                  std::array<bool, 3> output_mask) {
-  return as_triple(ConvTranspose2dBackward::apply(grad_output, input, weight, result, stride,
-                                                  padding, output_padding, groups, dilation,
-                                                  activation, negative_slope, output_mask));
+  return autograd_call<ConvTranspose2dBackward>(backward_op(), grad_output, input, weight, result,
+                                                stride, padding, output_padding, groups, dilation,
+                                                activation, negative_slope, output_mask);
 }
 
 std::tuple<Tensor, Tensor> conv_transpose2d_activation_double_backward(
     const Tensor& grad_preactivation, const Tensor& grad_output, const Tensor& result,
     c10::string_view activation, double negative_slope, std::array<bool, 2> output_mask) {
-  const auto grads = ActivationDoubleBackward::apply(grad_preactivation, grad_output, result,
-                                                     activation, negative_slope, output_mask);
-  return {grads[0], grads[1]};
+  return autograd_call<ActivationDoubleBackward>(activation_double_backward_op(),
+                                                 grad_preactivation, grad_output, result,
+                                                 activation, negative_slope, output_mask);
 }
 
 }  // namespace

@@ -5,6 +5,8 @@
 #pragma once
 
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/grad_mode.h>
+#include <c10/util/TypeTraits.h>
 #include <torch/autograd.h>
 
 #include <optional>
@@ -47,6 +49,41 @@ inline std::vector<bool> needs_grad(AutogradContext* ctx) {
     if (was_given.get(i)) needs[i] = ctx->needs_input_grad(edge++);
   }
   return needs;
+}
+
+// Whether an argument is a tensor that requires grad (non-tensors never do).
+inline bool requires_grad(const Tensor& t) { return t.defined() && t.requires_grad(); }
+inline bool requires_grad(const OptionalTensor& t) { return t.has_value() && requires_grad(*t); }
+template <typename T>
+bool requires_grad(const T&) {
+  return false;
+}
+
+// A Function's outputs as its op returns them.
+template <typename Result>
+Result as_result(const variable_list& outputs) {
+  if constexpr (std::is_same_v<Result, Triple>) {
+    return as_triple(outputs);
+  } else {
+    return {outputs[0], outputs[1]};
+  }
+}
+template <typename Result>
+Result as_result(const Tensor& output) {
+  return output;
+}
+
+// The Autograd kernel of `op`: Function::apply when the call records a graph; otherwise the op's
+// device kernel directly, since a Function's node, saved tensors and wrapped outputs cost about as
+// much as a small layer's kernel (inference, and a backward that builds no graph for a second).
+template <typename Function, typename Signature, typename... Args>
+auto autograd_call(const c10::TypedOperatorHandle<Signature>& op, const Args&... args) {
+  using Result = typename c10::guts::infer_function_traits_t<Signature>::return_type;
+  if (at::GradMode::is_enabled() && (requires_grad(args) || ...)) {
+    return as_result<Result>(Function::apply(args...));
+  }
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
+  return op.call(args...);
 }
 
 // The typed handle of fastgan::`name` (looked up once per call site).

@@ -64,11 +64,11 @@ class GradientPenaltyBackward : public torch::autograd::Function<GradientPenalty
 };
 
 Tensor gradient_penalty(const Tensor& grad, double scale) {
-  return GradientPenalty::apply(grad, scale);
+  return autograd_call<GradientPenalty>(penalty_op(), grad, scale);
 }
 
 Tensor gradient_penalty_backward(const Tensor& grad_out, const Tensor& grad, double scale) {
-  return GradientPenaltyBackward::apply(grad_out, grad, scale);
+  return autograd_call<GradientPenaltyBackward>(backward_op(), grad_out, grad, scale);
 }
 
 }  // namespace
