@@ -452,13 +452,16 @@ void map_in_storage_order(const ChannelLayout& layout,
   const int64_t C = layout.channels;
   if (!layout.channels_last) {
     const int64_t S = layout.spatial, full = S / width * width;
-    parallel_tasks(layout.batch * C, S, [&](int64_t row) {
-      V coef[P];
-      for (int p = 0; p < P; ++p) coef[p] = V(coefficients[p][row % C]);
-      if (full > 0) map_run<scalar_t, I, O>(inputs, outputs, row * S, width, full / width, width,
-                                            0, coef, map);
-      if (full < S) map_run<scalar_t, I, O>(inputs, outputs, row * S + full, width, 1, S - full,
-                                            0, coef, map);
+    at::parallel_for(0, layout.batch * C, grain_for(S), [&](int64_t begin, int64_t end) {
+      // The channel counts along with the row: a division per row cost 5-10% of a short-row map.
+      for (int64_t row = begin, c = begin % C; row < end; ++row, c = c + 1 == C ? 0 : c + 1) {
+        V coef[P];
+        for (int p = 0; p < P; ++p) coef[p] = V(coefficients[p][c]);
+        if (full > 0) map_run<scalar_t, I, O>(inputs, outputs, row * S, width, full / width,
+                                              width, 0, coef, map);
+        if (full < S) map_run<scalar_t, I, O>(inputs, outputs, row * S + full, width, 1,
+                                              S - full, 0, coef, map);
+      }
     });
     return;
   }
