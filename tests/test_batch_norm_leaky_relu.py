@@ -219,9 +219,15 @@ def test_gradients_of_any_subset_of_the_leaves(device, training, track, weight_g
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-def test_empty_batch(device, training):
-    x = torch.randn(0, 3, 4, 4, device=device, requires_grad=True)
-    running_mean, running_var, weight, bias = params(3, torch.float32, device)
+@pytest.mark.parametrize("shape, layout", [((0, 3, 4, 4), "contiguous"),
+                                           ((0, 3, 16, 16), "contiguous"),
+                                           ((0, 3, 32, 33), "contiguous"),
+                                           ((0, 130, 2, 2), "channels_last")], ids=str)
+def test_empty_batch(device, training, shape, layout):
+    """Each walk of csrc/cpu/per_channel.h (channel by channel, sample blocks, row pieces,
+    channels-last) with no samples."""
+    x = make_input(shape, torch.float32, device, layout).requires_grad_()
+    running_mean, running_var, weight, bias = params(shape[1], torch.float32, device)
     weight.requires_grad_()
     before = running_mean.clone(), running_var.clone()
     out = bn_lrelu(x, running_mean, running_var, weight, bias, training=training)
@@ -229,6 +235,22 @@ def test_empty_batch(device, training):
     out.sum().backward()
     assert torch.equal(weight.grad, torch.zeros_like(weight))
     assert torch.equal(running_mean, before[0]) and torch.equal(running_var, before[1])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape, layout", [((2, 0, 3, 3), "contiguous"),
+                                           ((2, 0, 16, 16), "contiguous"),
+                                           ((2, 0, 16, 16), "channels_last"),
+                                           ((2, 0), "contiguous")], ids=str)
+def test_no_channels(device, shape, layout):
+    """Zero channels: empty results, as torch gives."""
+    x = make_input(shape, torch.float32, device, layout).requires_grad_()
+    none = torch.empty(0, device=device)
+    out = bn_lrelu(x, none, none.clone(), none.clone(), none.clone(), training=True)
+    expected = torch_bn_lrelu(x, none, none.clone(), None, None, True, 0.1, 1e-5, 0.2)
+    assert out.shape == expected.shape == x.shape
+    (grad,) = torch.autograd.grad(out.sum(), x)
+    assert grad.shape == x.shape
 
 
 def test_large_mean_does_not_cancel():
