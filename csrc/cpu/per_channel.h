@@ -238,11 +238,12 @@ void map_channel(const ChannelLayout& layout, const std::array<const scalar_t*, 
   });
 }
 
-// Channels-first rows of at least this many bytes are reduced in storage order (below) when the
-// map runs in storage order too; shorter ones a channel at a time. Measured (RESULTS.md, ninth
-// session): with rows of 4-16 KB storage order made the backward 12-17% faster, the forward 0-8%;
-// with rows of 1 KB it made the forward 17-32% slower; with rows of 256 bytes both 60-95% slower
-// (each row's sums move into double separately).
+// When the map runs in storage order, channels-first rows of at least this many bytes are reduced
+// row by row (below, each row's sums moved into double), shorter ones by blocks of samples
+// (sample_block_sums, the sums kept in vectors across rows). Measured against a channel per task
+// (RESULTS.md, ninth and tenth sessions): row by row, rows of 4-16 KB made the backward 12-17%
+// faster, but rows of 1 KB the forward 17-32% slower and of 256 bytes 60-95% slower; by sample
+// blocks, rows of 1 KB made the forward and backward 10% faster, rows of 256 bytes 1-3%.
 constexpr int64_t kStorageOrderSumsRowBytes = 4096;
 
 // sums[k * C + c] = the K sums of channel c of a channels-first tensor, walked in storage order:
