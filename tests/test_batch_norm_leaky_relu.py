@@ -48,7 +48,8 @@ def run(fn, x, running_mean, running_var, weight, bias, training, slope, upstrea
 # float32: (2, 3, 8, 9) and (6, 85, 10, 10) are reduced by sample blocks and mapped in storage
 # order, (2, 3, 32, 33) reduced row by row, the shorter rows walked channel by channel.
 # Channels-last: 85 channels are reduced in groups of four vectors, then a vector and a part of
-# one; rows of 128 channels are mapped in storage order, shorter ones a vector down the rows.
+# one; maps go a vector down the rows here (test_large_channels_last_maps_in_storage_order has
+# the other walk).
 SHAPES = [(16, 5), (4, 3, 7), (4, 3, 5, 6), (3, 5, 7, 9), (2, 3, 8, 9), (2, 3, 32, 33),
           (1, 4, 3, 3), (2, 8, 1, 1), (6, 85, 10, 10), (2, 128, 3, 3)]
 SHAPE_LAYOUTS = shape_layouts(SHAPES)
@@ -278,6 +279,34 @@ def test_partial_sums_move_to_double_within_a_block(layout):
     assert_close(actual[0], expected[0], torch.float32)
     for a, e in zip([*actual[1], *actual[2]], [*expected[1], *expected[2]], strict=True):
         assert_close(a, e, torch.float32, scale=10)
+
+
+@pytest.mark.parametrize("slope", [0.0, 0.2])
+def test_large_channels_last_maps_in_storage_order(slope):
+    """32x128x16x32 channels-last float32 (8 MB): every map (forward, backward, double
+    backward) walks in storage order. Output, first- and second-order gradients against torch in
+    float64 from the same values."""
+    x0 = make_input((32, 128, 16, 32), torch.float32, "cpu", "channels_last")
+    upstream = make_input(x0.shape, torch.float32, "cpu", "channels_last", seed=4)
+    p = params(128, torch.float32, "cpu")[2:]
+
+    def grads(fn, dtype):
+        leaves = [t.to(dtype).requires_grad_() for t in (x0, *p)]
+        out = fn(*leaves[:1], None, None, *leaves[1:], True, 0.1, 1e-5, slope)
+        first = torch.autograd.grad(out, leaves, upstream.to(dtype), create_graph=True)
+        second = torch.autograd.grad(sum(g.square().sum() for g in first), leaves)
+        return [out, *first, *second]
+
+    actual, expected = grads(bn_lrelu, torch.float32), grads(torch_bn_lrelu, torch.float64)
+    # Where the normalized input is within float32 rounding of the kink, the two sides may take
+    # different slopes: those few elements (of 4M) are left out of the input's gradients.
+    normalized = F.batch_norm(x0.double(), None, None, *[t.double() for t in p], True)
+    away = normalized.abs() > 1e-4
+    for i, (a, e) in enumerate(zip(actual, expected, strict=True)):
+        if i in (1, 4):  # the input's first- and second-order gradients
+            a, e = a[away], e[away]
+        # Sums over 512K elements a channel: float32 rounding relative to the largest value.
+        assert_within_roundings(a, e, torch.float32, roundings=64)
 
 
 def test_constant_channel_has_zero_variance():

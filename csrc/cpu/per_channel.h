@@ -81,13 +81,17 @@ constexpr int64_t kSumTileRows = 32;
 constexpr int kSumGroupVectors = 4;
 static_assert(kFlushElements % kSumTileRows == 0, "flushes fall on tile boundaries");
 
-// Channels-last maps take kTileRows rows per task. Rows of at least kStorageOrderRowVectors whole
-// vectors are walked in storage order; shorter ones one channel vector at a time down the rows.
-// Measured (RESULTS.md, tenth session), the two alternating call by call: the vector-at-a-time
-// walk was 1.15-1.55x slower from 128 channels up, and 1.0-1.4x faster at 32 and 64 channels,
-// where storage order reloads a row's few coefficient vectors for every vector.
+// Channels-last maps take kTileRows rows per task, walked one channel vector at a time down the
+// rows (its coefficients loaded once), or in storage order (each vector's coefficients loaded
+// from the cached arrays) when rows hold at least kStorageOrderRowVectors whole vectors and the
+// map reads and writes at least kStorageOrderMapBytes. Measured (RESULTS.md, tenth session), the
+// walks alternating call by call: the vector-at-a-time walk stalls on its loads when its data
+// comes from L3 or memory (1.1-1.5x slower from 128 channels up, 8 MB tensors), and wins when it
+// comes from nearer caches or rows are short (1.2-1.4x faster at 64x256x8x8 and 64x512x4x4,
+// 1.0-1.4x at 32 and 64 channels).
 constexpr int64_t kTileRows = 4;
 constexpr int64_t kStorageOrderRowVectors = 8;
+constexpr int64_t kStorageOrderMapBytes = int64_t(16) << 20;
 
 // Calls finish(c, sums); false when it returned false: it updated the coefficients that the
 // reduction reads and asks for the channel's sums again. A void finish always accepts.
@@ -472,7 +476,9 @@ void map_in_storage_order(const ChannelLayout& layout,
   // kTileRows rows per task, in storage order (each vector's coefficients loaded from the cached
   // arrays) or one channel vector at a time down them (its coefficients loaded once).
   const int64_t rows = layout.per_channel(), tiles = (rows + kTileRows - 1) / kTileRows;
-  const bool storage_order = C % width == 0 && C >= kStorageOrderRowVectors * width;
+  const int64_t map_bytes = (I + O) * rows * C * static_cast<int64_t>(sizeof(scalar_t));
+  const bool storage_order = C % width == 0 && C >= kStorageOrderRowVectors * width &&
+                             map_bytes >= kStorageOrderMapBytes;
   parallel_tasks(tiles, C * kTileRows, [&](int64_t tile) {
     const int64_t first = tile * kTileRows, steps = std::min(rows, first + kTileRows) - first;
     if (storage_order) {
