@@ -473,8 +473,7 @@ void map_in_storage_order(const ChannelLayout& layout,
     });
     return;
   }
-  // kTileRows rows per task, in storage order (each vector's coefficients loaded from the cached
-  // arrays) or one channel vector at a time down them (its coefficients loaded once).
+  // kTileRows rows per task, walked as kStorageOrderMapBytes' comment says.
   const int64_t rows = layout.per_channel(), tiles = (rows + kTileRows - 1) / kTileRows;
   const int64_t map_bytes = (I + O) * rows * C * static_cast<int64_t>(sizeof(scalar_t));
   const bool storage_order = C % width == 0 && C >= kStorageOrderRowVectors * width &&
