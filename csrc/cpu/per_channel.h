@@ -168,6 +168,47 @@ inline void map_run(const std::array<const scalar_t*, I>& inputs,
   }
 }
 
+// acc[k] += the K sums of the `size` contiguous elements from `offset`: its full vectors, then
+// its tail.
+template <typename scalar_t, int K, int I, typename Accumulate>
+inline void accumulate_contiguous(Vec<scalar_t>* acc, const std::array<const scalar_t*, I>& inputs,
+                                  int64_t offset, int64_t size, const Vec<scalar_t>* coef,
+                                  const Accumulate& accumulate) {
+  constexpr int64_t width = Vec<scalar_t>::size();
+  const int64_t full = size / width * width;
+  if (full > 0) {
+    accumulate_run<scalar_t, K, I>(acc, inputs, offset, width, full / width, width, 0, coef,
+                                   accumulate);
+  }
+  if (full < size) {
+    accumulate_run<scalar_t, K, I>(acc, inputs, offset + full, width, 1, size - full, 0, coef,
+                                   accumulate);
+  }
+}
+
+// map over the `size` contiguous elements from `offset`: its full vectors, then its tail.
+template <typename scalar_t, int I, int O, typename Map>
+inline void map_contiguous(const std::array<const scalar_t*, I>& inputs,
+                           const std::array<scalar_t*, O>& outputs, int64_t offset, int64_t size,
+                           const Vec<scalar_t>* coef, const Map& map) {
+  constexpr int64_t width = Vec<scalar_t>::size();
+  const int64_t full = size / width * width;
+  if (full > 0) {
+    map_run<scalar_t, I, O>(inputs, outputs, offset, width, full / width, width, 0, coef, map);
+  }
+  if (full < size) {
+    map_run<scalar_t, I, O>(inputs, outputs, offset + full, width, 1, size - full, 0, coef, map);
+  }
+}
+
+// Per-block partial sums (blocks x `count` doubles, laid out block after block) added up in
+// block order: the same result for any thread count.
+inline void add_blocks(const std::vector<double>& partial, int64_t count, double* sums) {
+  for (size_t first = 0; first < partial.size(); first += count) {
+    for (int64_t j = 0; j < count; ++j) sums[j] += partial[first + j];
+  }
+}
+
 // The lanes of `v`, added up in double.
 template <typename V>
 inline double lane_sum(const V& v) {
@@ -265,19 +306,11 @@ void storage_order_sums(const ChannelLayout& layout, const std::array<const scal
   std::vector<double> partial(tasks * K);
   parallel_tasks(tasks, std::min(S, piece), [&](int64_t task) {
     const int64_t row = task / pieces, first = task % pieces * piece;
-    const int64_t size = std::min(S, first + piece) - first, full = size / width * width;
-    const int64_t offset = row * S + first;
     V coef[P], acc[K];
     for (int p = 0; p < P; ++p) coef[p] = V(coefficients[p][row % C]);
     for (int k = 0; k < K; ++k) acc[k] = V(T(0));
-    if (full > 0) {
-      accumulate_run<scalar_t, K, I>(acc, inputs, offset, width, full / width, width, 0, coef,
-                                     accumulate);
-    }
-    if (full < size) {
-      accumulate_run<scalar_t, K, I>(acc, inputs, offset + full, width, 1, size - full, 0, coef,
-                                     accumulate);
-    }
+    accumulate_contiguous<scalar_t, K, I>(acc, inputs, row * S + first,
+                                          std::min(S, first + piece) - first, coef, accumulate);
     for (int k = 0; k < K; ++k) partial[task * K + k] = lane_sum(acc[k]);
   });
   std::fill(sums, sums + K * C, 0.0);
@@ -302,7 +335,7 @@ void sample_block_sums(const ChannelLayout& layout, const std::array<const scala
   const int64_t N = layout.batch, C = layout.channels, S = layout.spatial;
   std::fill(sums, sums + K * C, 0.0);
   if (N == 0 || C == 0) return;
-  const int64_t full = S / width * width, row_lanes = (S + width - 1) / width;
+  const int64_t row_lanes = (S + width - 1) / width;
   const int64_t blocks = std::min<int64_t>(N, kRowBlocks);
   const int64_t groups = std::min<int64_t>(C, (kRowBlocks + blocks - 1) / blocks);
   const int64_t block_samples = (N + blocks - 1) / blocks;
@@ -334,24 +367,14 @@ void sample_block_sums(const ChannelLayout& layout, const std::array<const scala
       for (int64_t c = first_channel; c < last_channel; ++c) {
         V coef[P];
         for (int p = 0; p < P; ++p) coef[p] = V(coefficients[p][c]);
-        V* channel_acc = acc.data() + (c - first_channel) * K;
-        const int64_t offset = (n * C + c) * S;
-        if (full > 0) {
-          accumulate_run<scalar_t, K, I>(channel_acc, inputs, offset, width, full / width, width,
-                                         0, coef, accumulate);
-        }
-        if (full < S) {
-          accumulate_run<scalar_t, K, I>(channel_acc, inputs, offset + full, width, 1, S - full,
-                                         0, coef, accumulate);
-        }
+        accumulate_contiguous<scalar_t, K, I>(acc.data() + (c - first_channel) * K, inputs,
+                                              (n * C + c) * S, S, coef, accumulate);
       }
       pending += row_lanes;
     }
     flush();
   });
-  for (int64_t block = 0; block < blocks; ++block) {
-    for (int64_t j = 0; j < K * C; ++j) sums[j] += partial[block * K * C + j];
-  }
+  add_blocks(partial, K * C, sums);
 }
 
 // Channels-last: acc[g] += the K sums of channel vector g of the G side by side from channel c
@@ -443,9 +466,7 @@ void channels_last_sums(const ChannelLayout& layout, const std::array<const scal
       }
     }
   });
-  for (int64_t block = 0; block < blocks; ++block) {
-    for (int64_t j = 0; j < K * C; ++j) sums[j] += partial[block * K * C + j];
-  }
+  add_blocks(partial, K * C, sums);
 }
 
 // map over every element, in storage order: channels-first rows of S elements share one channel's
@@ -459,16 +480,13 @@ void map_in_storage_order(const ChannelLayout& layout,
   constexpr int64_t width = V::size();
   const int64_t C = layout.channels;
   if (!layout.channels_last) {
-    const int64_t S = layout.spatial, full = S / width * width;
+    const int64_t S = layout.spatial;
     at::parallel_for(0, layout.batch * C, grain_for(S), [&](int64_t begin, int64_t end) {
       // The channel counts along with the row: a division per row cost 5-10% of a short-row map.
       for (int64_t row = begin, c = begin % C; row < end; ++row, c = c + 1 == C ? 0 : c + 1) {
         V coef[P];
         for (int p = 0; p < P; ++p) coef[p] = V(coefficients[p][c]);
-        if (full > 0) map_run<scalar_t, I, O>(inputs, outputs, row * S, width, full / width,
-                                              width, 0, coef, map);
-        if (full < S) map_run<scalar_t, I, O>(inputs, outputs, row * S + full, width, 1,
-                                              S - full, 0, coef, map);
+        map_contiguous<scalar_t, I, O>(inputs, outputs, row * S, S, coef, map);
       }
     });
     return;
