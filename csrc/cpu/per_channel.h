@@ -425,8 +425,9 @@ void channels_last_sums(const ChannelLayout& layout, const std::array<const scal
   at::parallel_for(0, blocks, grain_for(rows_per_block * C), [&](int64_t begin, int64_t end) {
     // [k][c]: the sums since the last flush, in the compute type
     std::vector<T> acc_buffer(K * padded);
-    // Loads acc[g] from acc_buffer (or stores it there) for `vectors` vectors from channel c.
-    auto transfer = [&](auto& acc, int64_t c, int vectors, bool load) {
+    // Loads acc[g][k] (V[vectors][K]) from acc_buffer, or stores it there, from channel c.
+    auto transfer = [&](auto& acc, int64_t c, bool load) {
+      constexpr int vectors = std::extent_v<std::remove_reference_t<decltype(acc)>>;
       for (int g = 0; g < vectors; ++g) {
         for (int k = 0; k < K; ++k) {
           T* at = acc_buffer.data() + k * padded + c + g * width;
@@ -444,17 +445,17 @@ void channels_last_sums(const ChannelLayout& layout, const std::array<const scal
         int64_t c = 0;
         for (; c + G * width <= C; c += G * width) {
           V acc[G][K];
-          transfer(acc, c, G, true);
+          transfer(acc, c, true);
           accumulate_columns<scalar_t, G, K, I, P>(acc, inputs, coefficients, C, tile, tile_rows,
                                                    c, width, accumulate);
-          transfer(acc, c, G, false);
+          transfer(acc, c, false);
         }
         for (; c < C; c += width) {  // the last few vectors, one at a time
           V acc[1][K];
-          transfer(acc, c, 1, true);
+          transfer(acc, c, true);
           accumulate_columns<scalar_t, 1, K, I, P>(acc, inputs, coefficients, C, tile, tile_rows,
                                                    c, std::min(width, C - c), accumulate);
-          transfer(acc, c, 1, false);
+          transfer(acc, c, false);
         }
         const int64_t done = tile + tile_rows - first;
         if (done % kFlushElements == 0 || tile + tile_rows == last) {
