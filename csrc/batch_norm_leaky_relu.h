@@ -12,6 +12,7 @@
 #include <c10/util/Exception.h>
 
 #include <cmath>
+#include <optional>
 
 namespace fastgan {
 namespace bn_lrelu {
@@ -164,15 +165,21 @@ C10_HOST_DEVICE inline DoubleBackwardCoefficients<T> double_backward_coefficient
   return k;
 }
 
-// Argument checks shared by every backend; `op` names the op in the message.
+// Argument checks shared by every backend; `op` names the op in the message. A per-channel
+// tensor has shape (C,), is on input's device and has `dtype` (nullopt: any floating dtype).
 inline void check_channel_tensor(const char* op, const char* name, const at::Tensor& t,
-                                 const at::Tensor& input, at::ScalarType dtype) {
+                                 const at::Tensor& input, std::optional<at::ScalarType> dtype) {
   if (!t.defined()) return;
   TORCH_CHECK(t.dim() == 1 && t.size(0) == input.size(1), op, ": ", name,
               " must have shape (C,) = (", input.size(1), ",) for input of shape ",
               input.sizes(), ", got ", t.sizes());
-  TORCH_CHECK(t.scalar_type() == dtype, op, ": ", name, " must have dtype ", dtype, ", got ",
-              t.scalar_type());
+  if (dtype) {
+    TORCH_CHECK(t.scalar_type() == *dtype, op, ": ", name, " must have dtype ", *dtype, ", got ",
+                t.scalar_type());
+  } else {
+    TORCH_CHECK(at::isFloatingType(t.scalar_type()), op, ": ", name,
+                " must have a floating dtype, got ", t.scalar_type());
+  }
   TORCH_CHECK(t.device() == input.device(), op, ": ", name, " is on ", t.device(),
               " but input is on ", input.device());
 }
@@ -187,25 +194,37 @@ inline void check_like_input(const char* op, const char* name, const at::Tensor&
               " but input is on ", input.device());
 }
 
-// input is (N, C, *); statistics are in `stats_dtype`, weight and bias in `param_dtype`. An op that
-// computes the batch statistics takes no mean/var; the others require them.
+// input is (N, C, *); mean and var are per-channel in `stats_dtype`, weight and bias in
+// `param_dtype`.
 inline void check_inputs(const char* op, const at::Tensor& input, const at::Tensor& mean,
                          const at::Tensor& var, const at::Tensor& weight, const at::Tensor& bias,
-                         bool computes_batch_stats, at::ScalarType stats_dtype,
-                         at::ScalarType param_dtype, double eps) {
+                         std::optional<at::ScalarType> stats_dtype, at::ScalarType param_dtype,
+                         double eps) {
   TORCH_CHECK(input.dim() >= 2, op, ": input must have shape (N, C, *), got ", input.sizes());
   TORCH_CHECK(eps > 0, op, ": eps must be positive, got ", eps);
-  if (computes_batch_stats) {
-    TORCH_CHECK(!mean.defined() && !var.defined(), op,
-                ": mean and var must be None when training (the batch statistics are used)");
-  } else {
-    TORCH_CHECK(mean.defined() && var.defined(), op,
-                ": mean and var are required when not training");
-  }
   check_channel_tensor(op, "mean", mean, input, stats_dtype);
   check_channel_tensor(op, "var", var, input, stats_dtype);
   check_channel_tensor(op, "weight", weight, input, param_dtype);
   check_channel_tensor(op, "bias", bias, input, param_dtype);
+}
+
+// The forward's running statistics come together, in any floating dtype; evaluation needs them,
+// training updates them when given and needs more than one value per channel.
+inline void check_forward_inputs(const char* op, const at::Tensor& input,
+                                 const at::Tensor& running_mean, const at::Tensor& running_var,
+                                 const at::Tensor& weight, const at::Tensor& bias, bool training,
+                                 double momentum, at::ScalarType param_dtype, double eps) {
+  check_inputs(op, input, running_mean, running_var, weight, bias, std::nullopt, param_dtype, eps);
+  TORCH_CHECK(running_mean.defined() == running_var.defined(), op,
+              ": running_mean and running_var must be given together");
+  TORCH_CHECK(training || running_mean.defined(), op,
+              ": running_mean and running_var are required when not training");
+  TORCH_CHECK(momentum >= 0 && momentum <= 1, op, ": momentum must be in [0, 1], got ", momentum);
+  int64_t per_channel = input.size(0);
+  for (int64_t d = 2; d < input.dim(); ++d) per_channel *= input.size(d);
+  TORCH_CHECK_VALUE(!training || per_channel != 1, op,
+                    ": expected more than 1 value per channel when training, got input size ",
+                    input.sizes());
 }
 
 }  // namespace bn_lrelu

@@ -12,15 +12,16 @@
 #define FASTGAN_STRINGIFY(x) FASTGAN_STRINGIFY_(x)
 
 TORCH_LIBRARY(fastgan, m) {
-  // Fused BatchNorm + LeakyReLU. When `training`, the op computes the batch statistics (mean and
-  // var are None) and returns them (mean, biased var) for the running-statistics update, which
-  // the Python wrapper does; otherwise it normalizes with the given mean and var and returns two
-  // empty tensors. The backward ops take the statistics that were used, and when `training`
+  // Fused BatchNorm + LeakyReLU. When `training`, the op normalizes with the batch statistics,
+  // returns them (mean, biased var), and updates running_mean and running_var in place when they
+  // are given, as torch's batch norm does (lerp by `momentum`, the variance unbiased; any floating
+  // dtype). Otherwise it normalizes with running_mean and running_var and returns two empty
+  // tensors. The backward ops take the statistics that were used, and when `training`
   // differentiate through them.
   m.def(
-      "batch_norm_leaky_relu(Tensor input, Tensor? mean, Tensor? var, Tensor? weight, "
-      "Tensor? bias, bool training, float eps, float negative_slope) -> (Tensor output, "
-      "Tensor batch_mean, Tensor batch_var)");
+      "batch_norm_leaky_relu(Tensor input, Tensor(a!)? running_mean, Tensor(b!)? running_var, "
+      "Tensor? weight, Tensor? bias, bool training, float momentum, float eps, "
+      "float negative_slope) -> (Tensor output, Tensor batch_mean, Tensor batch_var)");
   m.def(
       "batch_norm_leaky_relu_backward(Tensor grad_output, Tensor input, Tensor mean, "
       "Tensor var, Tensor? weight, Tensor? bias, bool training, float eps, "

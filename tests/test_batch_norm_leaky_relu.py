@@ -239,6 +239,37 @@ def test_empty_batch(device, training, shape, layout):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype, stats_dtype", [(torch.float32, torch.float64),
+                                                (torch.float64, torch.float32),
+                                                (torch.bfloat16, torch.bfloat16),
+                                                (torch.float16, torch.float16)], ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_running_statistics_in_their_own_dtype(device, dtype, stats_dtype, layout):
+    """Running statistics in a dtype other than the computation's (float64 buffers, a module
+    moved to bfloat16) are read and updated in their own: each training step moves them towards
+    the batch statistics as torch's formula does in float64, rounded once to their dtype; eval
+    normalizes with them."""
+    x = make_input((5, 6, 4, 3), dtype, device, layout)
+    compute_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    running = [t.to(stats_dtype) for t in params(6, torch.float64, device, affine=False)[:2]]
+    before = [t.double().clone() for t in running]
+    out = bn_lrelu(x, *running, training=True, momentum=0.3)
+    x64 = x.double()
+    batch_mean, batch_var = x64.mean((0, 2, 3)), x64.var((0, 2, 3), unbiased=True)
+    # One rounding to stats_dtype, after the batch statistics' own (float32) rounding errors.
+    tolerance = torch.finfo(stats_dtype).eps + 16 * torch.finfo(compute_dtype).eps
+    for updated, old, batch in zip(running, before, (batch_mean, batch_var), strict=True):
+        assert updated.dtype == stats_dtype
+        expected = (old + 0.3 * (batch - old)).to(stats_dtype).double()
+        torch.testing.assert_close(updated.double(), expected, rtol=tolerance, atol=tolerance)
+    assert_close(out, torch_bn_lrelu(x64, None, None, None, None, True, 0.1, 1e-5, 0.2), dtype)
+    evaluated = bn_lrelu(x, *running, training=False)
+    running64 = [t.double() for t in running]
+    assert_close(evaluated, torch_bn_lrelu(x64, *running64, None, None, False, 0.1, 1e-5, 0.2),
+                 dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("shape, layout", [((2, 0, 3, 3), "contiguous"),
                                            ((2, 0, 16, 16), "contiguous"),
                                            ((2, 0, 16, 16), "channels_last"),
@@ -259,7 +290,7 @@ def test_large_mean_does_not_cancel():
     g = torch.Generator().manual_seed(0)
     x = 1e4 + torch.randn(32, 4, 64, 64, generator=g)
     _, mean, var = torch.ops.fastgan.batch_norm_leaky_relu(x, None, None, None, None, True,
-                                                           1e-5, 0.2)
+                                                           0.1, 1e-5, 0.2)
     x64 = x.double()
     torch.testing.assert_close(var.double(), x64.var(dim=(0, 2, 3), unbiased=False),
                                rtol=1e-4, atol=0)
@@ -312,7 +343,7 @@ def test_large_channels_last_maps_in_storage_order(slope):
 def test_constant_channel_has_zero_variance():
     x = torch.full((8, 3, 4, 4), 2.5)
     _, mean, var = torch.ops.fastgan.batch_norm_leaky_relu(x, None, None, None, None, True,
-                                                           1e-5, 0.2)
+                                                           0.1, 1e-5, 0.2)
     assert torch.equal(var, torch.zeros(3)) and torch.equal(mean, torch.full((3,), 2.5))
 
 
@@ -421,10 +452,18 @@ def test_ops_check_their_arguments():
     x = torch.randn(4, 3, 5, 5)
     with pytest.raises(RuntimeError, match="weight must have shape"):
         torch.ops.fastgan.batch_norm_leaky_relu(x, torch.zeros(3), torch.ones(3),
-                                                torch.ones(2), None, False, 1e-5, 0.2)
-    with pytest.raises(RuntimeError, match="mean and var must be None when training"):
+                                                torch.ones(2), None, False, 0.1, 1e-5, 0.2)
+    with pytest.raises(RuntimeError, match="running_mean and running_var must be given together"):
+        torch.ops.fastgan.batch_norm_leaky_relu(x, torch.zeros(3), None, None, None, True, 0.1,
+                                                1e-5, 0.2)
+    with pytest.raises(RuntimeError, match="running_mean and running_var are required when not"):
+        torch.ops.fastgan.batch_norm_leaky_relu(x, None, None, None, None, False, 0.1, 1e-5, 0.2)
+    with pytest.raises(RuntimeError, match="momentum must be in"):
         torch.ops.fastgan.batch_norm_leaky_relu(x, torch.zeros(3), torch.ones(3), None, None,
-                                                True, 1e-5, 0.2)
+                                                True, 1.5, 1e-5, 0.2)
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        torch.ops.fastgan.batch_norm_leaky_relu(x[:1, :, :1, :1], None, None, None, None, True,
+                                                0.1, 1e-5, 0.2)
     with pytest.raises(RuntimeError, match="grad_output must have the shape"):
         torch.ops.fastgan.batch_norm_leaky_relu_backward(
             torch.ones(4, 3, 5, 4), x, torch.zeros(3), torch.ones(3), None, None, True, 1e-5,
@@ -446,8 +485,12 @@ def test_opcheck(device, layout, dtype):
     ops = torch.ops.fastgan
     grad_x, grad_weight = x.clone().requires_grad_(), weight.clone().requires_grad_()
     cases = [
-        (ops.batch_norm_leaky_relu, (grad_x, None, None, grad_weight, bias, True, 1e-5, 0.2)),
-        (ops.batch_norm_leaky_relu, (grad_x, mean, var, grad_weight, bias, False, 1e-5, 0.2)),
+        (ops.batch_norm_leaky_relu, (grad_x, None, None, grad_weight, bias, True, 0.1, 1e-5,
+                                     0.2)),
+        (ops.batch_norm_leaky_relu, (grad_x, mean.clone(), var.clone(), grad_weight, bias, True,
+                                     0.1, 1e-5, 0.2)),
+        (ops.batch_norm_leaky_relu, (grad_x, mean, var, grad_weight, bias, False, 0.1, 1e-5,
+                                     0.2)),
         (ops.batch_norm_leaky_relu_backward, (go.clone().requires_grad_(), grad_x, mean, var,
                                               grad_weight, bias, True, 1e-5, 0.2,
                                               [True, True, True])),
@@ -478,7 +521,8 @@ def test_double_backward_computes_the_outputs_asked_for(device, layout, training
     mean, var, weight, bias = params(3, torch.float64, device)
     ops = torch.ops.fastgan
     if training:
-        _, mean, var = ops.batch_norm_leaky_relu(x, None, None, weight, bias, True, 1e-5, 0.2)
+        _, mean, var = ops.batch_norm_leaky_relu(x, None, None, weight, bias, True, 0.1, 1e-5,
+                                                 0.2)
     ggw = make_input((3,), torch.float64, device, seed=3)
     args = (ggi, ggw, None, go, x, mean, var, weight, bias, training, 1e-5, 0.2)
     together = ops.batch_norm_leaky_relu_double_backward(*args, [True, True, True])
@@ -513,7 +557,7 @@ def test_backward_op_records_a_graph_only_for_inputs_that_require_grad(device):
     go = make_input(x.shape, torch.float64, device, seed=1)
     weight, bias = params(3, torch.float64, device)[2:]
     _, mean, var = torch.ops.fastgan.batch_norm_leaky_relu(x, None, None, weight, bias, True,
-                                                           1e-5, 0.2)
+                                                           0.1, 1e-5, 0.2)
     args = (go, x, mean, var, weight, bias, True, 1e-5, 0.2, [True, True, True])
     plain = torch.ops.fastgan.batch_norm_leaky_relu_backward(*args)
     assert all(t.grad_fn is None for t in plain)

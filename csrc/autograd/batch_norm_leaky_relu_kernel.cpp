@@ -19,7 +19,7 @@ using Mask = std::array<bool, 3>;
 const auto& forward_op() {
   static const auto op = find_op<Triple(const Tensor&, const OptionalTensor&,
                                         const OptionalTensor&, const OptionalTensor&,
-                                        const OptionalTensor&, bool, double, double)>(
+                                        const OptionalTensor&, bool, double, double, double)>(
       "fastgan::batch_norm_leaky_relu");
   return op;
 }
@@ -60,25 +60,32 @@ struct Config {
 class BatchNormLeakyReLU : public torch::autograd::Function<BatchNormLeakyReLU> {
  public:
   static variable_list forward(AutogradContext* ctx, const Tensor& input,
-                               const OptionalTensor& mean, const OptionalTensor& var,
-                               const OptionalTensor& weight, const OptionalTensor& bias,
-                               bool training, double eps, double negative_slope) {
+                               const OptionalTensor& running_mean,
+                               const OptionalTensor& running_var, const OptionalTensor& weight,
+                               const OptionalTensor& bias, bool training, double momentum,
+                               double eps, double negative_slope) {
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [output, batch_mean, batch_var] =
-        forward_op().call(input, mean, var, weight, bias, training, eps, negative_slope);
+    auto [output, batch_mean, batch_var] = forward_op().call(
+        input, running_mean, running_var, weight, bias, training, momentum, eps, negative_slope);
     ctx->mark_non_differentiable({batch_mean, batch_var});
     ctx->set_materialize_grads(false);  // the statistics never have one
-    // The backward needs the statistics that normalized the input: the batch's when training.
-    ctx->save_for_backward({input, training ? batch_mean : mean.value_or(Tensor()),
-                            training ? batch_var : var.value_or(Tensor()),
+    // The backward needs the statistics that normalized the input, in the batch statistics'
+    // dtype: the batch's when training, else the running ones.
+    const auto as_stats = [&](const Tensor& running) {
+      return running.scalar_type() == batch_mean.scalar_type()
+                 ? running
+                 : running.to(batch_mean.scalar_type());
+    };
+    ctx->save_for_backward({input, training ? batch_mean : as_stats(*running_mean),
+                            training ? batch_var : as_stats(*running_var),
                             weight.value_or(Tensor()), bias.value_or(Tensor())});
     Config{training, eps, negative_slope}.save(ctx);
-    record_given(ctx, {true, given(mean), given(var), given(weight), given(bias)});
+    record_given(ctx, {true, given(running_mean), given(running_var), given(weight), given(bias)});
     return {output, batch_mean, batch_var};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    if (!grads[0].defined()) return variable_list(8);
+    if (!grads[0].defined()) return variable_list(9);
     const auto saved = ctx->get_saved_variables();
     const Tensor &input = saved[0], &mean = saved[1], &var = saved[2], &weight = saved[3],
                  &bias = saved[4];
@@ -90,7 +97,7 @@ class BatchNormLeakyReLU : public torch::autograd::Function<BatchNormLeakyReLU> 
                            config.training, config.eps, config.negative_slope, mask);
     return {mask[0] ? grad_input : Tensor(), Tensor(), Tensor(),
             mask[1] ? grad_weight : Tensor(), mask[2] ? grad_bias : Tensor(),
-            Tensor(), Tensor(), Tensor()};
+            Tensor(), Tensor(), Tensor(), Tensor()};
   }
 };
 
@@ -159,12 +166,12 @@ class BatchNormLeakyReLUDoubleBackward
   }
 };
 
-Triple batch_norm_leaky_relu(const Tensor& input, const OptionalTensor& mean,
-                             const OptionalTensor& var, const OptionalTensor& weight,
-                             const OptionalTensor& bias, bool training, double eps,
-                             double negative_slope) {
-  return autograd_call<BatchNormLeakyReLU>(forward_op(), input, mean, var, weight, bias, training,
-                                           eps, negative_slope);
+Triple batch_norm_leaky_relu(const Tensor& input, const OptionalTensor& running_mean,
+                             const OptionalTensor& running_var, const OptionalTensor& weight,
+                             const OptionalTensor& bias, bool training, double momentum,
+                             double eps, double negative_slope) {
+  return autograd_call<BatchNormLeakyReLU>(forward_op(), input, running_mean, running_var, weight,
+                                           bias, training, momentum, eps, negative_slope);
 }
 
 Triple batch_norm_leaky_relu_backward(const Tensor& grad_output, const Tensor& input,

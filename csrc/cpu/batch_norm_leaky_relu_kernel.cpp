@@ -26,17 +26,30 @@ void check_cpu(const char* op, const at::Tensor& input) {
 #define FASTGAN_DISPATCH_CPU_TYPES(TYPE, NAME, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, TYPE, NAME, __VA_ARGS__)
 
-// Reads a per-channel (float or double) tensor as doubles; an undefined one reads as `fallback`.
-// Element by element rather than through tensor ops: these are small, and each op costs
-// microseconds.
+// Reads a per-channel tensor as doubles; an undefined one reads as `fallback`. Element by element
+// rather than through tensor ops: these are small, and each op costs microseconds.
 std::vector<double> channel_values(const at::Tensor& t, int64_t channels, double fallback) {
   if (!t.defined()) return std::vector<double>(channels, fallback);
   std::vector<double> values(channels);
-  AT_DISPATCH_FLOATING_TYPES(t.scalar_type(), "channel_values", [&] {
+  FASTGAN_DISPATCH_CPU_TYPES(t.scalar_type(), "channel_values", [&] {
     const scalar_t* data = t.const_data_ptr<scalar_t>();
     for (int64_t c = 0; c < channels; ++c) values[c] = static_cast<double>(data[c * t.stride(0)]);
   });
   return values;
+}
+
+// running += momentum * (factor * batch - running), in running's own dtype, as torch's batch norm
+// updates its running statistics (there, in the tensor ops a Python caller would pay for).
+void update_running(const at::Tensor& running, const std::vector<double>& batch, double factor,
+                    double momentum) {
+  FASTGAN_DISPATCH_CPU_TYPES(running.scalar_type(), "update_running", [&] {
+    scalar_t* data = running.mutable_data_ptr<scalar_t>();
+    const int64_t stride = running.stride(0);
+    for (size_t c = 0; c < batch.size(); ++c) {
+      const double value = static_cast<double>(data[c * stride]);
+      data[c * stride] = static_cast<scalar_t>(value + momentum * (factor * batch[c] - value));
+    }
+  });
 }
 
 at::Tensor channel_tensor(const std::vector<double>& values, const at::TensorOptions& options) {
@@ -117,23 +130,28 @@ inline V activation_slope(const V& xc, const V& scale, const V& shift, const V& 
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu(
-    const at::Tensor& input, const std::optional<at::Tensor>& mean,
-    const std::optional<at::Tensor>& var, const std::optional<at::Tensor>& weight,
-    const std::optional<at::Tensor>& bias, bool training, double eps, double negative_slope) {
+    const at::Tensor& input, const std::optional<at::Tensor>& running_mean,
+    const std::optional<at::Tensor>& running_var, const std::optional<at::Tensor>& weight,
+    const std::optional<at::Tensor>& bias, bool training, double momentum, double eps,
+    double negative_slope) {
   constexpr const char* op = "fastgan::batch_norm_leaky_relu";
   const at::Tensor w = weight.value_or(at::Tensor()), b = bias.value_or(at::Tensor());
-  const at::Tensor m = mean.value_or(at::Tensor()), v = var.value_or(at::Tensor());
+  const at::Tensor m = running_mean.value_or(at::Tensor()), v = running_var.value_or(at::Tensor());
   check_cpu(op, input);
   const auto opmath = at::toOpMathType(input.scalar_type());
-  check_inputs(op, input, m, v, w, b, training, opmath, opmath, eps);
+  check_forward_inputs(op, input, m, v, w, b, training, momentum, opmath, eps);
   const auto layout = choose_layout(input);
   const int64_t C = layout.channels;
   const at::Tensor x = to_layout(input, layout);
   at::Tensor out = at::empty_like(x);
   const double count = static_cast<double>(layout.per_channel());
   const auto weights = channel_values(w, C, 1.0), biases = channel_values(b, C, 0.0);
-  // Training: the batch statistics; evaluation: the given ones.
-  std::vector<double> batch_mean = channel_values(m, C, 0.0), batch_var = channel_values(v, C, 1.0);
+  // Training: the batch statistics; evaluation: the running ones.
+  std::vector<double> batch_mean(C, 0.0), batch_var(C, 1.0);
+  if (!training) {
+    batch_mean = channel_values(m, C, 0.0);
+    batch_var = channel_values(v, C, 1.0);
+  }
   FASTGAN_DISPATCH_CPU_TYPES(x.scalar_type(), "batch_norm_leaky_relu", [&] {
     using V = Vec<scalar_t>;
     using T = opmath_t<scalar_t>;
@@ -189,6 +207,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu(
   });
   const auto stats_options = input.options().dtype(opmath);
   if (!training) return {out, at::empty({0}, stats_options), at::empty({0}, stats_options)};
+  if (m.defined() && count > 0) {
+    update_running(m, batch_mean, 1.0, momentum);
+    update_running(v, batch_var, count / (count - 1), momentum);
+  }
   return {out, channel_tensor(batch_mean, stats_options), channel_tensor(batch_var, stats_options)};
 }
 
@@ -201,7 +223,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu_backward(
   const at::Tensor w = weight.value_or(at::Tensor()), b = bias.value_or(at::Tensor());
   check_cpu(op, input);
   const auto opmath = at::toOpMathType(input.scalar_type());
-  check_inputs(op, input, mean, var, w, b, false, opmath, opmath, eps);
+  check_inputs(op, input, mean, var, w, b, opmath, opmath, eps);
   check_like_input(op, "grad_output", grad_output, input);
   const SavedOperands saved(grad_output, input, mean, var, w, b, eps);
   const ChannelLayout& layout = saved.layout;
@@ -275,7 +297,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu_double_back
   const at::Tensor w = weight.value_or(at::Tensor()), b = bias.value_or(at::Tensor());
   check_cpu(op, input);
   const auto opmath = at::toOpMathType(input.scalar_type());
-  check_inputs(op, input, mean, var, w, b, false, opmath, opmath, eps);
+  check_inputs(op, input, mean, var, w, b, opmath, opmath, eps);
   check_like_input(op, "grad_output", grad_output, input);
   const at::Tensor ggi_in = grad_grad_input.value_or(at::Tensor());
   if (ggi_in.defined()) check_like_input(op, "grad_grad_input", ggi_in, input);

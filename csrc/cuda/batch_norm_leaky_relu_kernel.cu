@@ -721,18 +721,20 @@ ChannelParams<T> channel_params(const at::Tensor& mean, const at::Tensor& var,
           data_or_null<T>(bias), static_cast<T>(eps)};
 }
 
-// Training computes and returns the batch statistics (mean, biased var; zeros for an empty batch);
-// evaluation normalizes with the given ones and returns two empty tensors.
+// Training computes and returns the batch statistics (mean, biased var; zeros for an empty batch)
+// and updates the running ones when given; evaluation normalizes with the running ones and returns
+// two empty tensors.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu(
-    const at::Tensor& input, const std::optional<at::Tensor>& mean,
-    const std::optional<at::Tensor>& var, const std::optional<at::Tensor>& weight,
-    const std::optional<at::Tensor>& bias, bool training, double eps, double negative_slope) {
+    const at::Tensor& input, const std::optional<at::Tensor>& running_mean,
+    const std::optional<at::Tensor>& running_var, const std::optional<at::Tensor>& weight,
+    const std::optional<at::Tensor>& bias, bool training, double momentum, double eps,
+    double negative_slope) {
   constexpr const char* op = "fastgan::batch_norm_leaky_relu";
   const at::Tensor w = weight.value_or(at::Tensor()), b = bias.value_or(at::Tensor());
-  const at::Tensor m = mean.value_or(at::Tensor()), v = var.value_or(at::Tensor());
+  const at::Tensor m = running_mean.value_or(at::Tensor()), v = running_var.value_or(at::Tensor());
   check_cuda(op, input);
   const auto opmath = at::toOpMathType(input.scalar_type());
-  check_inputs(op, input, m, v, w, b, training, opmath, opmath, eps);
+  check_forward_inputs(op, input, m, v, w, b, training, momentum, opmath, eps);
   c10::cuda::CUDAGuard guard(input.device());
   const ChannelLayout layout = choose_layout(input);
   check_channels(op, layout);
@@ -746,8 +748,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu(
   }
   at::Tensor batch_mean = at::empty({training ? C : 0}, options);
   at::Tensor batch_var = at::empty({training ? C : 0}, options);
-  const at::Tensor mean_d = training ? batch_mean : dense(m);
-  const at::Tensor var_d = training ? batch_var : dense(v);
+  const at::Tensor mean_d = training ? batch_mean : dense(m.to(opmath));
+  const at::Tensor var_d = training ? batch_var : dense(v.to(opmath));
   const at::Tensor w_d = dense(w), b_d = dense(b);
   at::Tensor coefficients = at::empty({3, C}, options);
   const Launch launch = current_launch(input);
@@ -786,6 +788,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu(
                     Pointers<scalar_t*, 1>{{out.mutable_data_ptr<scalar_t>()}}, coef, layout,
                     launch);
   });
+  if (training && m.defined()) {
+    // As torch: lerp towards the batch statistics, the variance unbiased.
+    const double count = static_cast<double>(layout.per_channel());
+    m.lerp_(batch_mean.to(m.scalar_type()), momentum);
+    v.lerp_((batch_var * (count / (count - 1))).to(v.scalar_type()), momentum);
+  }
   return {out, batch_mean, batch_var};
 }
 
@@ -798,7 +806,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu_backward(
   const at::Tensor w = weight.value_or(at::Tensor()), b = bias.value_or(at::Tensor());
   check_cuda(op, input);
   const auto opmath = at::toOpMathType(input.scalar_type());
-  check_inputs(op, input, mean, var, w, b, false, opmath, opmath, eps);
+  check_inputs(op, input, mean, var, w, b, opmath, opmath, eps);
   check_like_input(op, "grad_output", grad_output, input);
   c10::cuda::CUDAGuard guard(input.device());
   // As on the CPU: grad_weight / grad_bias only exist for a defined weight / bias, and outputs not
@@ -860,7 +868,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu_double_back
   const at::Tensor w = weight.value_or(at::Tensor()), b = bias.value_or(at::Tensor());
   check_cuda(op, input);
   const auto opmath = at::toOpMathType(input.scalar_type());
-  check_inputs(op, input, mean, var, w, b, false, opmath, opmath, eps);
+  check_inputs(op, input, mean, var, w, b, opmath, opmath, eps);
   check_like_input(op, "grad_output", grad_output, input);
   const at::Tensor ggi_in = grad_grad_input.value_or(at::Tensor());
   if (ggi_in.defined()) check_like_input(op, "grad_grad_input", ggi_in, input);

@@ -89,7 +89,7 @@ class _FusedNormalize(torch.autograd.Function):
                          else mean.new_ones(mean.shape))
         kernel_bias = bias.to(stats_dtype) if bias is not None else mean.new_zeros(mean.shape)
         output, _, _ = _ops.batch_norm_leaky_relu(input, mean, var, kernel_weight, kernel_bias,
-                                                  False, eps, negative_slope)
+                                                  False, 0.0, eps, negative_slope)
         ctx.save_for_backward(input, mean, var, weight, bias, kernel_weight, kernel_bias)
         ctx.config = (eps, negative_slope)
         return output

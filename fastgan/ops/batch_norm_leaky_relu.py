@@ -40,21 +40,14 @@ def batch_norm_leaky_relu(input, running_mean, running_var, weight=None, bias=No
         return _reference.batch_norm_leaky_relu(input, running_mean, running_var, weight, bias,
                                                 training, momentum, eps, negative_slope)
 
-    # The kernels take statistics, weight and bias in the input's accumulation dtype.
-    stats_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
-    mean, var = (None, None) if training else (_as_dtype(running_mean, stats_dtype),
-                                               _as_dtype(running_var, stats_dtype))
-    output, batch_mean, batch_var = _ops.batch_norm_leaky_relu(
-        input, mean, var, _as_dtype(weight, stats_dtype), _as_dtype(bias, stats_dtype), training,
-        float(eps), float(negative_slope))
-    if training and running_mean is not None and per_channel > 0:
-        # As torch: the running variance is unbiased. One foreach call updates both: each small
-        # tensor op costs microseconds, several times more inside a training step than alone.
-        unbiased = batch_var * (per_channel / (per_channel - 1))
-        with torch.no_grad():
-            torch._foreach_lerp_((running_mean, running_var),
-                                 (_as_dtype(batch_mean, running_mean.dtype),
-                                  _as_dtype(unbiased, running_var.dtype)), momentum)
+    # The kernels take weight and bias in the input's accumulation dtype, and update the running
+    # statistics themselves (in their own dtype): in tensor ops here, that update cost more than
+    # a small layer's kernels.
+    params_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
+    output, _, _ = _ops.batch_norm_leaky_relu(
+        input, running_mean, running_var, _as_dtype(weight, params_dtype),
+        _as_dtype(bias, params_dtype), training, float(momentum), float(eps),
+        float(negative_slope))
     return output
 
 
@@ -83,7 +76,8 @@ def _register():
     lib = "fastgan::"
 
     @torch.library.register_fake(lib + "batch_norm_leaky_relu")
-    def _(input, mean, var, weight, bias, training, eps, negative_slope):
+    def _(input, running_mean, running_var, weight, bias, training, momentum, eps,
+          negative_slope):
         stats_shape = (input.shape[1],) if training else (0,)
         dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
         return (_empty_like_kernel_output(input), input.new_empty(stats_shape, dtype=dtype),

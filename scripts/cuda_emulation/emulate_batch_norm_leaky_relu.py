@@ -29,7 +29,7 @@ BINDINGS = """
   m.def("double_backward", &batch_norm_leaky_relu_double_backward);
   m.def("set_multiprocessors", [](int count) { emulated_multiprocessors = count; });
 """
-EPS, SLOPE = 1e-5, 0.2
+MOMENTUM, EPS, SLOPE = 0.1, 1e-5, 0.2
 # (rtol, atol) against the float64 reference from the same values, atol relative to the largest
 # expected value.
 TOLERANCES = {torch.float64: (1e-10, 1e-10), torch.float32: (1e-4, 1e-5),
@@ -97,9 +97,10 @@ class Checker:
         tolerance = TOLERANCES[dtype]
         what = f"{what} {tuple(shape)} {dtype} {layout} {'train' if training else 'eval'}"
 
+        # Training updates copies of the running statistics, evaluation reads them.
+        updated_mean, updated_var = running_mean.clone(), running_var.clone()
         out, batch_mean, batch_var = self.ops.forward(
-            x, None if training else running_mean, None if training else running_var, weight,
-            bias, training, EPS, SLOPE)
+            x, updated_mean, updated_var, weight, bias, training, MOMENTUM, EPS, SLOPE)
         ref_out, ref_stats, ref_grads, ref_second = reference(
             x, running_mean, running_var, w if affine else torch.ones_like(w),
             b if affine else torch.zeros_like(b), training, go, ggi, ggw if affine else ggw * 0,
@@ -111,6 +112,14 @@ class Checker:
             self.close(what + " batch mean", batch_mean, ref_stats[0],
                        (mean_tolerance[0], mean_tolerance[1] * magnitude))
             self.close(what + " batch var", batch_var, ref_stats[1], var_tolerance)
+            count = x.numel() // channels
+            for name, updated, old, batch, factor, stat_tolerance in (
+                    ("running mean", updated_mean, running_mean, ref_stats[0], 1.0,
+                     (mean_tolerance[0], mean_tolerance[1] * magnitude)),
+                    ("running var", updated_var, running_var, ref_stats[1], count / (count - 1),
+                     var_tolerance)):
+                expected = old.double() + MOMENTUM * (batch * factor - old.double())
+                self.close(f"{what} {name}", updated, expected, stat_tolerance)
             mean, var = batch_mean, batch_var
         else:
             mean, var = running_mean, running_var
@@ -133,14 +142,17 @@ class Checker:
         """Zero statistics and sums, empty element-wise outputs."""
         x = make((0, 3, 4, 4), torch.float32, layout, torch.Generator())
         w, b = torch.ones(3), torch.zeros(3)
-        out, mean, var = self.ops.forward(x, None, None, w, b, True, EPS, SLOPE)
+        running_mean, running_var = torch.zeros(3), torch.ones(3)
+        out, mean, var = self.ops.forward(x, running_mean, running_var, w, b, True, MOMENTUM, EPS,
+                                          SLOPE)
         grads = self.ops.backward(x, x, mean, var, w, b, True, EPS, SLOPE, [True, True, True])
         second = self.ops.double_backward(x, w, b, x, x, mean, var, w, b, True, EPS, SLOPE,
                                           [True, True, True])
         ok = (out.shape == x.shape and grads[0].shape == x.shape and
               all(t.shape == x.shape for t in second[:2]) and
               all(torch.equal(t, torch.zeros(3)) for t in (mean, var, grads[1], grads[2],
-                                                          second[2])))
+                                                          second[2], running_mean)) and
+              torch.equal(running_var, torch.ones(3)))
         if not ok:
             self.failures.append(f"empty batch {layout}")
             print("FAIL empty batch", layout)
@@ -165,7 +177,7 @@ def run_tests(ops, pytest_args):
         library.impl(name, kernel, "CPU")
     # The CPU kernels reject float16: a float16 forward shows that the emulation took their place.
     torch.ops.fastgan.batch_norm_leaky_relu(torch.ones(2, 3, 4, dtype=torch.half), None, None,
-                                            None, None, True, EPS, SLOPE)
+                                            None, None, True, 0.1, EPS, SLOPE)
     try:
         return pytest.main(["-q", "-p", "no:cacheprovider", "--rootdir", emulation.ROOT,
                             *pytest_args])
