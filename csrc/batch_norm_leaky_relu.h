@@ -194,18 +194,23 @@ inline void check_like_input(const char* op, const char* name, const at::Tensor&
               " but input is on ", input.device());
 }
 
-// input is (N, C, *); mean and var are per-channel in `stats_dtype`, weight and bias in
-// `param_dtype`.
-inline void check_inputs(const char* op, const at::Tensor& input, const at::Tensor& mean,
-                         const at::Tensor& var, const at::Tensor& weight, const at::Tensor& bias,
-                         std::optional<at::ScalarType> stats_dtype, at::ScalarType param_dtype,
-                         double eps) {
+// input is (N, C, *); weight and bias are per-channel in `param_dtype`.
+inline void check_input_and_params(const char* op, const at::Tensor& input,
+                                   const at::Tensor& weight, const at::Tensor& bias,
+                                   at::ScalarType param_dtype, double eps) {
   TORCH_CHECK(input.dim() >= 2, op, ": input must have shape (N, C, *), got ", input.sizes());
   TORCH_CHECK(eps > 0, op, ": eps must be positive, got ", eps);
-  check_channel_tensor(op, "mean", mean, input, stats_dtype);
-  check_channel_tensor(op, "var", var, input, stats_dtype);
   check_channel_tensor(op, "weight", weight, input, param_dtype);
   check_channel_tensor(op, "bias", bias, input, param_dtype);
+}
+
+// The backward ops: mean and var, the statistics that normalized the input, in `stats_dtype`.
+inline void check_inputs(const char* op, const at::Tensor& input, const at::Tensor& mean,
+                         const at::Tensor& var, const at::Tensor& weight, const at::Tensor& bias,
+                         at::ScalarType stats_dtype, at::ScalarType param_dtype, double eps) {
+  check_input_and_params(op, input, weight, bias, param_dtype, eps);
+  check_channel_tensor(op, "mean", mean, input, stats_dtype);
+  check_channel_tensor(op, "var", var, input, stats_dtype);
 }
 
 // The forward's running statistics come together, in any floating dtype; evaluation needs them,
@@ -214,7 +219,9 @@ inline void check_forward_inputs(const char* op, const at::Tensor& input,
                                  const at::Tensor& running_mean, const at::Tensor& running_var,
                                  const at::Tensor& weight, const at::Tensor& bias, bool training,
                                  double momentum, at::ScalarType param_dtype, double eps) {
-  check_inputs(op, input, running_mean, running_var, weight, bias, std::nullopt, param_dtype, eps);
+  check_input_and_params(op, input, weight, bias, param_dtype, eps);
+  check_channel_tensor(op, "running_mean", running_mean, input, std::nullopt);
+  check_channel_tensor(op, "running_var", running_var, input, std::nullopt);
   TORCH_CHECK(running_mean.defined() == running_var.defined(), op,
               ": running_mean and running_var must be given together");
   TORCH_CHECK(training || running_mean.defined(), op,

@@ -453,6 +453,12 @@ def test_ops_check_their_arguments():
     with pytest.raises(RuntimeError, match="weight must have shape"):
         torch.ops.fastgan.batch_norm_leaky_relu(x, torch.zeros(3), torch.ones(3),
                                                 torch.ones(2), None, False, 0.1, 1e-5, 0.2)
+    with pytest.raises(RuntimeError, match="running_var must have shape"):
+        torch.ops.fastgan.batch_norm_leaky_relu(x, torch.zeros(3), torch.ones(4), None, None,
+                                                True, 0.1, 1e-5, 0.2)
+    with pytest.raises(RuntimeError, match="running_mean must have a floating dtype"):
+        torch.ops.fastgan.batch_norm_leaky_relu(x, torch.zeros(3, dtype=torch.long),
+                                                torch.ones(3), None, None, True, 0.1, 1e-5, 0.2)
     with pytest.raises(RuntimeError, match="running_mean and running_var must be given together"):
         torch.ops.fastgan.batch_norm_leaky_relu(x, torch.zeros(3), None, None, None, True, 0.1,
                                                 1e-5, 0.2)

@@ -38,8 +38,8 @@ std::vector<double> channel_values(const at::Tensor& t, int64_t channels, double
   return values;
 }
 
-// running += momentum * (factor * batch - running), in running's own dtype, as torch's batch norm
-// updates its running statistics (there, in the tensor ops a Python caller would pay for).
+// running += momentum * (factor * batch - running), in running's own dtype: torch's update of the
+// running statistics, done here because as tensor ops it cost more than a small layer's kernels.
 void update_running(const at::Tensor& running, const std::vector<double>& batch, double factor,
                     double momentum) {
   FASTGAN_DISPATCH_CPU_TYPES(running.scalar_type(), "update_running", [&] {
