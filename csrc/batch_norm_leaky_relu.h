@@ -7,6 +7,7 @@
 // g = grad_out * leaky_relu'(y) (the gradient reaching y).
 #pragma once
 
+#include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <c10/macros/Macros.h>
 #include <c10/util/Exception.h>
@@ -194,23 +195,44 @@ inline void check_like_input(const char* op, const char* name, const at::Tensor&
               " but input is on ", input.device());
 }
 
-// input is (N, C, *); weight and bias are per-channel in `param_dtype`.
+// input is (N, C, *); weight and bias are per-channel in input's op-math dtype (float32 for
+// bfloat16 and float16 input).
 inline void check_input_and_params(const char* op, const at::Tensor& input,
-                                   const at::Tensor& weight, const at::Tensor& bias,
-                                   at::ScalarType param_dtype, double eps) {
+                                   const at::Tensor& weight, const at::Tensor& bias, double eps) {
   TORCH_CHECK(input.dim() >= 2, op, ": input must have shape (N, C, *), got ", input.sizes());
   TORCH_CHECK(eps > 0, op, ": eps must be positive, got ", eps);
+  const auto param_dtype = at::toOpMathType(input.scalar_type());
   check_channel_tensor(op, "weight", weight, input, param_dtype);
   check_channel_tensor(op, "bias", bias, input, param_dtype);
 }
 
-// The backward ops: mean and var, the statistics that normalized the input, in `stats_dtype`.
-inline void check_inputs(const char* op, const at::Tensor& input, const at::Tensor& mean,
-                         const at::Tensor& var, const at::Tensor& weight, const at::Tensor& bias,
-                         at::ScalarType stats_dtype, at::ScalarType param_dtype, double eps) {
-  check_input_and_params(op, input, weight, bias, param_dtype, eps);
+// The backward op: grad_output like input; mean and var, the statistics that normalized the input,
+// in the parameters' dtype.
+inline void check_backward_inputs(const char* op, const at::Tensor& grad_output,
+                                  const at::Tensor& input, const at::Tensor& mean,
+                                  const at::Tensor& var, const at::Tensor& weight,
+                                  const at::Tensor& bias, double eps) {
+  check_input_and_params(op, input, weight, bias, eps);
+  const auto stats_dtype = at::toOpMathType(input.scalar_type());
   check_channel_tensor(op, "mean", mean, input, stats_dtype);
   check_channel_tensor(op, "var", var, input, stats_dtype);
+  check_like_input(op, "grad_output", grad_output, input);
+}
+
+// The double backward op: the backward's arguments, and the upstream gradients of its outputs
+// (each may be undefined).
+inline void check_double_backward_inputs(const char* op, const at::Tensor& grad_grad_input,
+                                         const at::Tensor& grad_grad_weight,
+                                         const at::Tensor& grad_grad_bias,
+                                         const at::Tensor& grad_output, const at::Tensor& input,
+                                         const at::Tensor& mean, const at::Tensor& var,
+                                         const at::Tensor& weight, const at::Tensor& bias,
+                                         double eps) {
+  check_backward_inputs(op, grad_output, input, mean, var, weight, bias, eps);
+  if (grad_grad_input.defined()) check_like_input(op, "grad_grad_input", grad_grad_input, input);
+  const auto param_dtype = at::toOpMathType(input.scalar_type());
+  check_channel_tensor(op, "grad_grad_weight", grad_grad_weight, input, param_dtype);
+  check_channel_tensor(op, "grad_grad_bias", grad_grad_bias, input, param_dtype);
 }
 
 // The forward's running statistics come together, in any floating dtype; evaluation needs them,
@@ -218,8 +240,8 @@ inline void check_inputs(const char* op, const at::Tensor& input, const at::Tens
 inline void check_forward_inputs(const char* op, const at::Tensor& input,
                                  const at::Tensor& running_mean, const at::Tensor& running_var,
                                  const at::Tensor& weight, const at::Tensor& bias, bool training,
-                                 double momentum, at::ScalarType param_dtype, double eps) {
-  check_input_and_params(op, input, weight, bias, param_dtype, eps);
+                                 double momentum, double eps) {
+  check_input_and_params(op, input, weight, bias, eps);
   check_channel_tensor(op, "running_mean", running_mean, input, std::nullopt);
   check_channel_tensor(op, "running_var", running_var, input, std::nullopt);
   TORCH_CHECK(running_mean.defined() == running_var.defined(), op,

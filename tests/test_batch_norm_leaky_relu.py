@@ -474,6 +474,20 @@ def test_ops_check_their_arguments():
         torch.ops.fastgan.batch_norm_leaky_relu_backward(
             torch.ones(4, 3, 5, 4), x, torch.zeros(3), torch.ones(3), None, None, True, 1e-5,
             0.2, [True, True, True])
+    with pytest.raises(RuntimeError, match="mean must have dtype"):
+        torch.ops.fastgan.batch_norm_leaky_relu_backward(
+            x, x, torch.zeros(3, dtype=torch.float64), torch.ones(3), None, None, True, 1e-5,
+            0.2, [True, True, True])
+    stats = (torch.zeros(3), torch.ones(3))
+    double_backward_errors = [
+        ((torch.ones(4, 3, 5, 4), None, None), "grad_grad_input must have the shape"),
+        ((None, torch.ones(2), None), "grad_grad_weight must have shape"),
+        ((None, None, torch.ones(3, dtype=torch.float64)), "grad_grad_bias must have dtype"),
+    ]
+    for upstream, message in double_backward_errors:
+        with pytest.raises(RuntimeError, match=message):
+            torch.ops.fastgan.batch_norm_leaky_relu_double_backward(
+                *upstream, x, x, *stats, None, None, True, 1e-5, 0.2, [True, True, True])
 
 
 # --- torch.library ----------------------------------------------------------------------------

@@ -734,7 +734,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu(
   const at::Tensor m = running_mean.value_or(at::Tensor()), v = running_var.value_or(at::Tensor());
   check_cuda(op, input);
   const auto opmath = at::toOpMathType(input.scalar_type());
-  check_forward_inputs(op, input, m, v, w, b, training, momentum, opmath, eps);
+  check_forward_inputs(op, input, m, v, w, b, training, momentum, eps);
   c10::cuda::CUDAGuard guard(input.device());
   const ChannelLayout layout = choose_layout(input);
   check_channels(op, layout);
@@ -806,8 +806,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu_backward(
   const at::Tensor w = weight.value_or(at::Tensor()), b = bias.value_or(at::Tensor());
   check_cuda(op, input);
   const auto opmath = at::toOpMathType(input.scalar_type());
-  check_inputs(op, input, mean, var, w, b, opmath, opmath, eps);
-  check_like_input(op, "grad_output", grad_output, input);
+  check_backward_inputs(op, grad_output, input, mean, var, w, b, eps);
   c10::cuda::CUDAGuard guard(input.device());
   // As on the CPU: grad_weight / grad_bias only exist for a defined weight / bias, and outputs not
   // asked for are returned empty.
@@ -868,14 +867,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu_double_back
   const at::Tensor w = weight.value_or(at::Tensor()), b = bias.value_or(at::Tensor());
   check_cuda(op, input);
   const auto opmath = at::toOpMathType(input.scalar_type());
-  check_inputs(op, input, mean, var, w, b, opmath, opmath, eps);
-  check_like_input(op, "grad_output", grad_output, input);
   const at::Tensor ggi_in = grad_grad_input.value_or(at::Tensor());
-  if (ggi_in.defined()) check_like_input(op, "grad_grad_input", ggi_in, input);
   const at::Tensor ggw_in = grad_grad_weight.value_or(at::Tensor());
   const at::Tensor ggb_in = grad_grad_bias.value_or(at::Tensor());
-  check_channel_tensor(op, "grad_grad_weight", ggw_in, input, opmath);
-  check_channel_tensor(op, "grad_grad_bias", ggb_in, input, opmath);
+  check_double_backward_inputs(op, ggi_in, ggw_in, ggb_in, grad_output, input, mean, var, w, b,
+                               eps);
   c10::cuda::CUDAGuard guard(input.device());
   // As on the CPU: grad_weight only exists for a defined weight; outputs not asked for are empty.
   const bool want_grad_output = output_mask[0], want_input = output_mask[1];
