@@ -48,10 +48,11 @@ def run(fn, x, running_mean, running_var, weight, bias, training, slope, upstrea
 # float32: (2, 3, 8, 9) and (6, 85, 10, 10) are reduced by sample blocks and mapped in storage
 # order, (2, 3, 32, 33) reduced row by row, the shorter rows walked channel by channel.
 # Channels-last: 85 channels are reduced in groups of four vectors, then a vector and a part of
-# one; maps go a vector down the rows here (test_large_channels_last_maps_in_storage_order has
-# the other walk).
+# one; maps go a vector down the rows, except rows of 4 or 8 vectors (64 and 128 channels: 4 and
+# 8 float vectors, 8 and 16 double ones), mapped with their coefficients in registers
+# (test_large_channels_last_maps_in_storage_order has the third walk).
 SHAPES = [(16, 5), (4, 3, 7), (4, 3, 5, 6), (3, 5, 7, 9), (2, 3, 8, 9), (2, 3, 32, 33),
-          (1, 4, 3, 3), (2, 8, 1, 1), (6, 85, 10, 10), (2, 128, 3, 3)]
+          (1, 4, 3, 3), (2, 8, 1, 1), (6, 85, 10, 10), (2, 64, 3, 3), (2, 128, 3, 3)]
 SHAPE_LAYOUTS = shape_layouts(SHAPES)
 
 
@@ -108,17 +109,18 @@ def test_low_precision_matches_a_float64_reference(device, dtype, shape, layout,
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_low_precision_r1_pattern_matches_a_float64_reference(device, dtype, layout):
+@pytest.mark.parametrize("channels", [4, 64])
+def test_low_precision_r1_pattern_matches_a_float64_reference(device, dtype, layout, channels):
     """The double backward in low precision: input gradient rounded to dtype, then backward
     through its squared norm (in float32), against float64 from the same values."""
-    x0 = make_input((6, 4, 5, 5), dtype, device, layout)
-    upstream0 = make_input((6, 4, 5, 5), dtype, device, layout, seed=3)
+    x0 = make_input((6, channels, 5, 5), dtype, device, layout)
+    upstream0 = make_input((6, channels, 5, 5), dtype, device, layout, seed=3)
 
     def penalty_grads(fn, compute_dtype):
         x = x0.detach().to(compute_dtype).requires_grad_()
         param_dtype = torch.float64 if compute_dtype == torch.float64 else torch.float32
         weight, bias = [t.to(param_dtype).requires_grad_()
-                        for t in params(4, torch.float32, device)[2:]]
+                        for t in params(channels, torch.float32, device)[2:]]
         out = fn(x, None, None, weight, bias, True, 0.1, 1e-5, 0.2)
         (grad_x,) = torch.autograd.grad((out * upstream0.to(compute_dtype)).sum(), x,
                                         create_graph=True)
@@ -167,12 +169,13 @@ def test_gradcheck_and_gradgradcheck(device, affine, track, training, shape, lay
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("slope", [0.0, 0.2])
-def test_r1_pattern_matches_torch(device, layout, slope):
+@pytest.mark.parametrize("channels", [4, 64])
+def test_r1_pattern_matches_torch(device, layout, slope, channels):
     """Input gradient with create_graph=True, then backward through its squared norm: what the
     R1 penalty does. All parameter gradients must match torch's."""
     def penalty_grads(fn):
-        x = make_input((6, 4, 5, 5), torch.float64, device, layout).requires_grad_()
-        weight, bias = [t.requires_grad_() for t in params(4, torch.float64, device)[2:]]
+        x = make_input((6, channels, 5, 5), torch.float64, device, layout).requires_grad_()
+        weight, bias = [t.requires_grad_() for t in params(channels, torch.float64, device)[2:]]
         out = fn(x, None, None, weight, bias, True, 0.1, 1e-5, slope)
         score = (out * make_input(out.shape, torch.float64, device, seed=3)).sum()
         (grad_x,) = torch.autograd.grad(score, x, create_graph=True)
@@ -314,12 +317,12 @@ def test_partial_sums_move_to_double_within_a_block(layout):
 
 @pytest.mark.parametrize("slope", [0.0, 0.2])
 def test_large_channels_last_maps_in_storage_order(slope):
-    """32x128x16x32 channels-last float32 (8 MB): every map (forward, backward, double
+    """32x256x16x16 channels-last float32 (8 MB): every map (forward, backward, double
     backward) walks in storage order. Output, first- and second-order gradients against torch in
     float64 from the same values."""
-    x0 = make_input((32, 128, 16, 32), torch.float32, "cpu", "channels_last")
+    x0 = make_input((32, 256, 16, 16), torch.float32, "cpu", "channels_last")
     upstream = make_input(x0.shape, torch.float32, "cpu", "channels_last", seed=4)
-    p = params(128, torch.float32, "cpu")[2:]
+    p = params(256, torch.float32, "cpu")[2:]
 
     def grads(fn, dtype):
         leaves = [t.to(dtype).requires_grad_() for t in (x0, *p)]
@@ -336,7 +339,7 @@ def test_large_channels_last_maps_in_storage_order(slope):
     for i, (a, e) in enumerate(zip(actual, expected, strict=True)):
         if i in (1, 4):  # the input's first- and second-order gradients
             a, e = a[away], e[away]
-        # Sums over 512K elements a channel: float32 rounding relative to the largest value.
+        # Sums over 8K elements a channel: float32 rounding relative to the largest value.
         assert_within_roundings(a, e, torch.float32, roundings=64)
 
 
