@@ -99,7 +99,7 @@ constexpr int64_t kStorageOrderMapBytes = int64_t(16) << 20;
 // twelfth session) against the walks above, alternating call by call: channels-last 64x128x16x16
 // forward+backward 11-13% faster (its eval map 15-66%), 64x64x32x32 7%, 64x128x8x8 and
 // 64x64x16x16 1-18%; at 64x128x4x4 from 7% slower (backward, 3 us) to 31% faster. With 16
-// vectors (256 channels) the coefficients no longer fit: 12-17% slower ops when cache-hot.
+// vectors (256 channels) the coefficients no longer fit: 12-20% slower ops when cache-hot.
 constexpr int64_t kRegisterTileRows = 64;
 
 // Calls finish(c, sums); false when it returned false: it updated the coefficients that the
