@@ -94,12 +94,14 @@ constexpr int64_t kStorageOrderRowVectors = 8;
 constexpr int64_t kStorageOrderMapBytes = int64_t(16) << 20;
 
 // Except that rows of exactly 4 or 8 whole vectors (64 or 128 float channels) are walked in
-// storage order with every channel's coefficients held in registers, kRegisterTileRows rows per
-// task: loading a vector's coefficients costs more than loading its data. Measured (RESULTS.md,
-// twelfth session) against the walks above, alternating call by call: channels-last 64x128x16x16
-// forward+backward 11-13% faster (its eval map 15-66%), 64x64x32x32 7%, 64x128x8x8 and
-// 64x64x16x16 1-18%; at 64x128x4x4 from 7% slower (backward, 3 us) to 31% faster. With 16
-// vectors (256 channels) the coefficients no longer fit: 12-20% slower ops when cache-hot.
+// storage order with every channel's coefficients loaded once per task of kRegisterTileRows rows
+// into local vectors (registers, or the stack for the backward maps' six and ten per channel),
+// not once per vector from the arrays: the storage-order walk ran at half the speed of a
+// channels-first map over the same bytes. Measured (RESULTS.md, twelfth session) against the
+// walks above, alternating call by call: channels-last 64x128x16x16 forward+backward 11-13%
+// faster (its eval map 15-66%), 64x64x32x32 7%, 64x128x8x8 and 64x64x16x16 1-18%; at 64x128x4x4
+// from 7% slower (backward, 3 us) to 31% faster. Rows of 16 vectors (256 channels) this way:
+// 12-20% slower ops when cache-hot.
 constexpr int64_t kRegisterTileRows = 64;
 
 // Calls finish(c, sums); false when it returned false: it updated the coefficients that the
@@ -479,8 +481,8 @@ void channels_last_sums(const ChannelLayout& layout, const std::array<const scal
   add_blocks(partial, K * C, sums);
 }
 
-// Channels-last map over rows of G whole channel vectors, in storage order, with all the rows'
-// coefficients in registers (kRegisterTileRows' comment).
+// Channels-last map over rows of G whole channel vectors, in storage order, with the rows'
+// coefficients in local vectors (kRegisterTileRows' comment).
 template <int G, typename scalar_t, int I, int P, int O, typename Map>
 void map_rows_in_registers(const ChannelLayout& layout,
                            const std::array<const scalar_t*, I>& inputs,
