@@ -46,13 +46,15 @@ def run(fn, x, running_mean, running_var, weight, bias, training, slope, upstrea
 
 # The CPU kernels walk tensors by row length (csrc/cpu/per_channel.h). Channels-first, in
 # float32: (2, 3, 8, 9) and (6, 85, 10, 10) are reduced by sample blocks and mapped in storage
-# order, (2, 3, 32, 33) reduced row by row, the shorter rows walked channel by channel.
+# order, (2, 3, 32, 33) reduced row by row, the shorter rows walked channel by channel (rows of
+# at most a vector as one strided run, in pieces of 1024 rows: (1100, 3, 2, 2)).
 # Channels-last: 85 channels are reduced in groups of four vectors, then a vector and a part of
 # one; maps go a vector down the rows, except rows of 4 or 8 vectors (64 and 128 channels: 4 and
 # 8 float vectors, 8 and 16 double ones), mapped with their coefficients in registers
 # (test_large_channels_last_maps_in_storage_order has the third walk).
 SHAPES = [(16, 5), (4, 3, 7), (4, 3, 5, 6), (3, 5, 7, 9), (2, 3, 8, 9), (2, 3, 32, 33),
-          (1, 4, 3, 3), (2, 8, 1, 1), (6, 85, 10, 10), (2, 64, 3, 3), (2, 128, 3, 3)]
+          (1, 4, 3, 3), (2, 8, 1, 1), (6, 85, 10, 10), (2, 64, 3, 3), (2, 128, 3, 3),
+          (1100, 3, 2, 2)]
 SHAPE_LAYOUTS = shape_layouts(SHAPES)
 
 
