@@ -49,9 +49,10 @@ def run(fn, x, running_mean, running_var, weight, bias, training, slope, upstrea
 # order, (2, 3, 32, 33) reduced row by row, the shorter rows walked channel by channel (rows of
 # at most a vector as one strided run, in pieces of 1024 rows: (1100, 3, 2, 2)).
 # Channels-last: 85 channels are reduced in groups of four vectors, then a vector and a part of
-# one; maps go a vector down the rows, except rows of 4 or 8 vectors (64 and 128 channels: 4 and
-# 8 float vectors, 8 and 16 double ones), mapped with their coefficients in registers
-# (test_large_channels_last_maps_in_storage_order has the third walk).
+# one; maps go a vector down the rows, except rows of 4 or 8 vectors (64 or 128 float channels,
+# 32 or 64 double ones: (2, 64, 3, 3) in both dtypes, (2, 128, 3, 3) in float32), mapped with
+# their coefficients in registers (test_large_channels_last_maps_in_storage_order has the third
+# walk).
 SHAPES = [(16, 5), (4, 3, 7), (4, 3, 5, 6), (3, 5, 7, 9), (2, 3, 8, 9), (2, 3, 32, 33),
           (1, 4, 3, 3), (2, 8, 1, 1), (6, 85, 10, 10), (2, 64, 3, 3), (2, 128, 3, 3),
           (1100, 3, 2, 2)]
