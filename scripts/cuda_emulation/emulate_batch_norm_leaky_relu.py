@@ -177,7 +177,7 @@ def run_tests(ops, pytest_args):
         library.impl(name, kernel, "CPU")
     # The CPU kernels reject float16: a float16 forward shows that the emulation took their place.
     torch.ops.fastgan.batch_norm_leaky_relu(torch.ones(2, 3, 4, dtype=torch.half), None, None,
-                                            None, None, True, 0.1, EPS, SLOPE)
+                                            None, None, True, MOMENTUM, EPS, SLOPE)
     try:
         return pytest.main(["-q", "-p", "no:cacheprovider", "--rootdir", emulation.ROOT,
                             *pytest_args])
