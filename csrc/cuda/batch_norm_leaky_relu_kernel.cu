@@ -789,10 +789,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu(
                     launch);
   });
   if (training && m.defined()) {
-    // As torch: lerp towards the batch statistics, the variance unbiased.
+    // As torch: lerp towards the batch statistics, the variance unbiased. As on the CPU, computed
+    // in the wider of the two dtypes and rounded once to the running statistic's own.
     const double count = static_cast<double>(layout.per_channel());
-    m.lerp_(batch_mean.to(m.scalar_type()), momentum);
-    v.lerp_((batch_var * (count / (count - 1))).to(v.scalar_type()), momentum);
+    auto update = [&](const at::Tensor& running, const at::Tensor& batch) {
+      const auto dtype = at::promote_types(running.scalar_type(), batch.scalar_type());
+      at::Tensor value = running.to(dtype);  // running itself when already in dtype
+      value.lerp_(batch.to(dtype), momentum);
+      if (!value.is_same(running)) running.copy_(value);
+    };
+    update(m, batch_mean);
+    update(v, batch_var * (count / (count - 1)));
   }
   return {out, batch_mean, batch_var};
 }
