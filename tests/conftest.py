@@ -52,15 +52,16 @@ def assert_close(actual, expected, dtype=None, scale=1.0):
 
 
 def shape_layouts(shapes):
-    """(shape, layout) for every layout make_input knows that fits the shape (channels_last: 4D)."""
+    """(shape, layout) for every layout make_input knows that fits the shape (channels_last: 4D
+    and 5D)."""
     return [(shape, layout) for shape in shapes
             for layout in ("contiguous", "channels_last", "non_contiguous")
-            if layout != "channels_last" or len(shape) == 4]
+            if layout != "channels_last" or len(shape) in (4, 5)]
 
 
 def make_input(shape, dtype=torch.float64, device="cpu", layout="contiguous", seed=0):
-    """Random input in one of the layouts the kernels meet: contiguous, channels_last (4D),
-    non_contiguous (a strided view)."""
+    """Random input in one of the layouts the kernels meet: contiguous, channels_last (4D, or
+    channels_last_3d for 5D), non_contiguous (a strided view)."""
     generator = torch.Generator().manual_seed(seed)
     if layout == "non_contiguous":
         wide = list(shape)
@@ -68,7 +69,7 @@ def make_input(shape, dtype=torch.float64, device="cpu", layout="contiguous", se
         return torch.randn(wide, generator=generator, dtype=dtype)[..., ::2].to(device)
     x = torch.randn(shape, generator=generator, dtype=dtype).to(device)
     if layout == "channels_last":
-        x = x.to(memory_format=torch.channels_last)
+        x = x.to(memory_format=torch.channels_last if x.dim() == 4 else torch.channels_last_3d)
     return x
 
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch.autograd import gradcheck, gradgradcheck
 
 import fastgan
-from fastgan.nn import BatchNormLeakyReLU1d, BatchNormLeakyReLU2d
+from fastgan.nn import BatchNormLeakyReLU1d, BatchNormLeakyReLU2d, BatchNormLeakyReLU3d
 from conftest import (DEVICES, assert_close, first_and_second_order_grads, make_input,
                       shape_layouts)
 
@@ -52,10 +52,10 @@ def run(fn, x, running_mean, running_var, weight, bias, training, slope, upstrea
 # one; maps go a vector down the rows, except rows of 4 or 8 vectors (64 or 128 float channels,
 # 32 or 64 double ones: (2, 64, 3, 3) in both dtypes, (2, 128, 3, 3) in float32), mapped with
 # their coefficients in registers (test_large_channels_last_maps_in_storage_order has the third
-# walk).
+# walk). Volumes (N, C, D, H, W) take the same walks over S = D * H * W.
 SHAPES = [(16, 5), (4, 3, 7), (4, 3, 5, 6), (3, 5, 7, 9), (2, 3, 8, 9), (2, 3, 32, 33),
           (1, 4, 3, 3), (2, 8, 1, 1), (6, 85, 10, 10), (2, 64, 3, 3), (2, 128, 3, 3),
-          (1100, 3, 2, 2)]
+          (1100, 3, 2, 2), (2, 5, 3, 4, 6)]
 SHAPE_LAYOUTS = shape_layouts(SHAPES)
 
 
@@ -139,10 +139,13 @@ def test_low_precision_r1_pattern_matches_a_float64_reference(device, dtype, lay
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-def test_layout_is_preserved(device, training):
-    x = make_input((4, 6, 5, 5), torch.float32, device, "channels_last")
+@pytest.mark.parametrize("shape, memory_format", [((4, 6, 5, 5), torch.channels_last),
+                                                  ((2, 6, 3, 4, 5), torch.channels_last_3d)],
+                         ids=str)
+def test_layout_is_preserved(device, training, shape, memory_format):
+    x = make_input(shape, torch.float32, device, "channels_last")
     out = bn_lrelu(x, *params(6, torch.float32, device), training=training)
-    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert out.is_contiguous(memory_format=memory_format)
     assert bn_lrelu(x.contiguous(), *params(6, torch.float32, device), training=training) \
         .is_contiguous()
 
@@ -153,7 +156,8 @@ def test_layout_is_preserved(device, training):
                          ids=["train", "train_no_running_stats", "eval"])
 @pytest.mark.parametrize("shape, layout", [((3, 4, 5, 6), "contiguous"),
                                            ((3, 4, 5, 6), "channels_last"),
-                                           ((5, 4), "contiguous"), ((3, 4, 7), "non_contiguous")],
+                                           ((5, 4), "contiguous"), ((3, 4, 7), "non_contiguous"),
+                                           ((2, 3, 2, 3, 2), "channels_last")],
                          ids=str)
 def test_gradcheck_and_gradgradcheck(device, affine, track, training, shape, layout):
     x = make_input(shape, torch.float64, device, layout).requires_grad_()
@@ -376,6 +380,7 @@ def torch_pair(cls, num_features, slope, **kwargs):
     (BatchNormLeakyReLU2d, nn.BatchNorm2d, (6, 4, 5, 5)),
     (BatchNormLeakyReLU1d, nn.BatchNorm1d, (10, 4)),
     (BatchNormLeakyReLU1d, nn.BatchNorm1d, (6, 4, 9)),
+    (BatchNormLeakyReLU3d, nn.BatchNorm3d, (3, 4, 2, 3, 4)),
 ])
 def test_module_matches_torch_over_steps(device, kwargs, fused_cls, torch_cls, shape):
     torch.manual_seed(0)
@@ -421,6 +426,8 @@ def test_module_rejects_wrong_rank():
         BatchNormLeakyReLU2d(3)(torch.randn(2, 3, 4))
     with pytest.raises(ValueError, match="2D or 3D"):
         BatchNormLeakyReLU1d(3)(torch.randn(2, 3, 4, 4))
+    with pytest.raises(ValueError, match="5D"):
+        BatchNormLeakyReLU3d(3)(torch.randn(2, 3, 4, 4))
 
 
 # --- bad input ------------------------------------------------------------------------------
@@ -501,11 +508,12 @@ def test_ops_check_their_arguments():
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "non_contiguous"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16])
-def test_opcheck(device, layout, dtype):
+@pytest.mark.parametrize("shape", [(3, 4, 5, 5), (2, 4, 3, 2, 3)], ids=str)
+def test_opcheck(device, layout, dtype, shape):
     """Low-precision input goes with float32 statistics, weight and bias: the fake kernels must
-    give the kernels' dtypes."""
-    x = make_input((3, 4, 5, 5), dtype, device, layout)
-    go = make_input((3, 4, 5, 5), dtype, device, layout, seed=4)
+    give the kernels' dtypes (and layouts: channels_last_3d for volumes)."""
+    x = make_input(shape, dtype, device, layout)
+    go = make_input(shape, dtype, device, layout, seed=4)
     param_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     mean, var, weight, bias = params(4, param_dtype, device)
     ops = torch.ops.fastgan

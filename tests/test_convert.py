@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import fastgan
-from fastgan.nn import BatchNormLeakyReLU1d, BatchNormLeakyReLU2d, convert
+from fastgan.nn import BatchNormLeakyReLU1d, BatchNormLeakyReLU2d, BatchNormLeakyReLU3d, convert
 from pytorch_examples_dcgan import Discriminator, Generator
 
 
@@ -248,13 +248,17 @@ def test_nested_modules_and_sequentials():
 
 @pytest.mark.parametrize("kwargs", [dict(affine=False), dict(track_running_stats=False),
                                     dict(momentum=None, eps=1e-3)])
-@pytest.mark.parametrize("shape", [(6, 4), (6, 4, 5)])
-def test_batch_norm_options_are_kept(kwargs, shape):
+@pytest.mark.parametrize("torch_cls, fused_cls, shape", [
+    (nn.BatchNorm1d, BatchNormLeakyReLU1d, (6, 4)),
+    (nn.BatchNorm1d, BatchNormLeakyReLU1d, (6, 4, 5)),
+    (nn.BatchNorm3d, BatchNormLeakyReLU3d, (6, 4, 2, 3, 3))], ids=str)
+def test_batch_norm_options_are_kept(kwargs, torch_cls, fused_cls, shape):
     torch.manual_seed(0)
-    original = nn.Sequential(nn.BatchNorm1d(4, **kwargs), nn.ReLU()).double()
+    original = nn.Sequential(torch_cls(4, **kwargs), nn.ReLU()).double()
     original(torch.randn(shape, dtype=torch.float64))  # num_batches_tracked = 1
     converted = convert(original)
     fused = converted[0]
+    assert type(fused) is fused_cls
     for option in ("eps", "momentum", "affine", "track_running_stats", "num_features"):
         assert getattr(fused, option) == getattr(original[0], option), option
     if original[0].track_running_stats:

@@ -1,5 +1,5 @@
 """BatchNorm followed by LeakyReLU (or ReLU, negative_slope=0), fused into one kernel."""
-from torch.nn.modules.batchnorm import BatchNorm1d, BatchNorm2d, _BatchNorm
+from torch.nn.modules.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, _BatchNorm
 
 from fastgan.ops import batch_norm_leaky_relu
 from fastgan.ops._checks import check_number
@@ -51,3 +51,9 @@ class BatchNormLeakyReLU2d(_BatchNormLeakyReLU):
     """nn.BatchNorm2d + nn.LeakyReLU(negative_slope) on (N, C, H, W) input."""
 
     _check_input_dim = BatchNorm2d._check_input_dim
+
+
+class BatchNormLeakyReLU3d(_BatchNormLeakyReLU):
+    """nn.BatchNorm3d + nn.LeakyReLU(negative_slope) on (N, C, D, H, W) input."""
+
+    _check_input_dim = BatchNorm3d._check_input_dim

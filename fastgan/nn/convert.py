@@ -1,8 +1,8 @@
 """convert(): swap an existing model's torch layers for fastgan's fused modules.
 
 What is replaced:
-- nn.BatchNorm1d/2d whose output goes only to an nn.ReLU or nn.LeakyReLU becomes
-  BatchNormLeakyReLU1d/2d (negative_slope 0 for ReLU) and the activation becomes nn.Identity;
+- nn.BatchNorm1d/2d/3d whose output goes only to an nn.ReLU or nn.LeakyReLU becomes
+  BatchNormLeakyReLU1d/2d/3d (negative_slope 0 for ReLU) and the activation becomes nn.Identity;
 - nn.ConvTranspose2d becomes fastgan.nn.ConvTranspose2d, and when its output goes only to an
   nn.Tanh, nn.ReLU or nn.LeakyReLU that activation is fused into it (and becomes nn.Identity).
 
@@ -24,12 +24,14 @@ import logging
 
 from torch import fx, nn
 
-from fastgan.nn.batch_norm import BatchNormLeakyReLU1d, BatchNormLeakyReLU2d
+from fastgan.nn.batch_norm import (BatchNormLeakyReLU1d, BatchNormLeakyReLU2d,
+                                   BatchNormLeakyReLU3d)
 from fastgan.nn.conv import ConvTranspose2d
 
 logger = logging.getLogger(__name__)
 
-_FUSED_BATCH_NORM = {nn.BatchNorm1d: BatchNormLeakyReLU1d, nn.BatchNorm2d: BatchNormLeakyReLU2d}
+_FUSED_BATCH_NORM = {nn.BatchNorm1d: BatchNormLeakyReLU1d, nn.BatchNorm2d: BatchNormLeakyReLU2d,
+                     nn.BatchNorm3d: BatchNormLeakyReLU3d}
 # activation module type -> (the fused module's activation, its negative_slope)
 _CONV_ACTIVATIONS = {
     nn.Tanh: lambda act: ("tanh", 0.2),
@@ -40,7 +42,7 @@ _BATCH_NORM_ACTIVATIONS = {
     nn.ReLU: lambda act: 0.0,
     nn.LeakyReLU: lambda act: act.negative_slope,
 }
-_FASTGAN_LAYERS = (BatchNormLeakyReLU1d, BatchNormLeakyReLU2d, ConvTranspose2d)
+_FASTGAN_LAYERS = (*_FUSED_BATCH_NORM.values(), ConvTranspose2d)
 
 
 @dataclasses.dataclass(frozen=True)

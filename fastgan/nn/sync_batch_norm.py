@@ -154,7 +154,7 @@ def _sync_group(process_group):
 
 
 class SyncBatchNormLeakyReLU(_BatchNormLeakyReLU):
-    """BatchNormLeakyReLU1d/2d (any input (N, C, ...)) whose training-mode statistics span the
+    """BatchNormLeakyReLU1d/2d/3d (any input (N, C, ...)) whose training-mode statistics span the
     processes of `process_group` (default: the whole world), as nn.SyncBatchNorm. In eval mode,
     outside a process group or in a group of one it is the unsynced fused layer. Works with the
     gloo (CPU) and NCCL (CUDA) backends; negative_slope=1 is plain synced BatchNorm."""
