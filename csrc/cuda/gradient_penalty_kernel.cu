@@ -3,6 +3,10 @@
 // double for double), then one block that adds them in a fixed order (a deterministic result)
 // and writes the penalty. The derivative is one element-wise pass that reads the upstream
 // gradient on the device: nothing is read back to the host.
+//
+// UNVERIFIED ON A GPU: this file is compiled (scripts/cuda_check.sh) and its kernels are run on the
+// CPU by scripts/cuda_emulation/emulate_gradient_penalty.py, but it has not been run on CUDA
+// hardware.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -73,7 +77,6 @@ __global__ void scale_by_penalty_gradient(const scalar_t* __restrict__ grad, int
 }
 
 void check_cuda(const char* op, const at::Tensor& grad) {
-  TORCH_CHECK(grad.is_cuda(), op, ": grad must be a CUDA tensor, got one on ", grad.device());
   const auto dtype = grad.scalar_type();
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf ||
                   dtype == at::kBFloat16,
@@ -104,7 +107,7 @@ at::Tensor gradient_penalty_forward(const at::Tensor& grad, double scale) {
   const int64_t numel = g.numel(), blocks = blocks_for(numel);
   at::Tensor partial = at::empty({blocks}, options);
   at::Tensor out = at::empty({}, options);
-  const auto stream = c10::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(grad.get_device()).stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(),
                                   "fastgan_gradient_penalty_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -132,7 +135,7 @@ at::Tensor gradient_penalty_backward(const at::Tensor& grad_out, const at::Tenso
   if (numel == 0) return result;
   const auto accumulation = accumulation_type(g.scalar_type());
   const at::Tensor grad_penalty = grad_out.reshape({}).to(accumulation);
-  const auto stream = c10::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(grad.get_device()).stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(),
                                   "fastgan_gradient_penalty_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;

@@ -167,22 +167,15 @@ TESTS += ["-k", "not conv_transpose2d and not half and not opcheck and not compi
 
 
 def run_tests(ops, pytest_args):
-    """pytest on `pytest_args` with the CPU kernels of fastgan's three BN ops replaced by `ops`;
-    nonzero when a test failed."""
-    import pytest
-    library = torch.library.Library("fastgan", "IMPL")
-    for name, kernel in (("batch_norm_leaky_relu", ops.forward),
-                         ("batch_norm_leaky_relu_backward", ops.backward),
-                         ("batch_norm_leaky_relu_double_backward", ops.double_backward)):
-        library.impl(name, kernel, "CPU")
-    # The CPU kernels reject float16: a float16 forward shows that the emulation took their place.
-    torch.ops.fastgan.batch_norm_leaky_relu(torch.ones(2, 3, 4, dtype=torch.half), None, None,
-                                            None, None, True, MOMENTUM, EPS, SLOPE)
-    try:
-        return pytest.main(["-q", "-p", "no:cacheprovider", "--rootdir", emulation.ROOT,
-                            *pytest_args])
-    finally:
-        library._destroy()
+    """The BN tests on `pytest_args` with the CPU kernels of fastgan's three BN ops replaced by
+    `ops`. The CPU kernels reject float16: a float16 forward shows that the emulation took their
+    place."""
+    kernels = {"batch_norm_leaky_relu": ops.forward,
+               "batch_norm_leaky_relu_backward": ops.backward,
+               "batch_norm_leaky_relu_double_backward": ops.double_backward}
+    return emulation.run_tests(kernels, lambda: torch.ops.fastgan.batch_norm_leaky_relu(
+        torch.ones(2, 3, 4, dtype=torch.half), None, None, None, None, True, MOMENTUM, EPS,
+        SLOPE), pytest_args)
 
 
 def main():

@@ -44,3 +44,19 @@ def build(name, bindings, arch):
         name=f"{name}_emulated_sm{arch}", sources=[source],
         extra_include_paths=[os.path.join(ROOT, "csrc"), HERE], build_directory=directory,
         extra_cflags=["-O1", "-std=c++20", f"-DEMULATED_CUDA_ARCH={arch}"])
+
+
+def run_tests(kernels, probe, pytest_args):
+    """pytest on `pytest_args` with the CPU kernels of fastgan's ops replaced by `kernels` ({op
+    name: emulated kernel}); `probe()` is called first and must fail unless the emulation took
+    their place. Nonzero when a test failed."""
+    import pytest
+    import torch
+    library = torch.library.Library("fastgan", "IMPL")
+    for name, kernel in kernels.items():
+        library.impl(name, kernel, "CPU")
+    probe()
+    try:
+        return pytest.main(["-q", "-p", "no:cacheprovider", "--rootdir", ROOT, *pytest_args])
+    finally:
+        library._destroy()
