@@ -54,29 +54,30 @@ class Checker:
         exact = grad.double()
         penalty = self.ops.forward(grad, SCALE)
         expected = SCALE * exact.square().sum() / shape[0]
-        self.check(f"penalty {what}", penalty.dtype == (
-            torch.float64 if dtype == torch.float64 else torch.float32) and torch.allclose(
-                penalty.double(), expected, rtol=SUM_RTOL[dtype], atol=0),
+        accumulation = torch.float64 if dtype == torch.float64 else torch.float32
+        self.check(f"penalty {what}", penalty.dtype == accumulation and torch.allclose(
+            penalty.double(), expected, rtol=SUM_RTOL[dtype], atol=0),
                    f"{penalty.item()} against {expected.item()}")
         grad_out = torch.tensor(0.75, dtype=penalty.dtype)
         result = self.ops.backward(grad_out, grad, SCALE)
         expected = 2 * SCALE / shape[0] * 0.75 * exact
-        # float16 and bfloat16: within one rounding, relative to the element (absolute below the
-        # smallest normal number, where the spacing is fixed).
+        # Within one rounding to dtype, relative to the element (absolute below the smallest
+        # normal number, where the spacing is fixed); float32 and float64 also round the factor.
         finfo = torch.finfo(dtype)
-        rtol = 2 * finfo.eps if dtype.itemsize < 4 else 1e-6
-        self.check(f"derivative {what}", result.dtype == dtype and result.stride() == (
-            grad.stride() if layout != "non_contiguous" else grad.contiguous().stride())
-                   and torch.allclose(result.double(), expected, rtol=rtol, atol=finfo.tiny))
+        rtol = (2 if dtype.itemsize < 4 else 4) * finfo.eps
+        dense = grad if layout != "non_contiguous" else grad.contiguous()
+        self.check(f"derivative {what}", result.dtype == dtype and
+                   result.stride() == dense.stride() and
+                   torch.allclose(result.double(), expected, rtol=rtol, atol=finfo.tiny))
 
     def empty(self):
         for shape in ((0, 3), (2, 0)):
             grad = torch.zeros(shape)
             penalty = self.ops.forward(grad, SCALE)
-            expected = torch.tensor(float("nan") if shape[0] == 0 else 0.0)
-            self.check(f"empty {shape}", torch.equal(penalty.isnan(), expected.isnan())
-                       and (penalty.isnan().item() or penalty.item() == 0.0)
-                       and self.ops.backward(torch.tensor(1.0), grad, SCALE).shape == shape)
+            # No samples: NaN, as torch's mean of nothing; samples of no elements: 0.
+            value_ok = penalty.isnan().item() if shape[0] == 0 else penalty.item() == 0.0
+            self.check(f"empty {shape}", value_ok and
+                       self.ops.backward(torch.tensor(1.0), grad, SCALE).shape == shape)
 
 
 def run_tests(ops, pytest_args):

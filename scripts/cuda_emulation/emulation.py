@@ -5,6 +5,7 @@ registration replaced by Python bindings)."""
 import os
 import re
 
+import torch
 import torch.utils.cpp_extension as cpp_extension
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -51,7 +52,6 @@ def run_tests(kernels, probe, pytest_args):
     name: emulated kernel}); `probe()` is called first and must fail unless the emulation took
     their place. Nonzero when a test failed."""
     import pytest
-    import torch
     library = torch.library.Library("fastgan", "IMPL")
     for name, kernel in kernels.items():
         library.impl(name, kernel, "CPU")
