@@ -118,7 +118,7 @@ def test_keeps_the_last_k_checkpoints(tmp_path):
 
     # Resuming from step 3 replaces what the first run saved after it.
     resumed = fastgan.Trainer.load(kept / "step_000003.pt", device="cpu")
-    assert resumed.config["keep_checkpoints"] == 3
+    assert resumed.config.keep_checkpoints == 3
     _fit(resumed, _ring(), 4, checkpoint_every=1)
     assert sorted(os.listdir(kept)) == ["step_000003.pt", "step_000004.pt"]
     assert _saved_step(tmp_path / "checkpoint.pt") == 4

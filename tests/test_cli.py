@@ -47,7 +47,7 @@ def test_train_resume_and_sample_digits(tmp_path, capsys, monkeypatch):
     trainer = fastgan.Trainer.load(out / "checkpoint.pt", device="cpu")
     assert trainer.step == 3 and fastgan.models.REGISTRY["DCGANGenerator"]
     # the digits recipe is class-conditional unless told otherwise
-    assert trainer.generator.num_classes == 10 and trainer.config["r1_gamma"] == 1.0
+    assert trainer.generator.num_classes == 10 and trainer.config.r1_gamma == 1.0
 
     picture = tmp_path / "grid.png"
     assert main(["sample", "--checkpoint", str(out / "checkpoint.pt"), "--n", "12", "--out",

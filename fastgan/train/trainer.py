@@ -19,6 +19,7 @@ from fastgan.ops._checks import check_number, check_tensor
 from fastgan.train import distributed
 from fastgan.train.batches import make_batches
 from fastgan.train.checkpoint import atomic_save, check_path, safe_load
+from fastgan.train.config import TrainerConfig
 from fastgan.train.plots import save_image_grid, save_loss_plot, save_scatter
 from fastgan.train.regularization import lazy_adam_settings, r1_penalty
 
@@ -107,62 +108,34 @@ class Trainer:
         if _num_classes(generator) != _num_classes(discriminator):
             raise ValueError(f"generator and discriminator disagree on num_classes "
                              f"({_num_classes(generator)} vs {_num_classes(discriminator)})")
-        check_choice("loss", loss, losses.KINDS)
-        check_number("r1_gamma", r1_gamma, minimum=0.0)
-        check_int("r1_interval", r1_interval, minimum=1)
-        check_number("lr_g", lr_g, positive=True)
-        check_number("lr_d", lr_d, positive=True)
-        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-            raise ValueError(f"betas must be a pair of numbers, got {betas!r}")
-        for beta in betas:
-            check_number("betas", beta, minimum=0.0, maximum=0.9999999)
-        if ema_decay is not None:
-            check_number("ema_decay", ema_decay, minimum=0.0, maximum=0.9999999)
-        check_number("label_smoothing", label_smoothing, minimum=0.0, maximum=0.5)
-        if label_smoothing and loss not in ("minimax", "non_saturating"):
-            raise ValueError(f"label_smoothing applies to the minimax and non_saturating "
-                             f"losses, not {loss!r}")
-        check_int("n_critic", n_critic, minimum=1)
-        if lr_decay is not None:
-            if not isinstance(lr_decay, (tuple, list)) or len(lr_decay) != 2:
-                raise ValueError(f"lr_decay must be None or a (start, end) pair of steps, got "
-                                 f"{lr_decay!r}")
-            check_int("lr_decay start", lr_decay[0], minimum=0)
-            check_int("lr_decay end", lr_decay[1], minimum=lr_decay[0] + 1)
-        check_int("seed", seed)
-        check_int("keep_checkpoints", keep_checkpoints, minimum=1)
-        if out_dir is not None:
-            check_path("out_dir", out_dir)
-        if not isinstance(amp, bool):
-            raise TypeError(f"amp must be a bool, got {type(amp).__name__}")
+        self.config = TrainerConfig(
+            loss=loss, r1_gamma=r1_gamma, r1_interval=r1_interval, lr_g=lr_g, lr_d=lr_d,
+            betas=betas, ema_decay=ema_decay, label_smoothing=label_smoothing, n_critic=n_critic,
+            lr_decay=lr_decay, amp=amp, out_dir=out_dir, seed=seed,
+            keep_checkpoints=keep_checkpoints)
+        config = self.config
         self.device, self.rank, self.world_size = distributed.setup(resolve_device(device))
-        if amp and self.device.type != "cuda":
+        if config.amp and self.device.type != "cuda":
             raise ValueError(f"amp=True needs a CUDA device, got device {str(self.device)!r}")
-        self.config = {"loss": loss, "r1_gamma": float(r1_gamma), "r1_interval": int(r1_interval),
-                       "lr_g": float(lr_g), "lr_d": float(lr_d), "betas": [float(b) for b in betas],
-                       "ema_decay": None if ema_decay is None else float(ema_decay),
-                       "label_smoothing": float(label_smoothing), "n_critic": int(n_critic),
-                       "lr_decay": None if lr_decay is None else [int(step) for step in lr_decay],
-                       "amp": amp, "out_dir": None if out_dir is None else os.fspath(out_dir),
-                       "seed": int(seed), "keep_checkpoints": int(keep_checkpoints)}
-        self.out_dir = self.config["out_dir"] if self.rank == 0 else None  # rank 0 writes
+        self.out_dir = config.out_dir if self.rank == 0 else None  # rank 0 writes
         # Each rank its own noise (the data order comes from `seed` alone).
-        random.seed(seed + self.rank)
-        np.random.seed(seed + self.rank)
-        torch.manual_seed(seed + self.rank)
+        random.seed(config.seed + self.rank)
+        np.random.seed(config.seed + self.rank)
+        torch.manual_seed(config.seed + self.rank)
 
         self.generator = generator.to(self.device)
         self.discriminator = discriminator.to(self.device)
         self.ema = (copy.deepcopy(generator).requires_grad_(False).eval()
-                    if ema_decay is not None else None)
+                    if config.ema_decay is not None else None)
         # What trains with gradients shared across processes (the modules themselves when
         # alone); the EMA copy above stays unsynced, as rank 0 alone samples from it.
         self._ddp_generator = distributed.wrap(self.generator, self.device)
         self._ddp_discriminator = distributed.wrap(self.discriminator, self.device)
-        self.lazy_r1 = r1_gamma > 0 and r1_interval > 1
-        lr_d, betas_d = (lazy_adam_settings(lr_d, betas, r1_interval) if self.lazy_r1
-                         else (lr_d, tuple(betas)))
-        self.optimizer_g = torch.optim.Adam(generator.parameters(), lr=lr_g, betas=tuple(betas))
+        self.lazy_r1 = config.r1_gamma > 0 and config.r1_interval > 1
+        lr_d, betas_d = (lazy_adam_settings(config.lr_d, config.betas, config.r1_interval)
+                         if self.lazy_r1 else (config.lr_d, config.betas))
+        self.optimizer_g = torch.optim.Adam(generator.parameters(), lr=config.lr_g,
+                                            betas=config.betas)
         self.optimizer_d = torch.optim.Adam(discriminator.parameters(), lr=lr_d, betas=betas_d)
         self._initial_lrs = {optimizer: [group["lr"] for group in optimizer.param_groups]
                              for optimizer in (self.optimizer_g, self.optimizer_d)}
@@ -170,9 +143,9 @@ class Trainer:
         self.history = []  # the logged metrics, one dict per log line
         # Noise for sample() and the pictures: separate generators, so that looking at samples
         # never changes the training run.
-        self._sample_generator = torch.Generator().manual_seed(seed + 1)
+        self._sample_generator = torch.Generator().manual_seed(config.seed + 1)
         self._fixed_noise = torch.randn(max(_GRID_SAMPLES, _SCATTER_SAMPLES), generator.z_dim,
-                                        generator=torch.Generator().manual_seed(seed + 2))
+                                        generator=torch.Generator().manual_seed(config.seed + 2))
         self._batches = None
         self._data_state = None
         self._interrupted = None  # the stop signal received during fit, if any
@@ -183,7 +156,7 @@ class Trainer:
     # --- training ---------------------------------------------------------------------------
 
     def _autocast(self):
-        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.config["amp"])
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.config.amp)
 
     def _condition(self, labels):
         return (labels,) if _num_classes(self.generator) else ()
@@ -196,7 +169,7 @@ class Trainer:
                                      f"stopped before applying it ({where})")
 
     def _discriminator_step(self, real, labels):
-        gamma, interval = self.config["r1_gamma"], self.config["r1_interval"]
+        gamma, interval = self.config.r1_gamma, self.config.r1_interval
         regularize = gamma > 0 and self.step % interval == 0
         combined = regularize and not self.lazy_r1
         noise = torch.randn(len(real), self.generator.z_dim, device=self.device)
@@ -206,8 +179,8 @@ class Trainer:
             real = real.requires_grad_(combined)
             real_logits = self._ddp_discriminator(real, *self._condition(labels))
             fake_logits = self._ddp_discriminator(fake, *self._condition(labels))
-            loss = losses.d_loss(real_logits.float(), fake_logits.float(), self.config["loss"],
-                                 self.config["label_smoothing"])
+            loss = losses.d_loss(real_logits.float(), fake_logits.float(), self.config.loss,
+                                 self.config.label_smoothing)
             penalty = r1_penalty(real_logits, real, gamma) if combined else None
         total = loss if penalty is None else loss + penalty
         self._check_finite("the discriminator loss", total)
@@ -237,7 +210,7 @@ class Trainer:
         with self._autocast():  # D's gradients here are dropped: no need to share them
             fake_logits = self.discriminator(self._ddp_generator(noise, *self._condition(labels)),
                                              *self._condition(labels))
-            loss = losses.g_loss(fake_logits.float(), self.config["loss"])
+            loss = losses.g_loss(fake_logits.float(), self.config.loss)
         self._check_finite("the generator loss", loss)
         self.optimizer_g.zero_grad(set_to_none=True)
         loss.backward(inputs=_trainable(self.generator))  # not D's weight gradients
@@ -248,14 +221,14 @@ class Trainer:
 
     @torch.no_grad()
     def _update_ema(self):
-        decay = self.config["ema_decay"]
+        decay = self.config.ema_decay
         for average, current in zip(self.ema.parameters(), self.generator.parameters()):
             average.lerp_(current, 1 - decay)
 
     def _set_learning_rates(self):
-        if self.config["lr_decay"] is None:
+        if self.config.lr_decay is None:
             return
-        start, end = self.config["lr_decay"]
+        start, end = self.config.lr_decay
         scale = min(1.0, max(0.0, (end - self.step) / (end - start)))
         for optimizer, lrs in self._initial_lrs.items():
             for group, lr in zip(optimizer.param_groups, lrs):
@@ -264,7 +237,7 @@ class Trainer:
     def _train_step(self):
         self._set_learning_rates()
         metrics = {}
-        for _ in range(self.config["n_critic"]):
+        for _ in range(self.config.n_critic):
             real, labels = next(self._batches)
             real = real.to(self.device, non_blocking=True)
             labels = None if labels is None else labels.to(self.device, non_blocking=True)
@@ -310,9 +283,9 @@ class Trainer:
         if modes is not None:
             check_tensor("modes", modes, dims=(2,))
         shard = (self.rank, self.world_size)
-        check_batches = make_batches(data, batch_size, self.config["seed"], *shard)
+        check_batches = make_batches(data, batch_size, self.config.seed, *shard)
         self._check_data(check_batches)
-        self._batches = make_batches(data, batch_size, self.config["seed"], *shard)
+        self._batches = make_batches(data, batch_size, self.config.seed, *shard)
         if self._data_state is not None:
             self._batches.load_state_dict(self._data_state)
         if self.step >= steps:
@@ -404,7 +377,7 @@ class Trainer:
             if self.world_size > 1:
                 state["rng_per_rank"] = rng_per_rank
             atomic_save(state, self.checkpoint_path)
-            if self.config["keep_checkpoints"] > 1:
+            if self.config.keep_checkpoints > 1:
                 self._keep_checkpoint()
             if self.history:
                 save_loss_plot(self.history, os.path.join(self.out_dir, "losses.png"))
@@ -432,7 +405,7 @@ class Trainer:
         except OSError:
             atomic_save(self.state_dict(), kept)
         history = self._kept_checkpoints()
-        for step in sorted(history)[:-self.config["keep_checkpoints"]]:
+        for step in sorted(history)[:-self.config.keep_checkpoints]:
             os.unlink(history[step])
 
     def _tensorboard_writer(self):
@@ -507,7 +480,7 @@ class Trainer:
             norm.momentum = None  # a cumulative average over the calibration batches
         self.ema.train()
         noise = torch.randn(_CALIBRATION_BATCHES, _CALIBRATION_BATCH, self.generator.z_dim,
-                            generator=torch.Generator().manual_seed(self.config["seed"] + 3))
+                            generator=torch.Generator().manual_seed(self.config.seed + 3))
         labels = self._fixed_labels(_CALIBRATION_BATCH)
         condition = () if labels is None else (labels.to(self.device),)
         with self._autocast():
@@ -556,7 +529,7 @@ class Trainer:
     def state_dict(self):
         """Everything `load` needs, as tensors and plain Python values (loadable with
         torch.load(weights_only=True))."""
-        return {"format": CHECKPOINT_FORMAT, "step": self.step, "config": dict(self.config),
+        return {"format": CHECKPOINT_FORMAT, "step": self.step, "config": self.config.to_dict(),
                 "models": {"generator": _model_spec(self.generator),
                            "discriminator": _model_spec(self.discriminator)},
                 "generator": self.generator.state_dict(),
@@ -586,7 +559,7 @@ class Trainer:
             # ranks start new streams.
             _set_rng_state(state["rng"])
             if self.rank > 0:
-                torch.manual_seed(self.config["seed"] + self.rank
+                torch.manual_seed(self.config.seed + self.rank
                                   + state["step"] * self.world_size)
         self._sample_generator.set_state(state["sample_rng"])
         self.step = state["step"]
@@ -616,7 +589,7 @@ class Trainer:
             models[name] = given if given is not None else REGISTRY[spec["name"]](**spec["config"])
         config = dict(state["config"])
         if out_dir is not None:
-            config["out_dir"] = check_path("out_dir", out_dir)
+            config["out_dir"] = out_dir
         trainer = cls(models["generator"], models["discriminator"], device=device, **config)
         trainer.load_state_dict(state)
         return trainer
