@@ -8,6 +8,7 @@ import sys
 import torch
 
 import fastgan
+from fastgan.train import outputs
 
 # Defaults per dataset, tuned on a (shared) 2-core CPU with scripts/evaluate_recipes.py (lr is
 # both G's and D's; lr_decay_start: the fraction of the steps after which both fall linearly to
@@ -101,7 +102,7 @@ def _train(args):
     data, generator, discriminator, evaluate, modes = _build(args, recipe)
     out = args.out or os.path.join("runs", os.path.basename(os.path.normpath(args.data)))
     if args.resume is not None:
-        checkpoint = args.resume or os.path.join(out, fastgan.train.trainer.CHECKPOINT_NAME)
+        checkpoint = args.resume or os.path.join(out, outputs.CHECKPOINT_NAME)
         trainer = fastgan.Trainer.load(checkpoint, device=args.device, out_dir=out)
     else:
         ema = recipe["ema"] if args.ema is None else args.ema
@@ -130,8 +131,8 @@ def _train(args):
         return 1
     summary = {"step": trainer.step, "checkpoint": trainer.checkpoint_path,
                "samples": trainer.latest_samples_path,
-               "losses": os.path.join(out, "losses.png"),
-               "metrics": os.path.join(out, "metrics.jsonl")}
+               "losses": os.path.join(out, outputs.LOSS_PLOT_NAME),
+               "metrics": os.path.join(out, outputs.METRICS_NAME)}
     if trainer.last_evaluation is not None:
         summary["evaluation"] = trainer.last_evaluation
     report(json.dumps(summary, indent=2))

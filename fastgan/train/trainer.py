@@ -1,8 +1,6 @@
 """fastgan.Trainer: the DCGAN training recipe (alternating Adam updates of D and G) with R1,
-EMA, AMP, logging, sample pictures and exactly resumable, atomic checkpoints."""
+EMA, AMP and exactly resumable checkpoints; fastgan.train.outputs writes the run's files."""
 import copy
-import json
-import os
 import random
 import signal
 import threading
@@ -18,14 +16,12 @@ from fastgan.models._checks import check_choice, check_int
 from fastgan.ops._checks import check_number, check_tensor
 from fastgan.train import distributed
 from fastgan.train.batches import make_batches
-from fastgan.train.checkpoint import atomic_save, check_path, safe_load
+from fastgan.train.checkpoint import atomic_save, safe_load
 from fastgan.train.config import TrainerConfig
-from fastgan.train.plots import save_image_grid, save_loss_plot, save_scatter
+from fastgan.train.outputs import RunOutputs
 from fastgan.train.regularization import lazy_adam_settings, r1_penalty
 
 CHECKPOINT_FORMAT = 1
-CHECKPOINT_NAME = "checkpoint.pt"
-CHECKPOINT_HISTORY = "checkpoints"  # out_dir's folder of the last keep_checkpoints checkpoints
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _GRID_SAMPLES = 64      # images in a sample grid
 _SCATTER_SAMPLES = 2000  # points in a 2D scatter plot
@@ -117,7 +113,8 @@ class Trainer:
         self.device, self.rank, self.world_size = distributed.setup(resolve_device(device))
         if config.amp and self.device.type != "cuda":
             raise ValueError(f"amp=True needs a CUDA device, got device {str(self.device)!r}")
-        self.out_dir = config.out_dir if self.rank == 0 else None  # rank 0 writes
+        self.outputs = RunOutputs(config.out_dir if self.rank == 0 else None,  # rank 0 writes
+                                  config.keep_checkpoints)
         # Each rank its own noise (the data order comes from `seed` alone).
         random.seed(config.seed + self.rank)
         np.random.seed(config.seed + self.rank)
@@ -290,24 +287,18 @@ class Trainer:
             self._batches.load_state_dict(self._data_state)
         if self.step >= steps:
             return self
-        if self.out_dir:
-            os.makedirs(self.out_dir, exist_ok=True)
-            self._truncate_metrics_log()
-        writer = self._tensorboard_writer()
+        self.outputs.open(self.step)
         previous_handlers = self._catch_interrupts()
         try:
-            self._run(steps, log_every, sample_every, checkpoint_every, evaluate, modes, progress,
-                      writer)
+            self._run(steps, log_every, sample_every, checkpoint_every, evaluate, modes, progress)
         finally:
             self._data_state = self._batches.state_dict()
             for signum, handler in previous_handlers.items():
                 signal.signal(signum, handler)
-            if writer is not None:
-                writer.close()
+            self.outputs.close()
         return self
 
-    def _run(self, steps, log_every, sample_every, checkpoint_every, evaluate, modes, progress,
-             writer):
+    def _run(self, steps, log_every, sample_every, checkpoint_every, evaluate, modes, progress):
         from tqdm.auto import tqdm
 
         sums, count, start = {}, 0, time.perf_counter()
@@ -328,13 +319,12 @@ class Trainer:
                     sums, count = {}, 0
                     bar.set_postfix({k: f"{v:.3f}" for k, v in entry.items()
                                      if k not in ("step", "seconds")})
-                    self._log(entry, writer)
+                    self._log(entry)
                 if sample_every and self.step % sample_every == 0 or last:
                     self._write_pictures(modes)
                     if evaluate is not None and self.rank == 0:
                         self.last_evaluation = evaluate(self)
-                        self._log({"step": self.step, **self.last_evaluation}, writer,
-                                  history=False)
+                        self._log({"step": self.step, **self.last_evaluation}, history=False)
                 if checkpoint_every and self.step % checkpoint_every == 0 or last:
                     self._save_checkpoint()
                 if distributed.any_rank(self._interrupted is not None):
@@ -367,98 +357,38 @@ class Trainer:
     # --- outputs ----------------------------------------------------------------------------
 
     @property
+    def out_dir(self):
+        """Where this process writes (None: nowhere, as on every rank but 0)."""
+        return self.outputs.out_dir
+
+    @property
     def checkpoint_path(self):
-        return os.path.join(self.out_dir, CHECKPOINT_NAME) if self.out_dir else None
+        return self.outputs.checkpoint_path
 
     def _save_checkpoint(self):
-        rng_per_rank = distributed.gather(_rng_state())
+        rng_per_rank = distributed.gather(_rng_state())  # every rank takes part
         if self.out_dir:
             state = self.state_dict()
             if self.world_size > 1:
                 state["rng_per_rank"] = rng_per_rank
-            atomic_save(state, self.checkpoint_path)
-            if self.config.keep_checkpoints > 1:
-                self._keep_checkpoint()
-            if self.history:
-                save_loss_plot(self.history, os.path.join(self.out_dir, "losses.png"))
+            self.outputs.save_checkpoint(state, self.step, self.history)
         distributed.barrier()
 
-    def _kept_checkpoints(self):
-        """{step: path} of the checkpoints in out_dir/checkpoints."""
-        folder = os.path.join(self.out_dir, CHECKPOINT_HISTORY)
-        if not os.path.isdir(folder):
-            return {}
-        steps = (name[len("step_"):-len(".pt")] for name in os.listdir(folder)
-                 if name.startswith("step_") and name.endswith(".pt"))
-        return {int(step): os.path.join(folder, f"step_{step}.pt") for step in steps
-                if step.isdigit()}
-
-    def _keep_checkpoint(self):
-        """Links the new checkpoint.pt into out_dir/checkpoints (a copy where the filesystem has
-        no hard links) and deletes all but the newest keep_checkpoints there."""
-        kept = os.path.join(self.out_dir, CHECKPOINT_HISTORY, f"step_{self.step:06d}.pt")
-        os.makedirs(os.path.dirname(kept), exist_ok=True)
-        if os.path.exists(kept):
-            os.unlink(kept)  # saved at this step before, by the run this one resumes
-        try:
-            os.link(self.checkpoint_path, kept)
-        except OSError:
-            atomic_save(self.state_dict(), kept)
-        history = self._kept_checkpoints()
-        for step in sorted(history)[:-self.config.keep_checkpoints]:
-            os.unlink(history[step])
-
-    def _tensorboard_writer(self):
-        if not self.out_dir:
-            return None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:  # TensorBoard is optional
-            return None
-        return SummaryWriter(os.path.join(self.out_dir, "tensorboard"))
-
-    def _log(self, entry, writer, history=True):
+    def _log(self, entry, history=True):
         if history:
             self.history.append(entry)
-        if self.out_dir:
-            with open(os.path.join(self.out_dir, "metrics.jsonl"), "a") as log:
-                log.write(json.dumps(entry) + "\n")
-        if writer is not None:
-            for key, value in entry.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    writer.add_scalar(key, value, entry["step"])
-
-    def _truncate_metrics_log(self):
-        """Drops lines logged, and kept checkpoints saved, after the checkpoint this run resumes
-        from."""
-        for step, kept in self._kept_checkpoints().items():
-            if step > self.step:
-                os.unlink(kept)
-        path = os.path.join(self.out_dir, "metrics.jsonl")
-        if not os.path.exists(path):
-            return
-        with open(path) as log:
-            lines = [line for line in log if line.strip()
-                     and json.loads(line)["step"] <= self.step]
-        with open(path, "w") as log:
-            log.writelines(lines)
+        self.outputs.log(entry)
 
     def _write_pictures(self, modes):
         if not self.out_dir:
             return
-        folder = os.path.join(self.out_dir, "samples")
-        os.makedirs(folder, exist_ok=True)
-        path = os.path.join(folder, f"step_{self.step:06d}.png")
-        images = self._generate(self._fixed_noise[:_GRID_SAMPLES],
-                                self._fixed_labels(_GRID_SAMPLES))
-        if images.dim() == 4:
-            save_image_grid(images, path)
-        elif images.shape[1:] == (2,):
-            points = self._generate(self._fixed_noise, self._fixed_labels(_SCATTER_SAMPLES))
-            save_scatter(points, path, modes)
-        else:
-            return
-        self.latest_samples_path = path
+        samples = self._generate(self._fixed_noise[:_GRID_SAMPLES],
+                                 self._fixed_labels(_GRID_SAMPLES))
+        if samples.shape[1:] == (2,):  # points: a scatter plot shows more of them
+            samples = self._generate(self._fixed_noise, self._fixed_labels(_SCATTER_SAMPLES))
+        path = self.outputs.write_samples(self.step, samples, modes)
+        if path is not None:
+            self.latest_samples_path = path
 
     # --- sampling ---------------------------------------------------------------------------
 
