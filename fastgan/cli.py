@@ -131,6 +131,8 @@ def _train(args):
         return 1
     summary = {"step": trainer.step, "checkpoint": trainer.checkpoint_path,
                "samples": trainer.latest_samples_path,
+               "raw_samples": (trainer.outputs.raw_samples_path
+                               if trainer.latest_samples_path else None),
                "losses": os.path.join(out, outputs.LOSS_PLOT_NAME),
                "metrics": os.path.join(out, outputs.METRICS_NAME)}
     if trainer.last_evaluation is not None:
@@ -177,8 +179,9 @@ def build_parser():
     parser.add_argument("--version", action="version", version=fastgan.__version__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", help="train a GAN; writes OUT/checkpoint.pt, samples, "
-                                "metrics.jsonl and losses.png")
+    train = commands.add_parser("train", help="train a GAN; writes OUT/checkpoint.pt, "
+                                "metrics.jsonl, losses.png and samples/ (pictures, and the "
+                                "newest one's raw tensor in samples/latest.pt)")
     train.add_argument("--data", required=True,
                        help="digits, ring, grid, or a folder of images (class subfolders are "
                             "labels)")
@@ -207,7 +210,10 @@ def build_parser():
     sample = commands.add_parser("sample", help="draw samples from a checkpoint")
     sample.add_argument("--checkpoint", required=True)
     sample.add_argument("--n", type=int, default=64)
-    sample.add_argument("--out", default="samples.png", help="a .png picture or a .pt tensor")
+    sample.add_argument("--out", default="samples.png",
+                        help="a .png picture (images: a grid, small ones enlarged with nearest "
+                             "neighbour to at least 512 pixels) or a .pt tensor (the raw "
+                             "samples)")
     sample.add_argument("--device", default="auto")
     sample.set_defaults(run=_sample)
 

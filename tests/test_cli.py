@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+from PIL import Image
 
 import fastgan
 from fastgan.cli import main
@@ -41,7 +42,9 @@ def test_train_resume_and_sample_digits(tmp_path, capsys, monkeypatch):
     common = ["train", "--data", "digits", "--image-size", "16", "--batch-size", "16",
               "--out", str(out), "--quiet", "--r1-gamma", "1", "--ema", "0.9"]
     assert main(common + ["--steps", "2"]) == 0
-    assert _summary(capsys.readouterr().out)["evaluation"]["real_classifier_score"] > 8
+    summary = _summary(capsys.readouterr().out)
+    assert summary["evaluation"]["real_classifier_score"] > 8
+    assert torch.load(summary["raw_samples"], weights_only=True).shape == (64, 1, 16, 16)
     assert main(common + ["--steps", "3", "--resume"]) == 0
     assert _summary(capsys.readouterr().out)["step"] == 3
     trainer = fastgan.Trainer.load(out / "checkpoint.pt", device="cpu")
@@ -52,7 +55,8 @@ def test_train_resume_and_sample_digits(tmp_path, capsys, monkeypatch):
     picture = tmp_path / "grid.png"
     assert main(["sample", "--checkpoint", str(out / "checkpoint.pt"), "--n", "12", "--out",
                  str(picture), "--device", "cpu"]) == 0
-    assert picture.is_file()
+    # 12 digits: 4 columns x 3 rows of 18 pixels (padding included) + 2, enlarged 7 times
+    assert Image.open(picture).size == (74 * 7, 56 * 7)
     tensor = tmp_path / "samples.pt"
     assert main(["sample", "--checkpoint", str(out / "checkpoint.pt"), "--n", "5", "--out",
                  str(tensor), "--device", "cpu"]) == 0
@@ -68,7 +72,6 @@ def test_no_conditional_overrides_the_recipe(tmp_path, capsys, monkeypatch):
 
 
 def test_train_on_an_image_folder(tmp_path, capsys):
-    from PIL import Image
     for label in ("a", "b"):
         os.makedirs(tmp_path / "images" / label)
         for index in range(4):

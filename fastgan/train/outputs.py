@@ -12,6 +12,7 @@ CHECKPOINT_HISTORY = "checkpoints"  # the folder of the newest keep_checkpoints 
 METRICS_NAME = "metrics.jsonl"
 LOSS_PLOT_NAME = "losses.png"
 SAMPLES_FOLDER = "samples"
+RAW_SAMPLES_NAME = "latest.pt"  # in SAMPLES_FOLDER: the raw tensor of the newest picture
 
 
 class RunOutputs:
@@ -29,6 +30,10 @@ class RunOutputs:
     @property
     def checkpoint_path(self):
         return self._path(CHECKPOINT_NAME)
+
+    @property
+    def raw_samples_path(self):
+        return self._path(SAMPLES_FOLDER, RAW_SAMPLES_NAME)
 
     # --- a run's start and end --------------------------------------------------------------
 
@@ -119,8 +124,10 @@ class RunOutputs:
 
     def write_samples(self, step, samples, modes=None):
         """samples/step_NNNNNN.png of generated `samples`: images (N, C, H, W) in [-1, 1] as a
-        grid, 2D points (N, 2) as a scatter plot with the true `modes` marked. Returns the
-        picture's path, or None for other samples or no out_dir."""
+        grid (small images enlarged with nearest neighbour, see save_image_grid), 2D points
+        (N, 2) as a scatter plot with the true `modes` marked. The raw tensor, as generated, goes
+        to samples/latest.pt (replaced by every picture). Returns the picture's path, or None
+        for other samples or no out_dir."""
         if not self.out_dir or not (samples.dim() == 4 or samples.shape[1:] == (2,)):
             return None
         os.makedirs(self._path(SAMPLES_FOLDER), exist_ok=True)
@@ -129,4 +136,5 @@ class RunOutputs:
             save_image_grid(samples, path)
         else:
             save_scatter(samples, path, modes)
+        atomic_save(samples, self.raw_samples_path)
         return path

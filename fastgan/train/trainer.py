@@ -265,11 +265,13 @@ class Trainer:
         data: a Tensor of samples, a Dataset of samples or (sample, label) pairs, or a
         DataLoader (which then sets the batch size and order). Every log_every steps the mean
         metrics go to the progress bar, out_dir/metrics.jsonl and TensorBoard (if installed);
-        every sample_every steps a picture of fixed-noise samples (2D data: a scatter plot,
-        `modes` marked) and `evaluate(trainer)`'s metrics; every checkpoint_every steps and at
-        the end out_dir/checkpoint.pt. Ctrl-C finishes the step, saves and raises
-        KeyboardInterrupt; SIGTERM does the same, then raises SystemExit(143) as the signal
-        would have ended the process."""
+        every sample_every steps a picture of fixed-noise samples, out_dir/samples/step_N.png
+        (images: a grid, small ones enlarged by an integer factor with nearest neighbour to at
+        least 512 pixels; 2D data: a scatter plot, `modes` marked), with the newest one's raw
+        tensor in out_dir/samples/latest.pt, and `evaluate(trainer)`'s metrics; every
+        checkpoint_every steps and at the end out_dir/checkpoint.pt. Ctrl-C finishes the step,
+        saves and raises KeyboardInterrupt; SIGTERM does the same, then raises SystemExit(143)
+        as the signal would have ended the process."""
         check_int("steps", steps, minimum=0)
         check_int("batch_size", batch_size, minimum=2)
         for name, value in (("log_every", log_every), ("sample_every", sample_every),
