@@ -204,7 +204,10 @@ def build_parser():
     train.add_argument("--keep-checkpoints", type=int, default=1, metavar="K",
                        help="also keep the K newest checkpoints in OUT/checkpoints/ (default 1: "
                             "only OUT/checkpoint.pt)")
-    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--quiet", action="store_true",
+                       help="no progress (otherwise a bar in a terminal, and a plain line at "
+                            "every tenth of the steps and at least every 30 s when the output "
+                            "goes to a file or a pipe)")
     train.set_defaults(run=_train)
 
     sample = commands.add_parser("sample", help="draw samples from a checkpoint")

@@ -26,9 +26,13 @@ def test_python_dash_m_fastgan_info_and_train(tmp_path):
     assert json.loads(info.stdout)["fastgan"] == fastgan.__version__
     out = tmp_path / "ring"
     run = subprocess.run([sys.executable, "-m", "fastgan", "train", "--data", "ring", "--steps",
-                          "3", "--batch-size", "32", "--out", str(out), "--quiet"],
+                          "3", "--batch-size", "32", "--out", str(out)],
                          capture_output=True, text=True, env=env, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
+    # progress to a pipe: whole lines, no bar
+    assert "\r" not in run.stderr
+    assert [line.split(" |")[0] for line in run.stderr.splitlines()] == [
+        "step 1/3 (33%)", "step 2/3 (66%)", "step 3/3 (100%)"]
     summary = _summary(run.stdout)
     assert summary["step"] == 3 and os.path.isfile(summary["checkpoint"])
     assert set(summary["evaluation"]) >= {"modes", "high_quality"}
@@ -67,6 +71,7 @@ def test_no_conditional_overrides_the_recipe(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("FASTGAN_CACHE_DIR", str(tmp_path / "cache"))
     assert main(["train", "--data", "digits", "--no-conditional", "--steps", "1",
                  "--batch-size", "4", "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    assert capsys.readouterr().err == ""  # --quiet: no progress
     trainer = fastgan.Trainer.load(tmp_path / "out" / "checkpoint.pt", device="cpu")
     assert trainer.generator.num_classes == 0 and trainer.discriminator.num_classes == 0
 

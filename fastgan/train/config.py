@@ -1,13 +1,14 @@
 """TrainerConfig: the settings of a fastgan.Trainer, checked once when built and read as typed
 attributes by the training loop."""
 import dataclasses
+from typing import Optional
 
 from fastgan import losses
 from fastgan.models._checks import check_choice, check_int
 from fastgan.ops._checks import check_number
 from fastgan.train.checkpoint import check_path
 
-# Adam's betas and the EMA decay must stay below 1 (1 would never move).
+# Adam's betas and the EMA decay stay below 1: at 1 the averages they weigh would never move.
 _BELOW_ONE = 0.9999999
 
 
@@ -17,7 +18,7 @@ def _check_pair(name, value, what):
     return tuple(value)
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
+@dataclasses.dataclass(frozen=True)
 class TrainerConfig:
     """The keyword arguments of fastgan.Trainer (its docstring says what each does), less the
     device, which a checkpoint does not keep. Building one checks every value (errors name the
@@ -30,12 +31,12 @@ class TrainerConfig:
     lr_g: float
     lr_d: float
     betas: tuple
-    ema_decay: float | None
+    ema_decay: Optional[float]
     label_smoothing: float
     n_critic: int
-    lr_decay: tuple | None
+    lr_decay: Optional[tuple]
     amp: bool
-    out_dir: str | None
+    out_dir: Optional[str]
     seed: int
     keep_checkpoints: int
 

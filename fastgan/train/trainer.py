@@ -19,6 +19,7 @@ from fastgan.train.batches import make_batches
 from fastgan.train.checkpoint import atomic_save, safe_load
 from fastgan.train.config import TrainerConfig
 from fastgan.train.outputs import RunOutputs
+from fastgan.train.progress import open_progress
 from fastgan.train.regularization import lazy_adam_settings, r1_penalty
 
 CHECKPOINT_FORMAT = 1
@@ -263,8 +264,10 @@ class Trainer:
         continues where it stopped.
 
         data: a Tensor of samples, a Dataset of samples or (sample, label) pairs, or a
-        DataLoader (which then sets the batch size and order). Every log_every steps the mean
-        metrics go to the progress bar, out_dir/metrics.jsonl and TensorBoard (if installed);
+        DataLoader (which then sets the batch size and order). progress: show progress on
+        stderr, as a bar in a terminal or a notebook, as a plain line at every tenth of the steps
+        and at least every 30 s where stderr goes to a file or a pipe. Every log_every steps the
+        mean metrics go to that display, out_dir/metrics.jsonl and TensorBoard (if installed);
         every sample_every steps a picture of fixed-noise samples, out_dir/samples/step_N.png
         (images: a grid, small ones enlarged by an integer factor with nearest neighbour to at
         least 512 pixels; 2D data: a scatter plot, `modes` marked), with the newest one's raw
@@ -301,18 +304,14 @@ class Trainer:
         return self
 
     def _run(self, steps, log_every, sample_every, checkpoint_every, evaluate, modes, progress):
-        from tqdm.auto import tqdm
-
         sums, count, start = {}, 0, time.perf_counter()
-        with tqdm(total=steps, initial=self.step, disable=not progress or self.rank > 0,
-                  unit="step") as bar:
+        with open_progress(steps, self.step, enabled=progress and self.rank == 0) as bar:
             while self.step < steps:
                 metrics = self._train_step()
                 self.step += 1
                 count += 1
                 for key, value in metrics.items():
                     sums[key] = sums.get(key, 0.0) + value
-                bar.update(1)
                 last = self.step == steps
                 if log_every and self.step % log_every == 0 or last:
                     sums = distributed.mean_over_ranks(sums)
@@ -322,6 +321,7 @@ class Trainer:
                     bar.set_postfix({k: f"{v:.3f}" for k, v in entry.items()
                                      if k not in ("step", "seconds")})
                     self._log(entry)
+                bar.update(1)  # after the step's losses, which a progress line shows
                 if sample_every and self.step % sample_every == 0 or last:
                     self._write_pictures(modes)
                     if evaluate is not None and self.rank == 0:
