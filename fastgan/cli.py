@@ -10,7 +10,7 @@ import torch
 import fastgan
 from fastgan.train import outputs
 
-# Defaults per dataset, tuned on a (shared) 2-core CPU with scripts/evaluate_recipes.py (lr is
+# Defaults per dataset, tuned on a 2-core CPU with scripts/evaluate_recipes.py (lr is
 # both G's and D's; lr_decay_start: the fraction of the steps after which both fall linearly to
 # 0; 2D data uses fastgan's MLPs with the "mlp" arguments, images DCGAN with base_channels;
 # conditional: class-conditional models unless --no-conditional).
@@ -94,7 +94,9 @@ def _build(args, recipe):
 
 
 def _train(args):
-    fastgan.train.keep_freed_memory()  # about 8% faster digits training on a 2-core CPU (README)
+    # Each step's large tensors then reuse the previous step's memory instead of being
+    # page-faulted in again (`benchmarks/run.py --keep-freed-memory` measures the difference).
+    fastgan.train.keep_freed_memory()
     recipe = RECIPES.get(args.data, RECIPES["folder"])
     steps = recipe["steps"] if args.steps is None else args.steps
     batch_size = recipe["batch_size"] if args.batch_size is None else args.batch_size
