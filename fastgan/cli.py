@@ -8,8 +8,9 @@ import sys
 import torch
 
 import fastgan
+from fastgan.train import outputs
 
-# Defaults per dataset, tuned on a (shared) 2-core CPU with scripts/evaluate_recipes.py (lr is
+# Defaults per dataset, tuned on a 2-core CPU with scripts/evaluate_recipes.py (lr is
 # both G's and D's; lr_decay_start: the fraction of the steps after which both fall linearly to
 # 0; 2D data uses fastgan's MLPs with the "mlp" arguments, images DCGAN with base_channels;
 # conditional: class-conditional models unless --no-conditional).
@@ -93,7 +94,9 @@ def _build(args, recipe):
 
 
 def _train(args):
-    fastgan.train.keep_freed_memory()  # about 8% faster digits training on a 2-core CPU (README)
+    # Each step's large tensors then reuse the previous step's memory instead of being
+    # page-faulted in again (`benchmarks/run.py --keep-freed-memory` measures the difference).
+    fastgan.train.keep_freed_memory()
     recipe = RECIPES.get(args.data, RECIPES["folder"])
     steps = recipe["steps"] if args.steps is None else args.steps
     batch_size = recipe["batch_size"] if args.batch_size is None else args.batch_size
@@ -101,7 +104,7 @@ def _train(args):
     data, generator, discriminator, evaluate, modes = _build(args, recipe)
     out = args.out or os.path.join("runs", os.path.basename(os.path.normpath(args.data)))
     if args.resume is not None:
-        checkpoint = args.resume or os.path.join(out, fastgan.train.trainer.CHECKPOINT_NAME)
+        checkpoint = args.resume or os.path.join(out, outputs.CHECKPOINT_NAME)
         trainer = fastgan.Trainer.load(checkpoint, device=args.device, out_dir=out)
     else:
         ema = recipe["ema"] if args.ema is None else args.ema
@@ -130,8 +133,10 @@ def _train(args):
         return 1
     summary = {"step": trainer.step, "checkpoint": trainer.checkpoint_path,
                "samples": trainer.latest_samples_path,
-               "losses": os.path.join(out, "losses.png"),
-               "metrics": os.path.join(out, "metrics.jsonl")}
+               "raw_samples": (trainer.outputs.raw_samples_path
+                               if trainer.latest_samples_path else None),
+               "losses": os.path.join(out, outputs.LOSS_PLOT_NAME),
+               "metrics": os.path.join(out, outputs.METRICS_NAME)}
     if trainer.last_evaluation is not None:
         summary["evaluation"] = trainer.last_evaluation
     report(json.dumps(summary, indent=2))
@@ -176,8 +181,9 @@ def build_parser():
     parser.add_argument("--version", action="version", version=fastgan.__version__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", help="train a GAN; writes OUT/checkpoint.pt, samples, "
-                                "metrics.jsonl and losses.png")
+    train = commands.add_parser("train", help="train a GAN; writes OUT/checkpoint.pt, "
+                                "metrics.jsonl, losses.png and samples/ (pictures, and the "
+                                "newest one's raw tensor in samples/latest.pt)")
     train.add_argument("--data", required=True,
                        help="digits, ring, grid, or a folder of images (class subfolders are "
                             "labels)")
@@ -200,13 +206,19 @@ def build_parser():
     train.add_argument("--keep-checkpoints", type=int, default=1, metavar="K",
                        help="also keep the K newest checkpoints in OUT/checkpoints/ (default 1: "
                             "only OUT/checkpoint.pt)")
-    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--quiet", action="store_true",
+                       help="no progress (otherwise a bar in a terminal, and a plain line at "
+                            "every tenth of the steps and at least every 30 s when the output "
+                            "goes to a file or a pipe)")
     train.set_defaults(run=_train)
 
     sample = commands.add_parser("sample", help="draw samples from a checkpoint")
     sample.add_argument("--checkpoint", required=True)
     sample.add_argument("--n", type=int, default=64)
-    sample.add_argument("--out", default="samples.png", help="a .png picture or a .pt tensor")
+    sample.add_argument("--out", default="samples.png",
+                        help="a .png picture (images: a grid, small ones enlarged with nearest "
+                             "neighbour to at least 512 pixels) or a .pt tensor (the raw "
+                             "samples)")
     sample.add_argument("--device", default="auto")
     sample.set_defaults(run=_sample)
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import fastgan
-from fastgan.train import checkpoint
+from fastgan.train import checkpoint, outputs
 from test_train import _fit, _mlp_models, _ring, _trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,7 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(autouse=True)
 def _no_pictures(monkeypatch):
     """Plots are not under test here, and matplotlib is slow."""
-    monkeypatch.setattr(fastgan.train.trainer, "save_loss_plot", lambda *args: None)
+    monkeypatch.setattr(outputs, "save_loss_plot", lambda *args: None)
     monkeypatch.setattr(fastgan.Trainer, "_write_pictures", lambda *args: None)
 
 
@@ -118,10 +118,23 @@ def test_keeps_the_last_k_checkpoints(tmp_path):
 
     # Resuming from step 3 replaces what the first run saved after it.
     resumed = fastgan.Trainer.load(kept / "step_000003.pt", device="cpu")
-    assert resumed.config["keep_checkpoints"] == 3
+    assert resumed.config.keep_checkpoints == 3
     _fit(resumed, _ring(), 4, checkpoint_every=1)
     assert sorted(os.listdir(kept)) == ["step_000003.pt", "step_000004.pt"]
     assert _saved_step(tmp_path / "checkpoint.pt") == 4
+
+
+def test_kept_checkpoints_are_written_where_hard_links_are_refused(tmp_path, monkeypatch):
+    def refuse(source, target):
+        raise OSError(errno.EPERM, "hard links not supported")
+
+    monkeypatch.setattr(outputs.os, "link", refuse)
+    trainer = _trainer(_mlp_models(), tmp_path, keep_checkpoints=2)
+    _fit(trainer, _ring(), 3, checkpoint_every=1)
+    kept = tmp_path / "checkpoints"
+    assert sorted(os.listdir(kept)) == ["step_000002.pt", "step_000003.pt"]
+    assert not os.path.samefile(kept / "step_000003.pt", tmp_path / "checkpoint.pt")
+    assert [_saved_step(kept / name) for name in sorted(os.listdir(kept))] == [2, 3]
 
 
 def test_keep_checkpoints_must_be_positive():
@@ -134,10 +147,10 @@ def test_keep_checkpoints_must_be_positive():
 _CHILD = textwrap.dedent("""
     import sys, time
     import torch, fastgan
-    from fastgan.train import checkpoint, trainer
+    from fastgan.train import checkpoint, outputs
 
     out, stall_at_save = sys.argv[1], int(sys.argv[2])
-    trainer.save_loss_plot = lambda *args: None  # not under test, and slow
+    outputs.save_loss_plot = lambda *args: None  # not under test, and slow
     real_save, saves = torch.save, []
 
     def save(obj, file):

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+from PIL import Image
 
 import fastgan
 from fastgan.cli import main
@@ -25,9 +26,13 @@ def test_python_dash_m_fastgan_info_and_train(tmp_path):
     assert json.loads(info.stdout)["fastgan"] == fastgan.__version__
     out = tmp_path / "ring"
     run = subprocess.run([sys.executable, "-m", "fastgan", "train", "--data", "ring", "--steps",
-                          "3", "--batch-size", "32", "--out", str(out), "--quiet"],
+                          "3", "--batch-size", "32", "--out", str(out)],
                          capture_output=True, text=True, env=env, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
+    # progress to a pipe: whole lines, no bar
+    assert "\r" not in run.stderr
+    assert [line.split(" |")[0] for line in run.stderr.splitlines()] == [
+        "step 1/3 (33%)", "step 2/3 (66%)", "step 3/3 (100%)"]
     summary = _summary(run.stdout)
     assert summary["step"] == 3 and os.path.isfile(summary["checkpoint"])
     assert set(summary["evaluation"]) >= {"modes", "high_quality"}
@@ -41,18 +46,21 @@ def test_train_resume_and_sample_digits(tmp_path, capsys, monkeypatch):
     common = ["train", "--data", "digits", "--image-size", "16", "--batch-size", "16",
               "--out", str(out), "--quiet", "--r1-gamma", "1", "--ema", "0.9"]
     assert main(common + ["--steps", "2"]) == 0
-    assert _summary(capsys.readouterr().out)["evaluation"]["real_classifier_score"] > 8
+    summary = _summary(capsys.readouterr().out)
+    assert summary["evaluation"]["real_classifier_score"] > 8
+    assert torch.load(summary["raw_samples"], weights_only=True).shape == (64, 1, 16, 16)
     assert main(common + ["--steps", "3", "--resume"]) == 0
     assert _summary(capsys.readouterr().out)["step"] == 3
     trainer = fastgan.Trainer.load(out / "checkpoint.pt", device="cpu")
     assert trainer.step == 3 and fastgan.models.REGISTRY["DCGANGenerator"]
     # the digits recipe is class-conditional unless told otherwise
-    assert trainer.generator.num_classes == 10 and trainer.config["r1_gamma"] == 1.0
+    assert trainer.generator.num_classes == 10 and trainer.config.r1_gamma == 1.0
 
     picture = tmp_path / "grid.png"
     assert main(["sample", "--checkpoint", str(out / "checkpoint.pt"), "--n", "12", "--out",
                  str(picture), "--device", "cpu"]) == 0
-    assert picture.is_file()
+    # 12 digits: 4 columns x 3 rows of 18 pixels (padding included) + 2, enlarged 7 times
+    assert Image.open(picture).size == (74 * 7, 56 * 7)
     tensor = tmp_path / "samples.pt"
     assert main(["sample", "--checkpoint", str(out / "checkpoint.pt"), "--n", "5", "--out",
                  str(tensor), "--device", "cpu"]) == 0
@@ -63,12 +71,12 @@ def test_no_conditional_overrides_the_recipe(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("FASTGAN_CACHE_DIR", str(tmp_path / "cache"))
     assert main(["train", "--data", "digits", "--no-conditional", "--steps", "1",
                  "--batch-size", "4", "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    assert capsys.readouterr().err == ""  # --quiet: no progress
     trainer = fastgan.Trainer.load(tmp_path / "out" / "checkpoint.pt", device="cpu")
     assert trainer.generator.num_classes == 0 and trainer.discriminator.num_classes == 0
 
 
 def test_train_on_an_image_folder(tmp_path, capsys):
-    from PIL import Image
     for label in ("a", "b"):
         os.makedirs(tmp_path / "images" / label)
         for index in range(4):

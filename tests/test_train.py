@@ -1,5 +1,7 @@
 """Short training runs: finite losses, outputs, checkpoints that round-trip, exact resumption,
 NaN and Ctrl-C handling, and errors before training."""
+import dataclasses
+import inspect
 import json
 import os
 import signal
@@ -10,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import fastgan
 from fastgan.models import DCGANDiscriminator, DCGANGenerator, MLPDiscriminator, MLPGenerator
-from fastgan.train import lazy_adam_settings, r1_penalty
+from fastgan.train import TrainerConfig, lazy_adam_settings, r1_penalty
 
 
 def _mlp_models(seed=0):
@@ -163,7 +165,7 @@ def test_lr_decay_falls_linearly_to_zero_and_resumes(tmp_path):
     expected = [1, 1, 1, 0.75, 0.5, 0.25]
     assert learning_rates == pytest.approx([(1e-3 * f, 2e-3 * f) for f in expected])
     resumed = fastgan.Trainer.load(tmp_path / "checkpoint.pt", device="cpu")
-    assert resumed.config["lr_decay"] == [2, 6]
+    assert resumed.config.lr_decay == (2, 6)
     _fit(resumed, _ring(), 7)  # past the end the learning rates stay at 0
     assert resumed.optimizer_g.param_groups[0]["lr"] == 0.0
 
@@ -182,6 +184,39 @@ def test_checkpoint_round_trip(tmp_path):
     other = tmp_path / "copy.pt"
     loaded.save(other)
     assert fastgan.Trainer.load(other, device="cpu").step == 2
+
+
+def test_the_checkpoint_stores_the_settings_as_plain_values(tmp_path):
+    trainer = _trainer(_mlp_models(), tmp_path, r1_gamma=1, betas=[0, 0.99], lr_decay=(2, 6),
+                       ema_decay=0.5, n_critic=2, seed=4, keep_checkpoints=2)
+    _fit(trainer, _ring(), 1)
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["config"] == {
+        "loss": "non_saturating", "r1_gamma": 1.0, "r1_interval": 16, "lr_g": 2e-4,
+        "lr_d": 2e-4, "betas": [0.0, 0.99], "ema_decay": 0.5, "label_smoothing": 0.0,
+        "n_critic": 2, "lr_decay": [2, 6], "amp": False, "out_dir": str(tmp_path), "seed": 4,
+        "keep_checkpoints": 2}
+    assert isinstance(trainer.config.r1_gamma, float) and trainer.config.betas == (0.0, 0.99)
+    with pytest.raises(AttributeError):
+        trainer.config.seed = 5  # settings are fixed once the trainer is built
+
+
+def test_a_checkpoint_without_the_newer_settings_loads_with_their_defaults(tmp_path):
+    trainer = _trainer(_mlp_models(), tmp_path, lr_g=1e-3)
+    _fit(trainer, _ring(), 1)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    for name in ("n_critic", "lr_decay", "keep_checkpoints"):
+        del state["config"][name]
+    torch.save(state, tmp_path / "older.pt")
+    loaded = fastgan.Trainer.load(tmp_path / "older.pt", device="cpu")
+    assert (loaded.config.n_critic, loaded.config.lr_decay, loaded.config.keep_checkpoints,
+            loaded.config.lr_g) == (1, None, 1, 1e-3)
+
+
+def test_trainer_config_fields_are_the_trainers_keywords():
+    keywords = [name for name, parameter in inspect.signature(fastgan.Trainer).parameters.items()
+                if parameter.kind is inspect.Parameter.KEYWORD_ONLY]
+    fields = [field.name for field in dataclasses.fields(TrainerConfig)]
+    assert fields == [name for name in keywords if name != "device"]
 
 
 class _UserGenerator(torch.nn.Module):

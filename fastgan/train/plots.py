@@ -5,9 +5,16 @@ import os
 import numpy as np
 import torch
 
+# A grid shorter than this (pixels, its longer side) is enlarged: a 64-image grid of 16x16
+# digits is 146 pixels, a thumbnail too small to judge on a screen.
+VIEWABLE_SIDE = 512
 
-def save_image_grid(images, path, padding=2):
-    """(N, C, H, W) images in [-1, 1] tiled into a square-ish grid, saved as PNG."""
+
+def save_image_grid(images, path, padding=2, min_side=VIEWABLE_SIDE):
+    """(N, C, H, W) images in [-1, 1] tiled into a square-ish grid, saved as PNG. A grid whose
+    longer side is under `min_side` pixels is enlarged by the smallest integer factor that reaches
+    it, every pixel becoming a square block (nearest neighbour: no blur, no new values); larger
+    grids are saved 1:1. Returns that factor."""
     from PIL import Image
 
     count, channels, height, width = images.shape
@@ -20,7 +27,10 @@ def save_image_grid(images, path, padding=2):
         left = padding + (index % columns) * (width + padding)
         grid[:, top:top + height, left:left + width] = image
     pixels = grid.clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    scale = max(1, math.ceil(min_side / max(pixels.shape[:2])))
+    pixels = pixels.repeat(scale, axis=0).repeat(scale, axis=1)
     Image.fromarray(pixels[:, :, 0] if channels == 1 else pixels).save(path)
+    return scale
 
 
 def save_scatter(points, path, modes=None):

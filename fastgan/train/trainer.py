@@ -1,8 +1,6 @@
 """fastgan.Trainer: the DCGAN training recipe (alternating Adam updates of D and G) with R1,
-EMA, AMP, logging, sample pictures and exactly resumable, atomic checkpoints."""
+EMA, AMP and exactly resumable checkpoints; fastgan.train.outputs writes the run's files."""
 import copy
-import json
-import os
 import random
 import signal
 import threading
@@ -18,13 +16,13 @@ from fastgan.models._checks import check_choice, check_int
 from fastgan.ops._checks import check_number, check_tensor
 from fastgan.train import distributed
 from fastgan.train.batches import make_batches
-from fastgan.train.checkpoint import atomic_save, check_path, safe_load
-from fastgan.train.plots import save_image_grid, save_loss_plot, save_scatter
+from fastgan.train.checkpoint import atomic_save, safe_load
+from fastgan.train.config import TrainerConfig
+from fastgan.train.outputs import RunOutputs
+from fastgan.train.progress import open_progress
 from fastgan.train.regularization import lazy_adam_settings, r1_penalty
 
 CHECKPOINT_FORMAT = 1
-CHECKPOINT_NAME = "checkpoint.pt"
-CHECKPOINT_HISTORY = "checkpoints"  # out_dir's folder of the last keep_checkpoints checkpoints
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _GRID_SAMPLES = 64      # images in a sample grid
 _SCATTER_SAMPLES = 2000  # points in a 2D scatter plot
@@ -107,62 +105,35 @@ class Trainer:
         if _num_classes(generator) != _num_classes(discriminator):
             raise ValueError(f"generator and discriminator disagree on num_classes "
                              f"({_num_classes(generator)} vs {_num_classes(discriminator)})")
-        check_choice("loss", loss, losses.KINDS)
-        check_number("r1_gamma", r1_gamma, minimum=0.0)
-        check_int("r1_interval", r1_interval, minimum=1)
-        check_number("lr_g", lr_g, positive=True)
-        check_number("lr_d", lr_d, positive=True)
-        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-            raise ValueError(f"betas must be a pair of numbers, got {betas!r}")
-        for beta in betas:
-            check_number("betas", beta, minimum=0.0, maximum=0.9999999)
-        if ema_decay is not None:
-            check_number("ema_decay", ema_decay, minimum=0.0, maximum=0.9999999)
-        check_number("label_smoothing", label_smoothing, minimum=0.0, maximum=0.5)
-        if label_smoothing and loss not in ("minimax", "non_saturating"):
-            raise ValueError(f"label_smoothing applies to the minimax and non_saturating "
-                             f"losses, not {loss!r}")
-        check_int("n_critic", n_critic, minimum=1)
-        if lr_decay is not None:
-            if not isinstance(lr_decay, (tuple, list)) or len(lr_decay) != 2:
-                raise ValueError(f"lr_decay must be None or a (start, end) pair of steps, got "
-                                 f"{lr_decay!r}")
-            check_int("lr_decay start", lr_decay[0], minimum=0)
-            check_int("lr_decay end", lr_decay[1], minimum=lr_decay[0] + 1)
-        check_int("seed", seed)
-        check_int("keep_checkpoints", keep_checkpoints, minimum=1)
-        if out_dir is not None:
-            check_path("out_dir", out_dir)
-        if not isinstance(amp, bool):
-            raise TypeError(f"amp must be a bool, got {type(amp).__name__}")
+        self.config = TrainerConfig(
+            loss=loss, r1_gamma=r1_gamma, r1_interval=r1_interval, lr_g=lr_g, lr_d=lr_d,
+            betas=betas, ema_decay=ema_decay, label_smoothing=label_smoothing, n_critic=n_critic,
+            lr_decay=lr_decay, amp=amp, out_dir=out_dir, seed=seed,
+            keep_checkpoints=keep_checkpoints)
+        config = self.config
         self.device, self.rank, self.world_size = distributed.setup(resolve_device(device))
-        if amp and self.device.type != "cuda":
+        if config.amp and self.device.type != "cuda":
             raise ValueError(f"amp=True needs a CUDA device, got device {str(self.device)!r}")
-        self.config = {"loss": loss, "r1_gamma": float(r1_gamma), "r1_interval": int(r1_interval),
-                       "lr_g": float(lr_g), "lr_d": float(lr_d), "betas": [float(b) for b in betas],
-                       "ema_decay": None if ema_decay is None else float(ema_decay),
-                       "label_smoothing": float(label_smoothing), "n_critic": int(n_critic),
-                       "lr_decay": None if lr_decay is None else [int(step) for step in lr_decay],
-                       "amp": amp, "out_dir": None if out_dir is None else os.fspath(out_dir),
-                       "seed": int(seed), "keep_checkpoints": int(keep_checkpoints)}
-        self.out_dir = self.config["out_dir"] if self.rank == 0 else None  # rank 0 writes
+        self.outputs = RunOutputs(config.out_dir if self.rank == 0 else None,  # rank 0 writes
+                                  config.keep_checkpoints)
         # Each rank its own noise (the data order comes from `seed` alone).
-        random.seed(seed + self.rank)
-        np.random.seed(seed + self.rank)
-        torch.manual_seed(seed + self.rank)
+        random.seed(config.seed + self.rank)
+        np.random.seed(config.seed + self.rank)
+        torch.manual_seed(config.seed + self.rank)
 
         self.generator = generator.to(self.device)
         self.discriminator = discriminator.to(self.device)
         self.ema = (copy.deepcopy(generator).requires_grad_(False).eval()
-                    if ema_decay is not None else None)
+                    if config.ema_decay is not None else None)
         # What trains with gradients shared across processes (the modules themselves when
         # alone); the EMA copy above stays unsynced, as rank 0 alone samples from it.
         self._ddp_generator = distributed.wrap(self.generator, self.device)
         self._ddp_discriminator = distributed.wrap(self.discriminator, self.device)
-        self.lazy_r1 = r1_gamma > 0 and r1_interval > 1
-        lr_d, betas_d = (lazy_adam_settings(lr_d, betas, r1_interval) if self.lazy_r1
-                         else (lr_d, tuple(betas)))
-        self.optimizer_g = torch.optim.Adam(generator.parameters(), lr=lr_g, betas=tuple(betas))
+        self.lazy_r1 = config.r1_gamma > 0 and config.r1_interval > 1
+        lr_d, betas_d = (lazy_adam_settings(config.lr_d, config.betas, config.r1_interval)
+                         if self.lazy_r1 else (config.lr_d, config.betas))
+        self.optimizer_g = torch.optim.Adam(generator.parameters(), lr=config.lr_g,
+                                            betas=config.betas)
         self.optimizer_d = torch.optim.Adam(discriminator.parameters(), lr=lr_d, betas=betas_d)
         self._initial_lrs = {optimizer: [group["lr"] for group in optimizer.param_groups]
                              for optimizer in (self.optimizer_g, self.optimizer_d)}
@@ -170,9 +141,9 @@ class Trainer:
         self.history = []  # the logged metrics, one dict per log line
         # Noise for sample() and the pictures: separate generators, so that looking at samples
         # never changes the training run.
-        self._sample_generator = torch.Generator().manual_seed(seed + 1)
+        self._sample_generator = torch.Generator().manual_seed(config.seed + 1)
         self._fixed_noise = torch.randn(max(_GRID_SAMPLES, _SCATTER_SAMPLES), generator.z_dim,
-                                        generator=torch.Generator().manual_seed(seed + 2))
+                                        generator=torch.Generator().manual_seed(config.seed + 2))
         self._batches = None
         self._data_state = None
         self._interrupted = None  # the stop signal received during fit, if any
@@ -183,7 +154,7 @@ class Trainer:
     # --- training ---------------------------------------------------------------------------
 
     def _autocast(self):
-        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.config["amp"])
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.config.amp)
 
     def _condition(self, labels):
         return (labels,) if _num_classes(self.generator) else ()
@@ -196,7 +167,7 @@ class Trainer:
                                      f"stopped before applying it ({where})")
 
     def _discriminator_step(self, real, labels):
-        gamma, interval = self.config["r1_gamma"], self.config["r1_interval"]
+        gamma, interval = self.config.r1_gamma, self.config.r1_interval
         regularize = gamma > 0 and self.step % interval == 0
         combined = regularize and not self.lazy_r1
         noise = torch.randn(len(real), self.generator.z_dim, device=self.device)
@@ -206,8 +177,8 @@ class Trainer:
             real = real.requires_grad_(combined)
             real_logits = self._ddp_discriminator(real, *self._condition(labels))
             fake_logits = self._ddp_discriminator(fake, *self._condition(labels))
-            loss = losses.d_loss(real_logits.float(), fake_logits.float(), self.config["loss"],
-                                 self.config["label_smoothing"])
+            loss = losses.d_loss(real_logits.float(), fake_logits.float(), self.config.loss,
+                                 self.config.label_smoothing)
             penalty = r1_penalty(real_logits, real, gamma) if combined else None
         total = loss if penalty is None else loss + penalty
         self._check_finite("the discriminator loss", total)
@@ -237,7 +208,7 @@ class Trainer:
         with self._autocast():  # D's gradients here are dropped: no need to share them
             fake_logits = self.discriminator(self._ddp_generator(noise, *self._condition(labels)),
                                              *self._condition(labels))
-            loss = losses.g_loss(fake_logits.float(), self.config["loss"])
+            loss = losses.g_loss(fake_logits.float(), self.config.loss)
         self._check_finite("the generator loss", loss)
         self.optimizer_g.zero_grad(set_to_none=True)
         loss.backward(inputs=_trainable(self.generator))  # not D's weight gradients
@@ -248,14 +219,14 @@ class Trainer:
 
     @torch.no_grad()
     def _update_ema(self):
-        decay = self.config["ema_decay"]
+        decay = self.config.ema_decay
         for average, current in zip(self.ema.parameters(), self.generator.parameters()):
             average.lerp_(current, 1 - decay)
 
     def _set_learning_rates(self):
-        if self.config["lr_decay"] is None:
+        if self.config.lr_decay is None:
             return
-        start, end = self.config["lr_decay"]
+        start, end = self.config.lr_decay
         scale = min(1.0, max(0.0, (end - self.step) / (end - start)))
         for optimizer, lrs in self._initial_lrs.items():
             for group, lr in zip(optimizer.param_groups, lrs):
@@ -264,7 +235,7 @@ class Trainer:
     def _train_step(self):
         self._set_learning_rates()
         metrics = {}
-        for _ in range(self.config["n_critic"]):
+        for _ in range(self.config.n_critic):
             real, labels = next(self._batches)
             real = real.to(self.device, non_blocking=True)
             labels = None if labels is None else labels.to(self.device, non_blocking=True)
@@ -293,13 +264,17 @@ class Trainer:
         continues where it stopped.
 
         data: a Tensor of samples, a Dataset of samples or (sample, label) pairs, or a
-        DataLoader (which then sets the batch size and order). Every log_every steps the mean
-        metrics go to the progress bar, out_dir/metrics.jsonl and TensorBoard (if installed);
-        every sample_every steps a picture of fixed-noise samples (2D data: a scatter plot,
-        `modes` marked) and `evaluate(trainer)`'s metrics; every checkpoint_every steps and at
-        the end out_dir/checkpoint.pt. Ctrl-C finishes the step, saves and raises
-        KeyboardInterrupt; SIGTERM does the same, then raises SystemExit(143) as the signal
-        would have ended the process."""
+        DataLoader (which then sets the batch size and order). progress: show progress on
+        stderr, as a bar in a terminal or a notebook, as a plain line at every tenth of the steps
+        and at least every 30 s where stderr goes to a file or a pipe. Every log_every steps the
+        mean metrics go to that display, out_dir/metrics.jsonl and TensorBoard (if installed);
+        every sample_every steps a picture of fixed-noise samples, out_dir/samples/step_N.png
+        (images: a grid, small ones enlarged by an integer factor with nearest neighbour to at
+        least 512 pixels; 2D data: a scatter plot, `modes` marked), with the newest one's raw
+        tensor in out_dir/samples/latest.pt, and `evaluate(trainer)`'s metrics; every
+        checkpoint_every steps and at the end out_dir/checkpoint.pt. Ctrl-C finishes the step,
+        saves and raises KeyboardInterrupt; SIGTERM does the same, then raises SystemExit(143)
+        as the signal would have ended the process."""
         check_int("steps", steps, minimum=0)
         check_int("batch_size", batch_size, minimum=2)
         for name, value in (("log_every", log_every), ("sample_every", sample_every),
@@ -310,43 +285,33 @@ class Trainer:
         if modes is not None:
             check_tensor("modes", modes, dims=(2,))
         shard = (self.rank, self.world_size)
-        check_batches = make_batches(data, batch_size, self.config["seed"], *shard)
+        check_batches = make_batches(data, batch_size, self.config.seed, *shard)
         self._check_data(check_batches)
-        self._batches = make_batches(data, batch_size, self.config["seed"], *shard)
+        self._batches = make_batches(data, batch_size, self.config.seed, *shard)
         if self._data_state is not None:
             self._batches.load_state_dict(self._data_state)
         if self.step >= steps:
             return self
-        if self.out_dir:
-            os.makedirs(self.out_dir, exist_ok=True)
-            self._truncate_metrics_log()
-        writer = self._tensorboard_writer()
+        self.outputs.open(self.step)
         previous_handlers = self._catch_interrupts()
         try:
-            self._run(steps, log_every, sample_every, checkpoint_every, evaluate, modes, progress,
-                      writer)
+            self._run(steps, log_every, sample_every, checkpoint_every, evaluate, modes, progress)
         finally:
             self._data_state = self._batches.state_dict()
             for signum, handler in previous_handlers.items():
                 signal.signal(signum, handler)
-            if writer is not None:
-                writer.close()
+            self.outputs.close()
         return self
 
-    def _run(self, steps, log_every, sample_every, checkpoint_every, evaluate, modes, progress,
-             writer):
-        from tqdm.auto import tqdm
-
+    def _run(self, steps, log_every, sample_every, checkpoint_every, evaluate, modes, progress):
         sums, count, start = {}, 0, time.perf_counter()
-        with tqdm(total=steps, initial=self.step, disable=not progress or self.rank > 0,
-                  unit="step") as bar:
+        with open_progress(steps, self.step, enabled=progress and self.rank == 0) as bar:
             while self.step < steps:
                 metrics = self._train_step()
                 self.step += 1
                 count += 1
                 for key, value in metrics.items():
                     sums[key] = sums.get(key, 0.0) + value
-                bar.update(1)
                 last = self.step == steps
                 if log_every and self.step % log_every == 0 or last:
                     sums = distributed.mean_over_ranks(sums)
@@ -355,13 +320,13 @@ class Trainer:
                     sums, count = {}, 0
                     bar.set_postfix({k: f"{v:.3f}" for k, v in entry.items()
                                      if k not in ("step", "seconds")})
-                    self._log(entry, writer)
+                    self._log(entry)
+                bar.update(1)  # after the step's losses, which a progress line shows
                 if sample_every and self.step % sample_every == 0 or last:
                     self._write_pictures(modes)
                     if evaluate is not None and self.rank == 0:
                         self.last_evaluation = evaluate(self)
-                        self._log({"step": self.step, **self.last_evaluation}, writer,
-                                  history=False)
+                        self._log({"step": self.step, **self.last_evaluation}, history=False)
                 if checkpoint_every and self.step % checkpoint_every == 0 or last:
                     self._save_checkpoint()
                 if distributed.any_rank(self._interrupted is not None):
@@ -394,98 +359,38 @@ class Trainer:
     # --- outputs ----------------------------------------------------------------------------
 
     @property
+    def out_dir(self):
+        """Where this process writes (None: nowhere, as on every rank but 0)."""
+        return self.outputs.out_dir
+
+    @property
     def checkpoint_path(self):
-        return os.path.join(self.out_dir, CHECKPOINT_NAME) if self.out_dir else None
+        return self.outputs.checkpoint_path
 
     def _save_checkpoint(self):
-        rng_per_rank = distributed.gather(_rng_state())
+        rng_per_rank = distributed.gather(_rng_state())  # every rank takes part
         if self.out_dir:
             state = self.state_dict()
             if self.world_size > 1:
                 state["rng_per_rank"] = rng_per_rank
-            atomic_save(state, self.checkpoint_path)
-            if self.config["keep_checkpoints"] > 1:
-                self._keep_checkpoint()
-            if self.history:
-                save_loss_plot(self.history, os.path.join(self.out_dir, "losses.png"))
+            self.outputs.save_checkpoint(state, self.step, self.history)
         distributed.barrier()
 
-    def _kept_checkpoints(self):
-        """{step: path} of the checkpoints in out_dir/checkpoints."""
-        folder = os.path.join(self.out_dir, CHECKPOINT_HISTORY)
-        if not os.path.isdir(folder):
-            return {}
-        steps = (name[len("step_"):-len(".pt")] for name in os.listdir(folder)
-                 if name.startswith("step_") and name.endswith(".pt"))
-        return {int(step): os.path.join(folder, f"step_{step}.pt") for step in steps
-                if step.isdigit()}
-
-    def _keep_checkpoint(self):
-        """Links the new checkpoint.pt into out_dir/checkpoints (a copy where the filesystem has
-        no hard links) and deletes all but the newest keep_checkpoints there."""
-        kept = os.path.join(self.out_dir, CHECKPOINT_HISTORY, f"step_{self.step:06d}.pt")
-        os.makedirs(os.path.dirname(kept), exist_ok=True)
-        if os.path.exists(kept):
-            os.unlink(kept)  # saved at this step before, by the run this one resumes
-        try:
-            os.link(self.checkpoint_path, kept)
-        except OSError:
-            atomic_save(self.state_dict(), kept)
-        history = self._kept_checkpoints()
-        for step in sorted(history)[:-self.config["keep_checkpoints"]]:
-            os.unlink(history[step])
-
-    def _tensorboard_writer(self):
-        if not self.out_dir:
-            return None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:  # TensorBoard is optional
-            return None
-        return SummaryWriter(os.path.join(self.out_dir, "tensorboard"))
-
-    def _log(self, entry, writer, history=True):
+    def _log(self, entry, history=True):
         if history:
             self.history.append(entry)
-        if self.out_dir:
-            with open(os.path.join(self.out_dir, "metrics.jsonl"), "a") as log:
-                log.write(json.dumps(entry) + "\n")
-        if writer is not None:
-            for key, value in entry.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    writer.add_scalar(key, value, entry["step"])
-
-    def _truncate_metrics_log(self):
-        """Drops lines logged, and kept checkpoints saved, after the checkpoint this run resumes
-        from."""
-        for step, kept in self._kept_checkpoints().items():
-            if step > self.step:
-                os.unlink(kept)
-        path = os.path.join(self.out_dir, "metrics.jsonl")
-        if not os.path.exists(path):
-            return
-        with open(path) as log:
-            lines = [line for line in log if line.strip()
-                     and json.loads(line)["step"] <= self.step]
-        with open(path, "w") as log:
-            log.writelines(lines)
+        self.outputs.log(entry)
 
     def _write_pictures(self, modes):
         if not self.out_dir:
             return
-        folder = os.path.join(self.out_dir, "samples")
-        os.makedirs(folder, exist_ok=True)
-        path = os.path.join(folder, f"step_{self.step:06d}.png")
-        images = self._generate(self._fixed_noise[:_GRID_SAMPLES],
-                                self._fixed_labels(_GRID_SAMPLES))
-        if images.dim() == 4:
-            save_image_grid(images, path)
-        elif images.shape[1:] == (2,):
-            points = self._generate(self._fixed_noise, self._fixed_labels(_SCATTER_SAMPLES))
-            save_scatter(points, path, modes)
-        else:
-            return
-        self.latest_samples_path = path
+        samples = self._generate(self._fixed_noise[:_GRID_SAMPLES],
+                                 self._fixed_labels(_GRID_SAMPLES))
+        if samples.shape[1:] == (2,):  # points: a scatter plot shows more of them
+            samples = self._generate(self._fixed_noise, self._fixed_labels(_SCATTER_SAMPLES))
+        path = self.outputs.write_samples(self.step, samples, modes)
+        if path is not None:
+            self.latest_samples_path = path
 
     # --- sampling ---------------------------------------------------------------------------
 
@@ -507,7 +412,7 @@ class Trainer:
             norm.momentum = None  # a cumulative average over the calibration batches
         self.ema.train()
         noise = torch.randn(_CALIBRATION_BATCHES, _CALIBRATION_BATCH, self.generator.z_dim,
-                            generator=torch.Generator().manual_seed(self.config["seed"] + 3))
+                            generator=torch.Generator().manual_seed(self.config.seed + 3))
         labels = self._fixed_labels(_CALIBRATION_BATCH)
         condition = () if labels is None else (labels.to(self.device),)
         with self._autocast():
@@ -556,7 +461,7 @@ class Trainer:
     def state_dict(self):
         """Everything `load` needs, as tensors and plain Python values (loadable with
         torch.load(weights_only=True))."""
-        return {"format": CHECKPOINT_FORMAT, "step": self.step, "config": dict(self.config),
+        return {"format": CHECKPOINT_FORMAT, "step": self.step, "config": self.config.to_dict(),
                 "models": {"generator": _model_spec(self.generator),
                            "discriminator": _model_spec(self.discriminator)},
                 "generator": self.generator.state_dict(),
@@ -586,7 +491,7 @@ class Trainer:
             # ranks start new streams.
             _set_rng_state(state["rng"])
             if self.rank > 0:
-                torch.manual_seed(self.config["seed"] + self.rank
+                torch.manual_seed(self.config.seed + self.rank
                                   + state["step"] * self.world_size)
         self._sample_generator.set_state(state["sample_rng"])
         self.step = state["step"]
@@ -616,7 +521,7 @@ class Trainer:
             models[name] = given if given is not None else REGISTRY[spec["name"]](**spec["config"])
         config = dict(state["config"])
         if out_dir is not None:
-            config["out_dir"] = check_path("out_dir", out_dir)
+            config["out_dir"] = out_dir
         trainer = cls(models["generator"], models["discriminator"], device=device, **config)
         trainer.load_state_dict(state)
         return trainer
