@@ -17,12 +17,12 @@ def _levels(shape, seed):
 
 
 def _expected_grid(values, columns, padding):
-    """The grid laid out by hand: images left to right, top to bottom, `padding` black (-1)
-    pixels around each."""
+    """The grid laid out by hand: images left to right, top to bottom, `padding` mid-grey (128)
+    pixels around each and in empty cells."""
     count, channels, height, width = values.shape
     rows = -(-count // columns)
-    grid = np.zeros((rows * (height + padding) + padding, columns * (width + padding) + padding,
-                     channels), np.uint8)
+    grid = np.full((rows * (height + padding) + padding, columns * (width + padding) + padding,
+                    channels), 128, np.uint8)
     for index in range(count):
         top = padding + (index // columns) * (height + padding)
         left = padding + (index % columns) * (width + padding)

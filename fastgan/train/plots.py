@@ -8,6 +8,8 @@ import torch
 # A grid shorter than this (pixels, its longer side) is enlarged: a 64-image grid of 16x16
 # digits is 146 pixels, a thumbnail too small to judge on a screen.
 VIEWABLE_SIDE = 512
+# The padding between tiles is mid-grey, so that tiles stand apart on dark and light images alike.
+PADDING_VALUE = 0.0
 
 
 def save_image_grid(images, path, padding=2, min_side=VIEWABLE_SIDE):
@@ -21,7 +23,7 @@ def save_image_grid(images, path, padding=2, min_side=VIEWABLE_SIDE):
     columns = math.ceil(math.sqrt(count))
     rows = math.ceil(count / columns)
     grid = torch.full((channels, rows * (height + padding) + padding,
-                       columns * (width + padding) + padding), -1.0)
+                       columns * (width + padding) + padding), PADDING_VALUE)
     for index, image in enumerate(images.float().cpu()):
         top = padding + (index // columns) * (height + padding)
         left = padding + (index % columns) * (width + padding)
