@@ -176,7 +176,8 @@ def test_a_key_that_would_close_the_marker_is_refused():
 
 def test_headings_move_one_level_down_and_nothing_else_does():
     markdown = "### Title\n\ntext with a # sign\n#### Sub\n| a # b |"
-    assert report.demote_headings(markdown) == "#### Title\n\ntext with a # sign\n##### Sub\n| a # b |"
+    expected = "#### Title\n\ntext with a # sign\n##### Sub\n| a # b |"
+    assert report.demote_headings(markdown) == expected
 
 
 def test_cpu_model_reads_the_model_name(tmp_path):
