@@ -191,3 +191,16 @@ def test_markdown_refuses_a_partial_run():
                              "--markdown", "--only", "bn"], capture_output=True, text=True)
     assert result.returncode == 2
     assert "--markdown runs every suite" in result.stderr
+
+
+def test_the_repository_documents_have_what_run_py_writes_into():
+    """README.md has one pair of summary markers, and every machine section of
+    benchmarks/README.md is closed, so that `run.py --markdown` can rewrite them."""
+    with open(os.path.join(ROOT, "README.md")) as f:
+        assert report.SUMMARY_BEGIN in report.replace_summary(f.read(), "table")
+    with open(os.path.join(ROOT, "benchmarks", "README.md")) as f:
+        document = f.read()
+    keys = [line[len("<!-- results: "):-len(" -->")] for line in document.splitlines()
+            if line.startswith("<!-- results: ")]
+    for key in keys:  # replaced, not appended to
+        assert report.section_begin(key) not in report.replace_section(document, key, "new")
