@@ -19,6 +19,8 @@ test: build
 	$(PY) -m pytest -ra tests
 	@$(MAKE) --no-print-directory cuda-check
 
+# Prints every benchmark's tables; benchmarks/README.md has the method, and the command that also
+# writes them into the documents.
 bench: build
 	$(PY) benchmarks/run.py
 

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import fastgan
-from common import copy_bandwidth, median_seconds, table
+from common import SuiteResult, compare, copy_bandwidth, median_seconds, table
 
 SHAPES = [(64, 128, 16, 16), (64, 64, 32, 32), (64, 256, 8, 8)]
 
@@ -60,38 +60,49 @@ def pass_floor(x, grad, device, min_run_time):
 
 
 def run(device="cpu", dtype=torch.float32, min_run_time=1.0):
+    """SuiteResult; figures, per shape and layout: "vs_eager" and "vs_compile" (forward+backward:
+    their time / fastgan's), "over_floor" (fastgan's time / the pass floor), "r1_vs_eager" (the
+    R1 pattern)."""
     device = torch.device(device)
     compiled = torch.compile(eager)
     rows = []
+    figures = {"vs_eager": [], "vs_compile": [], "over_floor": [], "r1_vs_eager": []}
     for shape in SHAPES:
         numel = torch.Size(shape).numel()
         copy_gbs = copy_bandwidth(numel, dtype, device)
         for memory_format, layout in ((torch.contiguous_format, "NCHW"),
                                       (torch.channels_last, "NHWC")):
             inputs = make_inputs(shape, memory_format, device, dtype)
-            t = {name: median_seconds(forward_backward(fn, *inputs), device, min_run_time)
-                 for name, fn in (("eager", eager), ("compile", compiled), ("fastgan", fused))}
-            r1 = {name: median_seconds(r1_pattern(fn, *inputs), device, min_run_time)
-                  for name, fn in (("eager", eager), ("fastgan", fused))}
+            t = compare({name: forward_backward(fn, *inputs)
+                         for name, fn in (("eager", eager), ("compile", compiled),
+                                          ("fastgan", fused))}, device, min_run_time)
+            r1 = compare({name: r1_pattern(fn, *inputs)
+                          for name, fn in (("eager", eager), ("fastgan", fused))},
+                         device, min_run_time)
             floor = pass_floor(inputs[0], inputs[-1], device, min_run_time)
             # Least traffic of any forward+backward: read x, write out, read x and grad_out,
             # write grad_input.
             gbs = 5 * numel * inputs[0].element_size() / t["fastgan"] / 1e9
+            figures["vs_eager"].append(t["eager"] / t["fastgan"])
+            figures["vs_compile"].append(t["compile"] / t["fastgan"])
+            figures["over_floor"].append(t["fastgan"] / floor)
+            figures["r1_vs_eager"].append(r1["eager"] / r1["fastgan"])
             rows.append([
                 "x".join(map(str, shape)), layout,
                 f"{t['eager'] * 1e3:.2f}", f"{t['compile'] * 1e3:.2f}",
                 f"{t['fastgan'] * 1e3:.2f}",
-                f"**{t['eager'] / t['fastgan']:.2f}x**", f"**{t['compile'] / t['fastgan']:.2f}x**",
+                f"**{figures['vs_eager'][-1]:.2f}x**", f"**{figures['vs_compile'][-1]:.2f}x**",
                 f"{gbs:.0f} ({100 * gbs / copy_gbs:.0f}% of {copy_gbs:.0f})",
-                f"{floor * 1e3:.2f}", f"{t['fastgan'] / floor:.2f}",
+                f"{floor * 1e3:.2f}", f"{figures['over_floor'][-1]:.2f}",
                 f"{r1['eager'] * 1e3:.2f}", f"{r1['fastgan'] * 1e3:.2f}",
-                f"**{r1['eager'] / r1['fastgan']:.2f}x**",
+                f"**{figures['r1_vs_eager'][-1]:.2f}x**",
             ])
     header = ["shape", "layout", "eager ms", "compile ms", "fastgan ms", "vs eager",
               "vs compile", "fastgan GB/s (% of copy)", "pass floor ms", "fastgan / floor",
               "R1 eager ms", "R1 fastgan ms", "R1 vs eager"]
-    return ("### BatchNorm+LeakyReLU(0.2), training, forward+backward and R1 pattern\n\n"
-            + table(header, rows)
-            + "\n\npass floor = the four passes of a two-pass forward+backward, each timed as "
-            "PyTorch's plainest kernel over the same bytes (sum; leaky_relu; dot with grad_output; "
-            "add; low precision read as float32 words)")
+    markdown = ("### BatchNorm+LeakyReLU(0.2), training, forward+backward and R1 pattern\n\n"
+                + table(header, rows)
+                + "\n\npass floor = the four passes of a two-pass forward+backward, each timed "
+                "as PyTorch's plainest kernel over the same bytes (sum; leaky_relu; dot with "
+                "grad_output; add; low precision read as float32 words)")
+    return SuiteResult(markdown, figures)

@@ -1,13 +1,11 @@
 """ConvTranspose2d forward+backward on the DCGAN-64 generator's layers: fastgan against PyTorch
 eager (oneDNN / MKL) and torch.compile of the same call. The last layer carries the generator's
 tanh, fused into fastgan's epilogue and a separate op for the others."""
-import math
-
 import torch
 import torch.nn.functional as F
 
 import fastgan
-from common import matmul_rate, median_seconds, table
+from common import SuiteResult, compare, geometric_mean, matmul_rate, table
 
 BATCH = 64
 # (C_in, C_out, input size, stride, padding, activation); kernel 4, no bias, as in DCGAN.
@@ -38,6 +36,7 @@ def forward_backward(fn, x, weight, stride, padding, activation, grad):
 
 
 def run(device="cpu", dtype=torch.float32, min_run_time=1.0):
+    """SuiteResult; figures: per layer, "vs_eager" and "vs_compile" (their time / fastgan's)."""
     device = torch.device(device)
     # cuDNN runs float32 convolutions in TF32 unless torch.backends.cudnn.allow_tf32 is off;
     # fastgan's kernels (and matmul) follow torch.backends.cuda.matmul.allow_tf32, set to match.
@@ -53,34 +52,37 @@ def run(device="cpu", dtype=torch.float32, min_run_time=1.0):
 def _run(device, dtype, min_run_time, precision):
     compiled = torch.compile(eager)
     peak = matmul_rate(device, dtype)
-    rows, speedups = [], []
+    rows, vs_eager, vs_compile = [], [], []
     for c_in, c_out, size, stride, padding, activation in LAYERS:
         x = torch.randn(BATCH, c_in, size, size, device=device, dtype=dtype, requires_grad=True)
         weight = torch.randn(c_in, c_out, KERNEL, KERNEL, device=device, dtype=dtype) * 0.02
         weight.requires_grad_()
         out = eager(x, weight, stride, padding, activation)
         grad = torch.randn_like(out)
-        t = {name: median_seconds(forward_backward(fn, x, weight, stride, padding, activation,
-                                                   grad), device, min_run_time)
-             for name, fn in (("eager", eager), ("compile", compiled), ("fastgan", fused))}
+        t = compare({name: forward_backward(fn, x, weight, stride, padding, activation, grad)
+                     for name, fn in (("eager", eager), ("compile", compiled), ("fastgan", fused))},
+                    device, min_run_time)
         # Forward, grad_input and grad_weight: each one multiply-add per input pixel, tap and
         # pair of channels.
         flops = 3 * 2 * BATCH * size * size * c_in * c_out * KERNEL * KERNEL
         gflops = {name: flops / seconds / 1e9 for name, seconds in t.items()}
-        speedups.append(t["eager"] / t["fastgan"])
+        vs_eager.append(t["eager"] / t["fastgan"])
+        vs_compile.append(t["compile"] / t["fastgan"])
         rows.append([
             f"{c_in}->{c_out} ({size}->{out.shape[-1]})", activation or "-",
             f"{t['eager'] * 1e3:.2f}", f"{t['compile'] * 1e3:.2f}", f"{t['fastgan'] * 1e3:.2f}",
-            f"**{t['eager'] / t['fastgan']:.2f}x**", f"{t['compile'] / t['fastgan']:.2f}x",
+            f"**{vs_eager[-1]:.2f}x**", f"{vs_compile[-1]:.2f}x",
             f"{gflops['eager']:.0f} ({100 * gflops['eager'] / peak:.0f}%)",
             f"{gflops['fastgan']:.0f} ({100 * gflops['fastgan'] / peak:.0f}%)",
         ])
-    geomean = math.exp(sum(map(math.log, speedups)) / len(speedups))
-    rows.append(["geometric mean", "", "", "", "", f"**{geomean:.2f}x**", "", "", ""])
+    rows.append(["geometric mean", "", "", "", "", f"**{geometric_mean(vs_eager):.2f}x**",
+                 f"{geometric_mean(vs_compile):.2f}x", "", ""])
     header = ["layer", "activation", "eager ms", "compile ms", "fastgan ms", "vs eager",
               "vs compile", "eager GFLOP/s (% of matmul)", "fastgan GFLOP/s (% of matmul)"]
-    return (f"### ConvTranspose2d forward+backward, DCGAN-64 generator, batch {BATCH}, NCHW, "
-            f"{device.type} {precision} (matmul: {peak:.0f} GFLOP/s)\n\n" + table(header, rows)
-            + "\nGFLOP/s count the direct method's multiply-adds: on the CPU's Winograd path "
-            "(stride 2, >= 64 channels, >= 64 4x4 tiles in the batch) fastgan does 25/64 of "
-            "them, so it can pass 100% of the matmul rate.\n")
+    markdown = (f"### ConvTranspose2d forward+backward, DCGAN-64 generator, batch {BATCH}, "
+                f"NCHW, {device.type} {precision} (matmul: {peak:.0f} GFLOP/s)\n\n"
+                + table(header, rows)
+                + "\n\nGFLOP/s count the direct method's multiply-adds: on the CPU's Winograd "
+                "path (stride 2, >= 64 channels, >= 64 4x4 tiles in the batch) fastgan does "
+                "25/64 of them, so it can pass 100% of the matmul rate.")
+    return SuiteResult(markdown, {"vs_eager": vs_eager, "vs_compile": vs_compile})

@@ -18,7 +18,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 import fastgan  # noqa: E402
-from common import median_seconds, table  # noqa: E402
+from common import SuiteResult, compare, table  # noqa: E402
 from pytorch_examples_dcgan import NC, NZ, Discriminator, Generator, weights_init  # noqa: E402
 
 
@@ -54,6 +54,7 @@ def training_iteration(netG, netD, batch, device, autocast_dtype):
 
 
 def run(device="cpu", dtype=torch.float32, min_run_time=1.0, batch=64):
+    """SuiteResult; figures: "iteration" (the unconverted iteration's time / the converted's)."""
     device = torch.device(device)
     torch.manual_seed(0)
     netG, netD = Generator().to(device), Discriminator().to(device)
@@ -61,15 +62,15 @@ def run(device="cpu", dtype=torch.float32, min_run_time=1.0, batch=64):
     netD.apply(weights_init)
     models = {"torch": (netG, netD),
               "converted": (fastgan.nn.convert(netG), fastgan.nn.convert(netD))}
-    seconds = {name: median_seconds(training_iteration(g, d, batch, device, dtype), device,
-                                    min_run_time)
-               for name, (g, d) in models.items()}
+    seconds = compare({name: training_iteration(g, d, batch, device, dtype)
+                       for name, (g, d) in models.items()}, device, min_run_time)
     ratio = seconds["torch"] / seconds["converted"]
     rows = [["torch (unconverted)", f"{seconds['torch'] * 1e3:.1f}", "1.00x"],
             ["fastgan.nn.convert", f"{seconds['converted'] * 1e3:.1f}", f"**{ratio:.2f}x**"]]
     precision = "float32" if dtype == torch.float32 else f"autocast {dtype}"
-    return (f"### pytorch/examples DCGAN-64 training iteration (D step + G step), batch {batch}, "
-            f"{precision}\n\n" + table(["model", "ms / iteration", "speedup"], rows))
+    markdown = (f"### pytorch/examples DCGAN-64 training iteration (D step + G step), batch "
+                f"{batch}, {precision}\n\n" + table(["model", "ms / iteration", "speedup"], rows))
+    return SuiteResult(markdown, {"iteration": ratio})
 
 
 def main():
@@ -82,7 +83,7 @@ def main():
     parser.add_argument("--min-run-time", type=float, default=2.0)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(run(args.device, getattr(torch, args.dtype), args.min_run_time, args.batch))
+    print(run(args.device, getattr(torch, args.dtype), args.min_run_time, args.batch).markdown)
 
 
 if __name__ == "__main__":

@@ -6,13 +6,17 @@ Each backend runs in a fresh process; the number is its peak resident memory (ru
 its resident memory once the models, optimizers and data exist, so it counts what the steps
 allocate: activations, gradients, optimizer state and allocator slack.
 
-    python benchmarks/bench_memory.py [--image-size 64] [--batch-size 64] [--steps 3]
+    python benchmarks/bench_memory.py [--image-size 64] [--batch-size 64] [--steps 3] [--threads 2]
 """
 import argparse
 import json
 import os
 import subprocess
 import sys
+
+import torch
+
+from common import SuiteResult, table
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -57,8 +61,9 @@ print(json.dumps({"baseline": baseline, "peak": peak,
 """
 
 
-def measure(backend, image_size, batch_size, steps):
-    environment = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+def measure(backend, image_size, batch_size, steps, threads):
+    environment = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                   "OMP_NUM_THREADS": str(threads)}
     if backend == "eager":
         environment["FASTGAN_BACKEND"] = "reference"
     else:
@@ -72,21 +77,37 @@ def measure(backend, image_size, batch_size, steps):
     return numbers
 
 
+def run(device="cpu", dtype=torch.float32, min_run_time=None, image_size=64, batch_size=64,
+        steps=3, threads=None):
+    """SuiteResult; figures: "eager_mib" and "fastgan_mib" (peak - before). The child processes
+    measure the CPU's resident memory in float32, whatever `device` and `dtype` say; nothing is
+    timed (`min_run_time` is unused)."""
+    title = (f"### Peak memory of DCGAN-{image_size} training steps (D with R1, then G), batch "
+             f"{batch_size}, {steps} steps, CPU float32\n\n")
+    if torch.device(device).type != "cpu" or dtype != torch.float32:
+        return SuiteResult(title + "Measured for the CPU in float32 only.")
+    threads = threads or torch.get_num_threads()
+    mib = 2 ** 20
+    rows, figures = [], {}
+    for backend in ("eager", "fastgan"):
+        numbers = measure(backend, image_size, batch_size, steps, threads)
+        grown = (numbers["peak"] - numbers["baseline"]) / mib
+        figures[f"{backend}_mib"] = grown
+        rows.append([backend, f"{numbers['baseline'] / mib:.0f}", f"{numbers['peak'] / mib:.0f}",
+                     f"{grown:.0f}"])
+    header = ["backend", "resident before the steps (MiB)", "peak (MiB)", "peak - before (MiB)"]
+    return SuiteResult(title + table(header, rows), figures)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    mib = 2 ** 20
-    print(f"DCGAN-{args.image_size}, batch {args.batch_size}, {args.steps} steps (D with R1, "
-          f"then G), CPU, {os.cpu_count()} cores")
-    print("| backend | resident before the steps (MiB) | peak (MiB) | peak - before (MiB) |")
-    print("|---|---|---|---|")
-    for backend in ("eager", "fastgan"):
-        numbers = measure(backend, args.image_size, args.batch_size, args.steps)
-        print(f"| {backend} | {numbers['baseline'] / mib:.0f} | {numbers['peak'] / mib:.0f} | "
-              f"{(numbers['peak'] - numbers['baseline']) / mib:.0f} |")
+    print(run(image_size=args.image_size, batch_size=args.batch_size, steps=args.steps,
+              threads=args.threads).markdown)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from torch.profiler import ProfilerActivity, profile
 
 import fastgan
 from fastgan import _reference, losses
-from common import matmul_rate, median_seconds, table
+from common import SuiteResult, compare, matmul_rate, table
 
 BATCH, IMAGE_SIZE, Z_DIM, GAMMA = 64, 64, 100, 10.0
 PROFILE_ROWS = 12
@@ -142,27 +142,33 @@ def conv2d_parts(device, dtype, min_run_time):
         g = torch.randn_like(conv2d_module._forward(x, w, None, geometry, False))
         chosen = conv2d_module._own_kernels(x, w, geometry)
         for (part, fn), own in zip(parts, chosen):
-            t = [median_seconds(lambda own=own_kernels: fn(x, w, g, geometry, own), device,
-                                min_run_time / 4) for own_kernels in (False, True)]
+            t = compare({own_kernels: lambda own=own_kernels: fn(x, w, g, geometry, own)
+                         for own_kernels in (False, True)}, device, min_run_time / 4)
             rows.append([f"{module.in_channels} -> {module.out_channels}, "
-                         f"{shape[2]}x{shape[3]}", part, f"{t[0] * 1e3:.2f}", f"{t[1] * 1e3:.2f}",
-                         f"{t[0] / t[1]:.2f}x", "fastgan" if own else "torch"])
+                         f"{shape[2]}x{shape[3]}", part, f"{t[False] * 1e3:.2f}",
+                         f"{t[True] * 1e3:.2f}", f"{t[False] / t[True]:.2f}x",
+                         "fastgan" if own else "torch"])
     return rows
 
 
 def run(device="cpu", dtype=torch.float32, min_run_time=1.0):
+    """SuiteResult; figures per step ("d_step_r1", "d_step", "iteration"): "speedup" (pure
+    eager's time / fastgan's) and "over_floor" (fastgan's time / the step's floor)."""
     device = torch.device(device)
     setups = {kind: Setup(kind, device, dtype) for kind in ("pure", "fastgan")}
     flops = convolution_flops()
     rate = matmul_rate(device) * 1e9
-    steps = {"D step, R1 every step": ("r1", lambda s: s.discriminator_step),
-             "D step, no R1": ("plain", lambda s: lambda: s.discriminator_step(r1=False)),
-             "DCGAN iteration (D with R1 + G)": ("iteration", lambda s: s.iteration)}
-    rows = []
-    for name, (flop_key, make_step) in steps.items():
-        t = {kind: median_seconds(make_step(setup), device, min_run_time)
-             for kind, setup in setups.items()}
+    steps = {"d_step_r1": ("D step, R1 every step", "r1", lambda s: s.discriminator_step),
+             "d_step": ("D step, no R1", "plain",
+                        lambda s: lambda: s.discriminator_step(r1=False)),
+             "iteration": ("DCGAN iteration (D with R1 + G)", "iteration",
+                           lambda s: s.iteration)}
+    rows, figures = [], {}
+    for key, (name, flop_key, make_step) in steps.items():
+        t = compare({kind: make_step(setup) for kind, setup in setups.items()}, device,
+                    min_run_time)
         floor = flops[flop_key] / rate
+        figures[key] = {"speedup": t["pure"] / t["fastgan"], "over_floor": t["fastgan"] / floor}
         rows.append([name, f"{flops[flop_key] / 1e9:.1f}", f"{t['pure'] * 1e3:.1f}",
                      f"{t['fastgan'] * 1e3:.1f}", f"**{t['pure'] / t['fastgan']:.2f}x**",
                      f"{floor * 1e3:.1f}", f"{t['fastgan'] / floor:.2f}x"])
@@ -181,4 +187,4 @@ def run(device="cpu", dtype=torch.float32, min_run_time=1.0):
         out += [f"\n#### Top operators (self CPU time) of one D step with R1: {kind}\n",
                 table(["operator", "calls", "self ms", "share"],
                       top_operators(setup.discriminator_step))]
-    return "\n".join(out)
+    return SuiteResult("\n".join(out), figures)

@@ -1,6 +1,27 @@
-"""Shared benchmark plumbing: timing (torch.utils.benchmark), machine limits, Markdown tables."""
+"""Shared benchmark plumbing: interleaved timing, machine limits, Markdown tables, and the
+structured result every suite returns."""
+import dataclasses
+import gc
+import math
+import statistics
+import time
+
 import torch
-import torch.utils.benchmark as benchmark
+
+# Each candidate is timed in at least this many blocks, so that its median means something even
+# when one call takes longer than the time it is given.
+MIN_BLOCKS = 5
+# A block lasts about this fraction of the time given to a candidate: enough blocks for a stable
+# median, each long enough for the clock's resolution not to matter.
+BLOCK_FRACTION = 1 / 20
+
+
+@dataclasses.dataclass
+class SuiteResult:
+    """What a suite measured: its Markdown tables (what `run.py` prints) and the figures the
+    README's summary is made of (`report.summary_rows` reads them)."""
+    markdown: str
+    figures: dict = dataclasses.field(default_factory=dict)
 
 
 def sync(device):
@@ -8,14 +29,45 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def median_seconds(fn, device, min_run_time=1.0):
-    """Median time of one call, after warm-up (the first calls compile or allocate)."""
-    for _ in range(3):
+def _seconds_per_call(fn, device, calls):
+    start = time.perf_counter()
+    for _ in range(calls):
         fn()
     sync(device)
-    timer = benchmark.Timer(stmt="fn(); sync(device)", num_threads=torch.get_num_threads(),
-                            globals={"fn": fn, "sync": sync, "device": device})
-    return timer.blocked_autorange(min_run_time=min_run_time).median
+    return (time.perf_counter() - start) / calls
+
+
+def compare(candidates, device, min_run_time=1.0):
+    """Median seconds of one call of each of `candidates` ({name: fn}), timed in blocks that take
+    turns (a block of the first, one of the second, ..., and again), so that a change in the
+    machine's state during the measurement (another process, the clock speed, the allocator's
+    heap) falls on every candidate alike. Each candidate gets about `min_run_time` seconds, after
+    warm-up calls (the first calls compile or allocate)."""
+    calls = {}
+    for name, fn in candidates.items():
+        for _ in range(3):
+            fn()
+        sync(device)
+        one_call = _seconds_per_call(fn, device, 1)
+        calls[name] = max(1, math.ceil(min_run_time * BLOCK_FRACTION / max(one_call, 1e-9)))
+    samples = {name: [] for name in candidates}
+    deadline = time.perf_counter() + min_run_time * len(candidates)
+    gc.collect()
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # a collection would land in one candidate's block
+    try:
+        while time.perf_counter() < deadline or min(map(len, samples.values())) < MIN_BLOCKS:
+            for name, fn in candidates.items():
+                samples[name].append(_seconds_per_call(fn, device, calls[name]))
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return {name: statistics.median(times) for name, times in samples.items()}
+
+
+def median_seconds(fn, device, min_run_time=1.0):
+    """Median seconds of one call of `fn` alone (see compare)."""
+    return compare({"fn": fn}, device, min_run_time)["fn"]
 
 
 def copy_bandwidth(numel, dtype, device):
@@ -27,11 +79,15 @@ def copy_bandwidth(numel, dtype, device):
 
 
 def matmul_rate(device, dtype=torch.float32, n=1024):
-    """GFLOP/s of a square float32 matmul: the compute-bound limit."""
+    """GFLOP/s of a square matmul: the compute-bound limit."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     seconds = median_seconds(lambda: a @ b, device)
     return 2 * n ** 3 / seconds / 1e9
+
+
+def geometric_mean(values):
+    return math.exp(sum(map(math.log, values)) / len(values))
 
 
 def table(header, rows):

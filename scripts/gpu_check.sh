@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# One command that checks fastgan on a GPU machine within one device call: builds the extension
-# with the CUDA kernels (all cores), runs the CUDA tests, benchmarks the GPU, and runs a few CUDA
-# tests under compute-sanitizer, most important first. Each step stops at its own limit and none
-# runs past DEADLINE seconds from the start (default 540: one call of the device tool may run 10
-# minutes), so the summary is always written. Logs go to $OUT (default gpu_check_out/), eight
-# files at most (what the device tool returns); summary.txt holds the device, versions and each
-# step's result.
+# One command that checks fastgan on a GPU machine within one remote command: builds the
+# extension with the CUDA kernels (all cores), runs the CUDA tests, benchmarks the GPU, and runs a
+# few CUDA tests under compute-sanitizer, most important first. Each step stops at its own limit
+# and none runs past DEADLINE seconds from the start (default 540, under the ten minutes a remote
+# GPU runner may allow one command), so the summary is always written. Logs go to $OUT (default
+# gpu_check_out/), eight files at most (few enough for a runner that returns a handful of files);
+# summary.txt holds the device, versions and each step's result.
 #
 #   PYTHON=python3 bash scripts/gpu_check.sh
 #   SKIP="tests bench_bn" bash scripts/gpu_check.sh          # a second call: the steps not yet run
