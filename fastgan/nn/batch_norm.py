@@ -2,7 +2,7 @@
 from torch.nn.modules.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, _BatchNorm
 
 from fastgan.ops import batch_norm_leaky_relu
-from fastgan.ops._checks import check_number
+from fastgan._checks import check_number
 
 
 class _BatchNormLeakyReLU(_BatchNorm):

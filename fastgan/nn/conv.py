@@ -3,7 +3,7 @@ fast second-order backward."""
 import torch
 
 from fastgan.ops import conv2d, conv_transpose2d
-from fastgan.ops._checks import check_number
+from fastgan._checks import check_choice, check_number
 from fastgan.ops.conv_transpose2d import ACTIVATIONS
 
 
@@ -14,8 +14,7 @@ class ConvTranspose2d(torch.nn.ConvTranspose2d):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
                  output_padding=0, groups=1, bias=True, dilation=1, padding_mode="zeros",
                  device=None, dtype=None, activation=None, negative_slope=0.2):
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+        check_choice("activation", activation, ACTIVATIONS)
         check_number("negative_slope", negative_slope)
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, output_padding,
                          groups, bias, dilation, padding_mode, device=device, dtype=dtype)

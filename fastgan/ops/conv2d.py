@@ -17,8 +17,8 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from fastgan.ops._checks import check_tensor
-from fastgan.ops.conv_transpose2d import _empty_in_layout_of, _integer, _ops, _pair
+from fastgan._checks import check_int, check_int_pair, check_tensor
+from fastgan.ops.conv_transpose2d import _empty_in_layout_of, _ops
 
 _convolution_backward = torch.ops.aten.convolution_backward
 # _own_kernels' thresholds, from per-layer timings of both engines on a 2-core CPU (float32,
@@ -43,8 +43,10 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     (N, C_in, H, W) or unbatched (C_in, H, W)."""
     check_tensor("input", input, dims=(3, 4))
     check_tensor("weight", weight, dims=(4,))
-    geometry = (_pair("stride", stride, minimum=1), _pair("padding", padding, minimum=0),
-                _pair("dilation", dilation, minimum=1), _integer("groups", groups, minimum=1))
+    geometry = (check_int_pair("stride", stride, minimum=1),
+                check_int_pair("padding", padding, minimum=0),
+                check_int_pair("dilation", dilation, minimum=1),
+                check_int("groups", groups, minimum=1))
     unbatched = input.dim() == 3
     if unbatched:
         input = input.unsqueeze(0)
