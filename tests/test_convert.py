@@ -225,8 +225,8 @@ def test_nested_modules_and_sequentials():
                                                      generator=torch.Generator().manual_seed(seed)))
 
 
-@pytest.mark.parametrize("kwargs", [dict(affine=False), dict(track_running_stats=False),
-                                    dict(momentum=None, eps=1e-3)])
+@pytest.mark.parametrize("kwargs", [dict(affine=False), dict(bias=False),
+                                    dict(track_running_stats=False), dict(momentum=None, eps=1e-3)])
 @pytest.mark.parametrize("torch_cls, fused_cls, shape", [
     (nn.BatchNorm1d, BatchNormLeakyReLU1d, (6, 4)),
     (nn.BatchNorm1d, BatchNormLeakyReLU1d, (6, 4, 5)),
@@ -240,6 +240,7 @@ def test_batch_norm_options_are_kept(kwargs, torch_cls, fused_cls, shape):
     assert type(fused) is fused_cls
     for option in ("eps", "momentum", "affine", "track_running_stats", "num_features"):
         assert getattr(fused, option) == getattr(original[0], option), option
+    assert (fused.bias is None) == (original[0].bias is None)
     if original[0].track_running_stats:
         assert fused.num_batches_tracked.item() == 1
     assert_same_computation(original, converted,

@@ -11,7 +11,7 @@ from fastgan import _reference
 from fastgan.nn import (BatchNormLeakyReLU1d, BatchNormLeakyReLU2d, BatchNormLeakyReLU3d, Conv2d,
                         ConvTranspose2d, SyncBatchNormLeakyReLU, convert, registry)
 
-BATCH_NORM_OPTIONS = [{}, {"affine": False}, {"track_running_stats": False},
+BATCH_NORM_OPTIONS = [{}, {"affine": False}, {"bias": False}, {"track_running_stats": False},
                       {"momentum": None, "eps": 1e-3}]
 SLOPES = [0.0, 0.2, 1.0, -0.5]
 

@@ -66,8 +66,12 @@ class FusedLayer:
 
 
 def _batch_norm_options(layer):
-    return {"num_features": layer.num_features, "eps": layer.eps, "momentum": layer.momentum,
-            "affine": layer.affine, "track_running_stats": layer.track_running_stats}
+    options = {"num_features": layer.num_features, "eps": layer.eps, "momentum": layer.momentum,
+               "affine": layer.affine, "track_running_stats": layer.track_running_stats}
+    if layer.affine and layer.bias is None:
+        # Only then: torch releases whose nn.BatchNorm*d lack `bias` still build the others.
+        options["bias"] = False
+    return options
 
 
 def _sync_batch_norm_options(layer):

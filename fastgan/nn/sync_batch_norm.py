@@ -161,9 +161,9 @@ class SyncBatchNormLeakyReLU(_BatchNormLeakyReLU):
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
                  track_running_stats=True, negative_slope=0.2, process_group=None, device=None,
-                 dtype=None):
+                 dtype=None, *, bias=True):
         super().__init__(num_features, eps, momentum, affine, track_running_stats,
-                         negative_slope, device=device, dtype=dtype)
+                         negative_slope, device=device, dtype=dtype, bias=bias)
         self.process_group = process_group
 
     def _check_input_dim(self, input):
