@@ -95,7 +95,7 @@ def _output_size(size, kernel, stride, padding, dilation, output_padding):
 # --- fake kernels: output metadata for torch.compile and meta tensors -------------------------
 
 def _stored_channels_last(t):
-    """Mirrors stored_channels_last in csrc/cpu/conv_transpose2d_kernel.cpp: results take the
+    """Mirrors stored_channels_last in csrc/conv_transpose2d.h: results take the
     layout of the tensor they are shaped after."""
     return not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
 
