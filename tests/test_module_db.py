@@ -3,10 +3,11 @@ torch.testing._internal.common_modules.module_db for nn.BatchNorm1d/2d/3d, nn.Co
 nn.ConvTranspose2d, and the Conv2d and ConvTranspose2d tests of common_nn (geometries, groups,
 string padding, padding modes). Each case builds torch's module and fastgan's from the same
 constructor arguments (BatchNorm with negative_slope=1 is plain BatchNorm; the convolutions
-have no activation) and gives fastgan's torch's parameters; the forward inputs must give the
-same outputs, first- and second-order gradients (input and parameters) and buffers, in train
-and eval mode."""
+have no activation), gives fastgan's module torch's parameters, and checks that the forward
+inputs give the same outputs, first- and second-order gradients (input and parameters) and
+buffers, in train and eval mode."""
 import functools
+import warnings
 
 import pytest
 import torch
@@ -18,7 +19,8 @@ from fastgan.nn import registry
 
 # Importing torch's test utilities freezes torch.backends' flags for the whole process
 # (disable_global_flags): this context puts them back as they were, for the rest of the suite.
-with torch.backends.__allow_nonbracketed_mutation():
+with torch.backends.__allow_nonbracketed_mutation(), warnings.catch_warnings():
+    warnings.filterwarnings("ignore", "`torch.jit.script_method` is deprecated")
     common_modules = pytest.importorskip("torch.testing._internal.common_modules")
     common_nn = pytest.importorskip("torch.testing._internal.common_nn")
 
@@ -99,7 +101,9 @@ def _common_nn_cases():
                 yield _case(torch_cls, make_torch, make_fastgan, (x,), dtype, training, id)
 
 
-CASES = [*_module_db_cases(), *_common_nn_cases()]
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", "ComplexHalf support is experimental")
+    CASES = [*_module_db_cases(), *_common_nn_cases()]
 
 
 def _assert_same(actual, expected, name):
