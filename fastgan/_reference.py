@@ -45,50 +45,28 @@ def r1_penalty(outputs, inputs, gamma=10.0, *, grad_scale=None):
 
 def torch_modules(model):
     """A copy of `model` made of torch.nn modules only, with the same parameters, buffers and
-    outputs: each fused BatchNormLeakyReLU becomes nn.BatchNorm + nn.LeakyReLU, each fastgan Conv2d
-    an nn.Conv2d and each fastgan ConvTranspose2d an nn.ConvTranspose2d followed by its
-    activation. The parameters keep their order. The oracle for whole models and the
-    benchmarks' pure-PyTorch baseline."""
+    outputs: each of fastgan's fused modules becomes its torch layer followed by its activation
+    (an nn.Sequential of the two; the layer alone where there is no activation), as
+    fastgan.nn.registry builds them. The parameters keep their order. The oracle for whole
+    models and the benchmarks' pure-PyTorch baseline."""
+    from fastgan.nn import registry  # fastgan.nn imports this module through fastgan.ops
+
     model = copy.deepcopy(model)
-    replacement = _torch_equivalent(model)
+    replacement = _torch_equivalent(model, registry)
     if replacement is not None:
         return replacement
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
-            replacement = _torch_equivalent(child)
+            replacement = _torch_equivalent(child, registry)
             if replacement is not None:
                 setattr(module, name, replacement)
     return model
 
 
-def _torch_equivalent(module):
-    """The torch.nn replacement of one fastgan module, or None for any other module."""
-    from fastgan import nn as fastgan_nn  # fastgan.nn imports this module through fastgan.ops
-
-    floating = [t for t in module.state_dict().values() if t.is_floating_point()]
-    factory = {"device": floating[0].device, "dtype": floating[0].dtype} if floating else {}
-    if isinstance(module, (fastgan_nn.BatchNormLeakyReLU1d, fastgan_nn.BatchNormLeakyReLU2d)):
-        norm_class = (nn.BatchNorm2d if isinstance(module, fastgan_nn.BatchNormLeakyReLU2d)
-                      else nn.BatchNorm1d)
-        norm = norm_class(module.num_features, module.eps, module.momentum, module.affine,
-                          module.track_running_stats, **factory)
-        norm.load_state_dict(module.state_dict())
-        layers = [norm, nn.LeakyReLU(module.negative_slope)]
-    elif isinstance(module, fastgan_nn.Conv2d):
-        conv = nn.Conv2d(module.in_channels, module.out_channels, module.kernel_size,
-                         module.stride, module.padding, module.dilation, module.groups,
-                         module.bias is not None, module.padding_mode, **factory)
-        conv.load_state_dict(module.state_dict())
-        return conv.train(module.training)
-    elif isinstance(module, fastgan_nn.ConvTranspose2d):
-        conv = nn.ConvTranspose2d(module.in_channels, module.out_channels, module.kernel_size,
-                                  module.stride, module.padding, module.output_padding,
-                                  module.groups, module.bias is not None, module.dilation,
-                                  module.padding_mode, **factory)
-        conv.load_state_dict(module.state_dict())
-        activations = {"relu": nn.ReLU(), "leaky_relu": nn.LeakyReLU(module.negative_slope),
-                       "tanh": nn.Tanh()}
-        layers = [conv] + ([activations[module.activation]] if module.activation else [])
-    else:
+def _torch_equivalent(module, registry):
+    """The torch.nn replacement of one fused module, or None for any other module."""
+    entry = registry.fused_entry(module)
+    if entry is None:
         return None
-    return nn.Sequential(*layers).train(module.training)
+    layer, activation = entry.unfuse(module)
+    return layer if activation is None else nn.Sequential(layer, activation).train(module.training)

@@ -7,7 +7,7 @@ real and fake terms.
 """
 import torch.nn.functional as F
 
-from fastgan.ops._checks import check_number, check_tensor
+from fastgan._checks import check_number, check_tensor
 
 KINDS = ("minimax", "non_saturating", "hinge", "wasserstein")
 _BINARY_KINDS = ("minimax", "non_saturating")

@@ -9,7 +9,9 @@ import torch.nn.functional as F
 from torch.autograd import gradcheck, gradgradcheck
 
 import fastgan
-from fastgan.nn import BatchNormLeakyReLU1d, BatchNormLeakyReLU2d, BatchNormLeakyReLU3d
+from fastgan.nn import (BatchNormLeakyReLU1d, BatchNormLeakyReLU2d, BatchNormLeakyReLU3d,
+                        SyncBatchNormLeakyReLU)
+from fastgan.nn.sync_batch_norm import sync_batch_norm_leaky_relu
 from conftest import (DEVICES, assert_close, first_and_second_order_grads, make_input,
                       shape_layouts)
 
@@ -151,7 +153,8 @@ def test_layout_is_preserved(device, training, shape, memory_format):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("affine, bias", [(True, True), (True, False), (False, False)],
+                         ids=["affine", "weight_only", "not_affine"])
 @pytest.mark.parametrize("track, training", [(True, True), (False, True), (True, False)],
                          ids=["train", "train_no_running_stats", "eval"])
 @pytest.mark.parametrize("shape, layout", [((3, 4, 5, 6), "contiguous"),
@@ -159,13 +162,16 @@ def test_layout_is_preserved(device, training, shape, memory_format):
                                            ((5, 4), "contiguous"), ((3, 4, 7), "non_contiguous"),
                                            ((2, 3, 2, 3, 2), "channels_last")],
                          ids=str)
-def test_gradcheck_and_gradgradcheck(device, affine, track, training, shape, layout):
+def test_gradcheck_and_gradgradcheck(device, affine, bias, track, training, shape, layout):
+    """Weight only is what BatchNormLeakyReLU*d(affine=True, bias=False) passes."""
     x = make_input(shape, torch.float64, device, layout).requires_grad_()
-    running_mean, running_var, weight, bias = params(shape[1], torch.float64, device, affine)
-    leaves = [t.requires_grad_() for t in (weight, bias) if t is not None]
+    running_mean, running_var, weight, bias_tensor = params(shape[1], torch.float64, device,
+                                                            affine)
+    leaves = [t.requires_grad_() for t in (weight, bias_tensor if bias else None)
+              if t is not None]
 
     def fn(x, *wb):
-        w, b = wb if wb else (None, None)
+        w, b = (*wb, None, None)[:2]
         stats = (running_mean.clone(), running_var.clone()) if track else (None, None)
         return bn_lrelu(x, *stats, w, b, training=training, negative_slope=0.2)
 
@@ -373,7 +379,7 @@ def torch_pair(cls, num_features, slope, **kwargs):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("kwargs", [{}, {"momentum": None}, {"affine": False},
+@pytest.mark.parametrize("kwargs", [{}, {"momentum": None}, {"affine": False}, {"bias": False},
                                     {"track_running_stats": False}, {"momentum": 0.3, "eps": 1e-3}],
                          ids=str)
 @pytest.mark.parametrize("fused_cls, torch_cls, shape", [
@@ -397,9 +403,8 @@ def test_module_matches_torch_over_steps(device, kwargs, fused_cls, torch_cls, s
         out.square().sum().backward()
         torch.testing.assert_close(out, out_ref)
         torch.testing.assert_close(x_fused.grad, x_ref.grad)
-        if kwargs.get("affine", True):
-            torch.testing.assert_close(fused.weight.grad, reference[0].weight.grad)
-            torch.testing.assert_close(fused.bias.grad, reference[0].bias.grad)
+        for parameter, expected in zip(fused.parameters(), reference.parameters(), strict=True):
+            torch.testing.assert_close(parameter.grad, expected.grad)
     for (name, buffer), (_, expected) in zip(fused.named_buffers(), reference[0].named_buffers()):
         torch.testing.assert_close(buffer, expected, msg=name)
     reference.eval(), fused.eval()
@@ -419,6 +424,45 @@ def test_module_state_dict_is_torch_compatible():
     assert "negative_slope=0.0" in repr(fused)
     clone = copy.deepcopy(fused)
     assert torch.equal(clone.running_mean, fused.running_mean)
+
+
+@pytest.mark.parametrize("fused_cls, torch_cls", [
+    (BatchNormLeakyReLU1d, nn.BatchNorm1d), (BatchNormLeakyReLU2d, nn.BatchNorm2d),
+    (BatchNormLeakyReLU3d, nn.BatchNorm3d), (SyncBatchNormLeakyReLU, nn.SyncBatchNorm)])
+def test_module_without_bias_is_torchs(fused_cls, torch_cls):
+    """affine=True, bias=False: a weight and no bias, with torch's parameters, state_dict and
+    repr."""
+    fused, reference = fused_cls(4, bias=False), torch_cls(4, bias=False)
+    assert fused.bias is None and [name for name, _ in fused.named_parameters()] == ["weight"]
+    assert list(fused.state_dict()) == list(reference.state_dict())
+    fused.load_state_dict(reference.state_dict())
+    reference.load_state_dict(fused.state_dict())
+    assert "bias=False" in repr(fused)
+    with pytest.raises(RuntimeError, match="Unexpected key.*bias"):
+        fused.load_state_dict(torch_cls(4).state_dict())
+    assert fused_cls(4, affine=False, bias=False).state_dict().keys() == \
+        torch_cls(4, affine=False).state_dict().keys()
+
+
+def test_synced_normalization_without_bias_matches_torch():
+    """The synchronized layer's own path (its statistics as differentiable inputs; group=None:
+    the reductions are the identity) with a weight and no bias, to second order."""
+    def grads(function, *group):
+        x = make_input((6, 3, 4, 4)).requires_grad_()
+        weight = (torch.rand(3, dtype=torch.float64) + 0.5).requires_grad_()
+        stats = [torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)]
+        out = function(x, *stats, weight, None, 0.1, 1e-5, 0.2, *group)
+        return [out, *first_and_second_order_grads(out, [x, weight], seed=5), *stats]
+
+    def torch_function(x, running_mean, running_var, weight, bias, momentum, eps, slope):
+        return torch_bn_lrelu(x, running_mean, running_var, weight, bias, True, momentum, eps,
+                              slope)
+
+    torch.manual_seed(0)
+    expected = grads(torch_function)
+    torch.manual_seed(0)
+    for actual, wanted in zip(grads(sync_batch_norm_leaky_relu, None), expected, strict=True):
+        assert_close(actual, wanted)
 
 
 def test_module_rejects_wrong_rank():

@@ -168,10 +168,35 @@ def test_module_is_nn_conv2d_computing_channels_last(in_channels):
     out = module(x)
     assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
     assert_close(out, reference(x))
-    same = fastgan.nn.Conv2d(in_channels, 8, 3, padding="same")
-    reference = torch.nn.Conv2d(in_channels, 8, 3, padding="same")
-    reference.load_state_dict(same.state_dict())
-    assert_close(same(x), reference(x))
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
+@pytest.mark.parametrize("kernel_size, options, even", [
+    (3, dict(padding="same"), True), ((3, 4), dict(padding="same"), False),
+    ((2, 3), dict(padding="same", dilation=2), True), (3, dict(padding="valid"), True),
+    (3, dict(padding=(1, 2), padding_mode="reflect"), False),
+    (3, dict(padding=1, stride=2, padding_mode="circular"), False),
+    ((2, 3), dict(padding="same", padding_mode="replicate"), False)], ids=str)
+@pytest.mark.parametrize("batched", [True, False], ids=["batched", "unbatched"])
+def test_module_pads_as_nn_conv2d_does(kernel_size, options, even, batched):
+    """String padding and the other padding modes: the values of nn.Conv2d, to second order,
+    through fastgan's conv2d (with integer padding where zeros pad both sides evenly)."""
+    torch.manual_seed(0)
+    module = fastgan.nn.Conv2d(3, 4, kernel_size, **options).double()
+    reference = torch.nn.Conv2d(3, 4, kernel_size, **options).double()
+    reference.load_state_dict(module.state_dict())
+    x = make_input((2, 3, 7, 6) if batched else (3, 7, 6))
+    padded, _ = module._padded(x)
+    assert (padded is x) == even and padded.dim() == x.dim()
+    results = []
+    for conv in (module, reference):
+        leaf = x.clone().requires_grad_()
+        out = conv(leaf)
+        (grad,) = torch.autograd.grad(out.square().sum(), leaf, create_graph=True)
+        results.append((out, grad, *torch.autograd.grad(grad.square().sum(),
+                                                       [leaf, *conv.parameters()])))
+    for actual, expected in zip(*results, strict=True):
+        assert_close(actual, expected)
 
 
 def test_errors_name_the_argument():

@@ -353,6 +353,10 @@ def test_module_errors():
         fastgan.nn.ConvTranspose2d(2, 2, 1, activation="gelu")
     with pytest.raises(ValueError, match="padding mode"):
         fastgan.nn.ConvTranspose2d(2, 2, 3, padding_mode="reflect")(torch.randn(1, 2, 3, 3))
+    # nn.ConvTranspose2d accepts these and fails in its forward: refused when built.
+    for padding in ("same", "valid"):
+        with pytest.raises(ValueError, match="integer padding only"):
+            fastgan.nn.ConvTranspose2d(2, 2, 3, padding=padding)
 
 
 # --- bad input ------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from torch import nn
 
 import fastgan
 from fastgan.nn import BatchNormLeakyReLU1d, BatchNormLeakyReLU2d, BatchNormLeakyReLU3d, convert
+from equivalence import assert_same_computation
 from pytorch_examples_dcgan import Discriminator, Generator
 
 
@@ -39,28 +40,6 @@ def latent(batch=6, seed=0, dtype=torch.float64):
 def images(batch=6, seed=0, dtype=torch.float64):
     return torch.randn(batch, 3, 16, 16, generator=torch.Generator().manual_seed(seed),
                        dtype=dtype)
-
-
-def assert_same_computation(original, converted, make_input, steps=2, rtol=1e-10, atol=1e-10):
-    """Train-mode steps (outputs, input and parameter gradients, running statistics), then eval."""
-    close = dict(rtol=rtol, atol=atol)
-    for step in range(steps):
-        results = []
-        for model in (original, converted):
-            x = make_input(seed=step).requires_grad_()
-            out = model(x)
-            grads = torch.autograd.grad(out.square().sum(), [x, *model.parameters()])
-            results.append((out, grads))
-        (out, grads), (expected_out, expected_grads) = results[1], results[0]
-        torch.testing.assert_close(out, expected_out, **close)
-        for grad, expected in zip(grads, expected_grads, strict=True):
-            torch.testing.assert_close(grad, expected, **close)
-    for (name, value), expected in zip(converted.state_dict().items(),
-                                       original.state_dict().values(), strict=True):
-        torch.testing.assert_close(value, expected, **close, msg=name)
-    original.eval(), converted.eval()
-    x = make_input(seed=steps)
-    torch.testing.assert_close(converted(x), original(x), **close)
 
 
 # --- pytorch/examples' DCGAN ------------------------------------------------------------------
@@ -246,8 +225,8 @@ def test_nested_modules_and_sequentials():
                                                      generator=torch.Generator().manual_seed(seed)))
 
 
-@pytest.mark.parametrize("kwargs", [dict(affine=False), dict(track_running_stats=False),
-                                    dict(momentum=None, eps=1e-3)])
+@pytest.mark.parametrize("kwargs", [dict(affine=False), dict(bias=False),
+                                    dict(track_running_stats=False), dict(momentum=None, eps=1e-3)])
 @pytest.mark.parametrize("torch_cls, fused_cls, shape", [
     (nn.BatchNorm1d, BatchNormLeakyReLU1d, (6, 4)),
     (nn.BatchNorm1d, BatchNormLeakyReLU1d, (6, 4, 5)),
@@ -261,6 +240,7 @@ def test_batch_norm_options_are_kept(kwargs, torch_cls, fused_cls, shape):
     assert type(fused) is fused_cls
     for option in ("eps", "momentum", "affine", "track_running_stats", "num_features"):
         assert getattr(fused, option) == getattr(original[0], option), option
+    assert (fused.bias is None) == (original[0].bias is None)
     if original[0].track_running_stats:
         assert fused.num_batches_tracked.item() == 1
     assert_same_computation(original, converted,
@@ -320,6 +300,16 @@ def test_fastgan_models_are_left_as_they_are():
     model = fastgan.models.DCGANGenerator(z_dim=8, image_size=16, base_channels=4)
     converted, report = convert(model, report=True)
     assert repr(converted) == repr(model) and report.conversions == []
+
+
+def test_fastgan_modules_are_opaque_to_the_trace():
+    """Every fused module is one call in the trace (its forward is not traced through), so a
+    model that already holds some is traced and converted as a whole."""
+    model = nn.Sequential(fastgan.nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(),
+                          BatchNormLeakyReLU2d(4))
+    converted, report = convert(model, report=True)
+    assert [c.names for c in report.conversions] == [("1", "2")] and report.notes == []
+    assert type(converted[0]) is fastgan.nn.Conv2d and type(converted[1]) is BatchNormLeakyReLU2d
 
 
 def test_shared_modules_hooks_and_subclasses_are_left_alone():

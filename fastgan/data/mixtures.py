@@ -4,8 +4,7 @@ import math
 
 import torch
 
-from fastgan.models._checks import check_int
-from fastgan.ops._checks import check_number, check_tensor
+from fastgan._checks import check_int, check_number, check_tensor
 
 
 def _check_generator(generator):

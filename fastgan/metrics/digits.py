@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastgan.data.images import DIGITS_CLASSES, digits
-from fastgan.ops._checks import check_tensor
+from fastgan._checks import check_tensor
 from fastgan.train.checkpoint import atomic_save, safe_load
 
 _NATIVE_SIZE = 8  # the digits are 8x8: every input is average-pooled back to it

@@ -1,7 +1,7 @@
 """Mode coverage on Gaussian mixtures, as in VEEGAN and PacGAN."""
 import torch
 
-from fastgan.ops._checks import check_number, check_tensor
+from fastgan._checks import check_number, check_tensor
 
 
 def mode_coverage(samples, means, std, min_share=0.2):

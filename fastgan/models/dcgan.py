@@ -6,8 +6,7 @@ import math
 import torch
 from torch import nn
 
-from fastgan.models._checks import check_int
-from fastgan.ops._checks import check_tensor
+from fastgan._checks import check_int, check_tensor
 from fastgan.models.layers import (batch_norm_leaky_relu2d, batch_norm_relu2d, conv2d,
                                    conv_transpose2d, init_dcgan_weights)
 

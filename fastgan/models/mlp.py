@@ -5,8 +5,7 @@ They keep PyTorch's default initialization: with DCGAN's N(0, 0.02) the 2D recip
 twice the steps to cover the modes (measured on the ring and the grid)."""
 from torch import nn
 
-from fastgan.models._checks import check_bool, check_int
-from fastgan.ops._checks import check_tensor
+from fastgan._checks import check_bool, check_int, check_tensor
 from fastgan.models.layers import batch_norm_leaky_relu1d, batch_norm_relu1d
 
 

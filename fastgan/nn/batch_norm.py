@@ -2,18 +2,23 @@
 from torch.nn.modules.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, _BatchNorm
 
 from fastgan.ops import batch_norm_leaky_relu
-from fastgan.ops._checks import check_number
+from fastgan._checks import check_number
 
 
 class _BatchNormLeakyReLU(_BatchNorm):
     """nn.BatchNorm's parameters, buffers, state_dict keys and running-statistics semantics
-    (momentum=None is a cumulative average), followed by leaky_relu(negative_slope)."""
+    (momentum=None is a cumulative average), followed by leaky_relu(negative_slope). As torch's,
+    affine=True with bias=False learns a weight and no bias."""
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
-                 track_running_stats=True, negative_slope=0.2, device=None, dtype=None):
+                 track_running_stats=True, negative_slope=0.2, device=None, dtype=None, *,
+                 bias=True):
         check_number("negative_slope", negative_slope)
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device=device,
                          dtype=dtype)
+        if affine and not bias:
+            # What torch's own bias=False does, here also for the torch releases without it.
+            self.register_parameter("bias", None)
         self.negative_slope = float(negative_slope)
 
     def _count_batch(self):

@@ -1,6 +1,6 @@
 """convert(): swap an existing model's torch layers for fastgan's fused modules.
 
-What is replaced:
+What is replaced (the entries of fastgan.nn.registry):
 - nn.BatchNorm1d/2d/3d whose output goes only to an nn.ReLU or nn.LeakyReLU becomes
   BatchNormLeakyReLU1d/2d/3d (negative_slope 0 for ReLU) and the activation becomes nn.Identity;
 - nn.ConvTranspose2d becomes fastgan.nn.ConvTranspose2d, and when its output goes only to an
@@ -24,25 +24,9 @@ import logging
 
 from torch import fx, nn
 
-from fastgan.nn.batch_norm import (BatchNormLeakyReLU1d, BatchNormLeakyReLU2d,
-                                   BatchNormLeakyReLU3d)
-from fastgan.nn.conv import ConvTranspose2d
+from fastgan.nn import registry
 
 logger = logging.getLogger(__name__)
-
-_FUSED_BATCH_NORM = {nn.BatchNorm1d: BatchNormLeakyReLU1d, nn.BatchNorm2d: BatchNormLeakyReLU2d,
-                     nn.BatchNorm3d: BatchNormLeakyReLU3d}
-# activation module type -> (the fused module's activation, its negative_slope)
-_CONV_ACTIVATIONS = {
-    nn.Tanh: lambda act: ("tanh", 0.2),
-    nn.ReLU: lambda act: ("relu", 0.2),
-    nn.LeakyReLU: lambda act: ("leaky_relu", act.negative_slope),
-}
-_BATCH_NORM_ACTIVATIONS = {
-    nn.ReLU: lambda act: 0.0,
-    nn.LeakyReLU: lambda act: act.negative_slope,
-}
-_FASTGAN_LAYERS = (*_FUSED_BATCH_NORM.values(), ConvTranspose2d)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,18 +81,19 @@ def convert(module, inplace=False, report=False):
         conversions.append(conversion)
         fused_layers.add(layer_name)
     for name, layer in modules.items():
-        if type(layer) is nn.ConvTranspose2d and name not in fused_layers:
+        entry = registry.converted_entry(layer)
+        if entry is not None and entry.converted == registry.ALWAYS and name not in fused_layers:
             refusal = _refusal(name, layer, shared)
             if refusal:
                 notes.append(refusal)
-            else:  # name "" (the model itself is a ConvTranspose2d) gives a new model
+            else:  # name "" (the model itself is such a layer) gives a new model
                 model, conversion = _fuse(model, name, layer, None, None)
                 conversions.append(conversion)
+    torch_layers = registry.converted_torch_layers()
     notes += [f"{name}: {type(layer).__name__} is a subclass of a torch layer; left alone"
               for name, layer in modules.items()
-              if isinstance(layer, (*_FUSED_BATCH_NORM, nn.ConvTranspose2d))
-              and type(layer) not in (*_FUSED_BATCH_NORM, nn.ConvTranspose2d)
-              and not isinstance(layer, _FASTGAN_LAYERS)]
+              if isinstance(layer, torch_layers) and type(layer) not in torch_layers
+              and not isinstance(layer, registry.FUSED_CLASSES)]
     order = {name: index for index, name in enumerate(modules)}
     conversions.sort(key=lambda conversion: order[conversion.names[0]])
     result = ConversionReport(conversions, list(dict.fromkeys(notes)))
@@ -123,7 +108,8 @@ class _Tracer(fx.Tracer):
     """torch.nn layers and fastgan's layers are opaque calls; everything else is traced through."""
 
     def is_leaf_module(self, m, module_qualified_name):
-        return isinstance(m, _FASTGAN_LAYERS) or super().is_leaf_module(m, module_qualified_name)
+        return (isinstance(m, registry.FUSED_CLASSES)
+                or super().is_leaf_module(m, module_qualified_name))
 
 
 def _is_plain_sequential(module):
@@ -161,9 +147,8 @@ def _qualified(prefix, *names):
 
 
 def _fusible(layer, activation):
-    if type(layer) in _FUSED_BATCH_NORM:
-        return type(activation) in _BATCH_NORM_ACTIVATIONS
-    return type(layer) is nn.ConvTranspose2d and type(activation) in _CONV_ACTIVATIONS
+    entry = registry.converted_entry(layer)
+    return entry is not None and type(activation) in entry.activations
 
 
 def _traced_pairs(module, prefix, notes):
@@ -190,8 +175,7 @@ def _pairs_in_graph(graph, modules, prefix, notes):
             attribute_owners.add(node.target.rpartition(".")[0])
     pairs = set()
     for layer_name, layer_calls in calls.items():
-        if len(layer_calls) != 1 or not isinstance(modules[layer_name], (*_FUSED_BATCH_NORM,
-                                                                         nn.ConvTranspose2d)):
+        if len(layer_calls) != 1 or registry.converted_entry(modules[layer_name]) is None:
             continue
         users = list(layer_calls[0].users)
         activation_call = next((user for user in users if user.op == "call_module"
@@ -235,23 +219,8 @@ def _refusal(name, module, shared):
 
 def _fuse(model, layer_name, layer, activation_name, activation):
     """Replaces `layer` (and `activation`, by nn.Identity); returns the model and the change."""
-    if isinstance(layer, nn.modules.batchnorm._BatchNorm):
-        slope = _BATCH_NORM_ACTIVATIONS[type(activation)](activation)
-        fused = _FUSED_BATCH_NORM[type(layer)](
-            layer.num_features, layer.eps, layer.momentum, layer.affine,
-            layer.track_running_stats, negative_slope=slope, device="meta")
-        replacement = f"{type(fused).__name__}(negative_slope={fused.negative_slope})"
-    else:
-        kind, slope = (None, 0.2) if activation is None else \
-            _CONV_ACTIVATIONS[type(activation)](activation)
-        fused = ConvTranspose2d(
-            layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
-            layer.output_padding, layer.groups, layer.bias is not None, layer.dilation,
-            layer.padding_mode, device="meta", activation=kind, negative_slope=slope)
-        replacement = "fastgan.nn.ConvTranspose2d" + (
-            "" if kind is None else f"(activation={kind!r}" + (
-                f", negative_slope={fused.negative_slope})" if kind == "leaky_relu" else ")"))
-    _take_tensors(fused, layer)
+    entry = registry.converted_entry(layer)
+    fused = entry.fuse(layer, activation)
     model = _set_submodule(model, layer_name, fused)
     names, original = (layer_name,), type(layer).__name__
     if activation is not None:
@@ -259,16 +228,19 @@ def _fuse(model, layer_name, layer, activation_name, activation):
         identity.train(activation.training)
         model = _set_submodule(model, activation_name, identity)
         names, original = (layer_name, activation_name), f"{original} + {activation}"
-    return model, Conversion(names, original, replacement)
+    return model, Conversion(names, original, _described(fused, layer, entry, activation))
 
 
-def _take_tensors(new, old):
-    """`new` (built on the meta device) takes `old`'s parameters and buffers themselves."""
-    assert new._parameters.keys() == old._parameters.keys(), "parameter names differ"
-    assert new._buffers.keys() == old._buffers.keys(), "buffer names differ"
-    new._parameters.update(old._parameters)
-    new._buffers.update(old._buffers)
-    new.train(old.training)
+def _described(fused, layer, entry, activation):
+    """The fused module's class (qualified where torch has a class of that name) and the
+    activation arguments it took, as they stand in the module."""
+    name = type(fused).__name__
+    if name == type(layer).__name__:
+        name = f"fastgan.nn.{name}"
+    arguments = [f"{key}={getattr(fused, key)!r}"
+                 for key, value in entry.activation_arguments(activation).items()
+                 if value is not None]
+    return f"{name}({', '.join(arguments)})" if arguments else name
 
 
 def _set_submodule(model, name, module):

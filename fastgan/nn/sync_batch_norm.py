@@ -161,9 +161,9 @@ class SyncBatchNormLeakyReLU(_BatchNormLeakyReLU):
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
                  track_running_stats=True, negative_slope=0.2, process_group=None, device=None,
-                 dtype=None):
+                 dtype=None, *, bias=True):
         super().__init__(num_features, eps, momentum, affine, track_running_stats,
-                         negative_slope, device=device, dtype=dtype)
+                         negative_slope, device=device, dtype=dtype, bias=bias)
         self.process_group = process_group
 
     def _check_input_dim(self, input):
@@ -188,16 +188,14 @@ def convert_sync_batchnorm(module, process_group=None):
     BatchNormLeakyReLU layers keep their negative_slope; plain nn.BatchNorm*d (and
     nn.SyncBatchNorm) get negative_slope=1, plain BatchNorm, which unlike nn.SyncBatchNorm also
     runs on the CPU. Returns `module` converted in place, or the new layer if `module` is one."""
+    from fastgan.nn import registry  # it imports this module
+
     converted = module
     if isinstance(module, _BatchNorm) and not isinstance(module, SyncBatchNormLeakyReLU):
-        slope = module.negative_slope if isinstance(module, _BatchNormLeakyReLU) else 1.0
-        converted = SyncBatchNormLeakyReLU(module.num_features, module.eps, module.momentum,
-                                           module.affine, module.track_running_stats, slope,
-                                           process_group, device="meta")
-        converted.weight, converted.bias = module.weight, module.bias
-        converted.running_mean, converted.running_var = module.running_mean, module.running_var
-        converted.num_batches_tracked = module.num_batches_tracked
-        converted.training = module.training
+        fused = registry.fused_entry(module)
+        activation = fused.torch_activation(module) if fused is not None else None
+        converted = registry.SYNC_BATCH_NORM.fuse(module, activation,
+                                                  process_group=process_group)
         if hasattr(module, "qconfig"):
             converted.qconfig = module.qconfig
     for name, child in module.named_children():

@@ -5,7 +5,7 @@ import math
 import torch
 
 from fastgan import _backend, _reference
-from fastgan.ops._checks import check_channel_vector, check_number, check_tensor
+from fastgan._checks import check_channel_vector, check_number, check_tensor
 
 _ops = torch.ops.fastgan if _backend.extension is not None else None
 

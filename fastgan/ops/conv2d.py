@@ -17,24 +17,15 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from fastgan.ops._checks import check_tensor
-from fastgan.ops.conv_transpose2d import _empty_in_layout_of, _integer, _ops, _pair
+from fastgan._checks import check_int, check_int_pair, check_tensor
+from fastgan.ops import _tuning
+from fastgan.ops.conv_transpose2d import _empty_in_layout_of, _ops
 
 _convolution_backward = torch.ops.aten.convolution_backward
-# _own_kernels' thresholds, from per-layer timings of both engines on a 2-core CPU (float32,
-# batch 16-256, benchmarks/RESULTS.md): oneDNN blocks its work over output pixels and falls to
-# about 60% of fastgan's GEMM-based speed on maps of up to 4x4 pixels with long reductions, and
-# on a single output pixel (a discriminator's last layer, a matrix product: 1.1-4x slower from
-# 3 input channels on), and computes the input gradient of images (1-3 channels) at a fraction
-# of its usual rate.
-_SMALL_MAP_PIXELS = 16
-_LONG_REDUCTION = 2048
-_FEW_INPUT_CHANNELS = 4
-# And on layers with stride 2, a 4x4 kernel, padding 1 and an even map, where the kernels take
-# their Winograd path (25/64 of the multiply-adds), all three parts from 128 channels each way on
-# (the 128 -> 256 layer: 1.1-1.6x oneDNN; the 64 -> 128 one: 0.84-1.17x).
-_WINOGRAD_CHANNELS = 128
-_WINOGRAD_TILES = 64  # the kernels' own minimum
+# The fewest 4x4 input tiles in a batch with which the CPU kernels take their Winograd path:
+# their own value (kMinTiles, csrc/cpu/conv_transpose2d_winograd.cpp), mirrored here so that
+# _winograd predicts their choice.
+_WINOGRAD_TILES = 64
 
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
@@ -43,8 +34,10 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     (N, C_in, H, W) or unbatched (C_in, H, W)."""
     check_tensor("input", input, dims=(3, 4))
     check_tensor("weight", weight, dims=(4,))
-    geometry = (_pair("stride", stride, minimum=1), _pair("padding", padding, minimum=0),
-                _pair("dilation", dilation, minimum=1), _integer("groups", groups, minimum=1))
+    geometry = (check_int_pair("stride", stride, minimum=1),
+                check_int_pair("padding", padding, minimum=0),
+                check_int_pair("dilation", dilation, minimum=1),
+                check_int("groups", groups, minimum=1))
     unbatched = input.dim() == 3
     if unbatched:
         input = input.unsqueeze(0)
@@ -69,30 +62,33 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
 
 def _own_kernels(input, weight, geometry):
     """Which of (forward, input gradient, weight gradient) fastgan's kernels compute: those
-    where they are faster than torch's (the thresholds above); none off the CPU, where the CUDA
-    kernels have not been verified yet, or without the extension."""
+    where they are faster than torch's (the thresholds of fastgan/ops/_tuning.py); none off the
+    CPU, where the CUDA kernels have not been verified yet, or without the extension."""
     if _ops is None or input.device.type != "cpu" or input.dtype not in (torch.float32,
                                                                           torch.float64):
         return (False, False, False)
     out_h, out_w = _out_size(input, weight, geometry)
-    small_map = out_h * out_w <= _SMALL_MAP_PIXELS and (
-        weight[0].numel() >= _LONG_REDUCTION or out_h * out_w == 1)
-    few_channels = weight.shape[1] <= _FEW_INPUT_CHANNELS
+    # A single output pixel (a discriminator's last layer, a matrix product) counts as a small
+    # map at any reduction length: oneDNN is slower on it from 3 input channels on.
+    small_map = out_h * out_w <= _tuning.CONV2D_SMALL_MAP_PIXELS and (
+        weight[0].numel() >= _tuning.CONV2D_LONG_REDUCTION or out_h * out_w == 1)
+    few_channels = weight.shape[1] <= _tuning.CONV2D_FEW_INPUT_CHANNELS
     winograd = _winograd(input, weight, geometry, out_h, out_w)
     return (small_map or winograd, small_map or few_channels or winograd, small_map or winograd)
 
 
 def _winograd(input, weight, geometry, out_h, out_w):
     """Whether the transposed convolution behind this convolution takes the kernels' Winograd
-    path (the conditions of winograd::applies in csrc/cpu/conv_transpose2d_kernel.cpp, with the
-    convolution's output as its input: at least 64 of its 4x4 tiles in the batch) and has
-    _WINOGRAD_CHANNELS."""
+    path (their conditions, with the convolution's output as its input: stride 2, a 4x4 kernel,
+    padding 1, an even map and _WINOGRAD_TILES of its 4x4 tiles in the batch) and has
+    _tuning.CONV2D_WINOGRAD_CHANNELS."""
     stride, padding, dilation, groups = geometry
     if (list(stride), list(padding), list(dilation), groups) != ([2, 2], [1, 1], [1, 1], 1) or \
             tuple(weight.shape[2:]) != (4, 4) or (out_h * 2, out_w * 2) != tuple(input.shape[2:]):
         return False
     tiles = input.shape[0] * -(-out_h // 4) * -(-out_w // 4)
-    return min(weight.shape[:2]) >= _WINOGRAD_CHANNELS and tiles >= _WINOGRAD_TILES
+    return (min(weight.shape[:2]) >= _tuning.CONV2D_WINOGRAD_CHANNELS
+            and tiles >= _WINOGRAD_TILES)
 
 
 def _forward(input, weight, bias, geometry, own):

@@ -1,12 +1,11 @@
 """Transposed 2D convolution with bias and activation fused into the kernel's epilogue
 (torch.ops.fastgan.conv_transpose2d*), differentiable twice."""
-import numbers
-
 import torch
 import torch.nn.functional as F
 
 from fastgan import _backend, _reference
-from fastgan.ops._checks import check_number, check_tensor
+from fastgan._checks import (check_choice, check_device, check_int, check_int_pair,
+                             check_number, check_tensor)
 
 _ops = torch.ops.fastgan if _backend.extension is not None else None
 
@@ -20,14 +19,14 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
     "tanh"), in one kernel. `input` is (N, C_in, H, W) or unbatched (C_in, H, W)."""
     check_tensor("input", input, dims=(3, 4))
     check_tensor("weight", weight, dims=(4,))
-    stride = _pair("stride", stride, minimum=1)
-    padding = _pair("padding", padding, minimum=0)
-    output_padding = _pair("output_padding", output_padding, minimum=0)
-    dilation = _pair("dilation", dilation, minimum=1)
-    groups = _integer("groups", groups, minimum=1)
-    if activation not in ACTIVATIONS:
-        error = ValueError if isinstance(activation, str) else TypeError
-        raise error(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    stride = check_int_pair("stride", stride, minimum=1)
+    padding = check_int_pair("padding", padding, minimum=0)
+    output_padding = check_int_pair("output_padding", output_padding, minimum=0)
+    dilation = check_int_pair("dilation", dilation, minimum=1)
+    groups = check_int("groups", groups, minimum=1)
+    if activation is not None and not isinstance(activation, str):
+        raise TypeError(f"activation must be one of {list(ACTIVATIONS)}, got {activation!r}")
+    check_choice("activation", activation, ACTIVATIONS)
     check_number("negative_slope", negative_slope)
     for d in range(2):
         if output_padding[d] >= stride[d] and output_padding[d] >= dilation[d]:
@@ -60,35 +59,9 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
     return out.squeeze(0) if unbatched else out
 
 
-def _integer(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def _pair(name, value, minimum):
-    """An int or a pair of ints, each >= minimum, as a list of two ints."""
-    values = list(value) if isinstance(value, (tuple, list)) else [value, value]
-    if len(values) != 2:
-        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
-    try:
-        return [_integer(name, v, minimum) for v in values]
-    except (TypeError, ValueError) as error:
-        raise type(error)(f"{error} (in {name}={value!r})") from None
-
-
 def _check_operands(input, weight, bias, groups):
     in_channels = input.shape[1]
-    # Under autocast the operands are cast to one dtype (fastgan/ops/_autocast.py).
-    device_type = input.device.type
-    same_dtype_needed = not (torch.amp.is_autocast_available(device_type)
-                             and torch.is_autocast_enabled(device_type))
-    if weight.dtype != input.dtype and same_dtype_needed:
-        raise TypeError(f"weight must have the input's dtype {input.dtype}, got {weight.dtype}")
-    if weight.device != input.device:
-        raise ValueError(f"weight is on {weight.device} but input is on {input.device}")
+    _check_like_input("weight", weight, input)
     if weight.shape[0] != in_channels:
         raise ValueError(f"weight must have shape (C_in, C_out / groups, kH, kW) with C_in = "
                          f"{in_channels} (the input's channels), got {tuple(weight.shape)}")
@@ -101,10 +74,18 @@ def _check_operands(input, weight, bias, groups):
     if bias.shape[0] != out_channels:
         raise ValueError(f"bias must have shape ({out_channels},) (the output's channels), got "
                          f"{tuple(bias.shape)}")
-    if bias.dtype != input.dtype and same_dtype_needed:
-        raise TypeError(f"bias must have the input's dtype {input.dtype}, got {bias.dtype}")
-    if bias.device != input.device:
-        raise ValueError(f"bias is on {bias.device} but input is on {input.device}")
+    _check_like_input("bias", bias, input)
+
+
+def _check_like_input(name, operand, input):
+    """The input's device, and its dtype unless autocast casts the operands to one dtype
+    (fastgan/ops/_autocast.py)."""
+    device_type = input.device.type
+    autocast = torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(
+        device_type)
+    if operand.dtype != input.dtype and not autocast:
+        raise TypeError(f"{name} must have the input's dtype {input.dtype}, got {operand.dtype}")
+    check_device(name, operand, input)
 
 
 def _output_size(size, kernel, stride, padding, dilation, output_padding):
@@ -114,7 +95,7 @@ def _output_size(size, kernel, stride, padding, dilation, output_padding):
 # --- fake kernels: output metadata for torch.compile and meta tensors -------------------------
 
 def _stored_channels_last(t):
-    """Mirrors stored_channels_last in csrc/cpu/conv_transpose2d_kernel.cpp: results take the
+    """Mirrors stored_channels_last in csrc/conv_transpose2d.h: results take the
     layout of the tensor they are shaped after."""
     return not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
 

@@ -4,7 +4,7 @@ with create_graph=True, reduced to (gamma / 2) * mean_i ||g_i||^2 by a fused ker
 import torch
 
 from fastgan import _backend, _reference
-from fastgan.ops._checks import check_number, check_tensor
+from fastgan._checks import check_number, check_tensor
 
 _ops = torch.ops.fastgan if _backend.extension is not None else None
 

@@ -4,8 +4,7 @@ import dataclasses
 from typing import Optional
 
 from fastgan import losses
-from fastgan.models._checks import check_choice, check_int
-from fastgan.ops._checks import check_number
+from fastgan._checks import check_choice, check_int, check_number
 from fastgan.train.checkpoint import check_path
 
 # Adam's betas and the EMA decay stay below 1: at 1 the averages they weigh would never move.

@@ -12,8 +12,7 @@ from torch import nn
 
 from fastgan import losses
 from fastgan.models import REGISTRY
-from fastgan.models._checks import check_choice, check_int
-from fastgan.ops._checks import check_number, check_tensor
+from fastgan._checks import check_choice, check_int, check_number, check_tensor
 from fastgan.train import distributed
 from fastgan.train.batches import make_batches
 from fastgan.train.checkpoint import atomic_save, safe_load
