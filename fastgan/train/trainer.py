@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from fastgan import losses
+from fastgan._checks import check_int, check_tensor
 from fastgan.models import REGISTRY
-from fastgan._checks import check_choice, check_int, check_number, check_tensor
 from fastgan.train import distributed
 from fastgan.train.batches import make_batches
 from fastgan.train.checkpoint import atomic_save, safe_load
