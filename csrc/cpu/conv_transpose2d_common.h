@@ -20,6 +20,7 @@
 
 #include "../conv_transpose2d.h"
 #include "parallel.h"
+#include "tuning.h"
 
 namespace fastgan {
 namespace cpu {
@@ -71,10 +72,6 @@ inline at::Tensor scratch(Scratch use, at::IntArrayRef sizes, const at::TensorOp
 struct AxisTaps {
   std::vector<int64_t> input_of_output, output_of_input;
 };
-
-// Z or G_col entries per block in block mode, and Winograd's V, M or dM (16 MiB of float32): blocks
-// of 32 rather than 8 images ran the 256 -> 128 layer's backward GEMMs 7-9% faster.
-constexpr int64_t kBlockEntries = 1 << 22;
 
 // ------------------------------------------------------------------------------------------------
 // Helpers compiled into each file that includes them, with internal linkage: the compiler inlines

@@ -1,5 +1,5 @@
 // The planar path of the CPU transposed convolution, chosen for NCHW input when the output has
-// fewer channels per group than one float32 vector (a generator's RGB layer): one image per task,
+// fewer than kPlanarChannels channels per group (a generator's RGB layer): one image per task,
 // every step on one thread, in the planar orientation. The general path's row orientation
 // (conv_transpose2d_gemm.cpp) would run GEMMs with few columns and an epilogue that vectorizes over
 // those few channels. With the image as a (C_in, pixels) matrix in place, Zt = W^T @ X (rows
@@ -13,9 +13,6 @@ namespace fastgan {
 namespace cpu {
 namespace conv_transpose2d_detail {
 namespace {
-
-// Below one vector of float32 output channels.
-constexpr int64_t kPlanarChannels = 16;
 
 // Output rows in phase-split order: the columns ow = b * stride + r of each phase r, one phase
 // after another. Along the width, tap kw takes input column iw to output column

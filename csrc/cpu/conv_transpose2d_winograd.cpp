@@ -37,15 +37,6 @@ constexpr double kFilterTransform[kSpan][2] = {  // G
 constexpr double kOutputTransform[kTile][kSpan] = {  // A^T
     {1, 1, 1, 1, 0}, {0, 1, -1, 2, 0}, {0, 1, 1, 4, 0}, {0, 1, -1, 8, 1}};
 
-// Below these the transforms cost more than the GEMMs save (measured, forward+backward, 2 threads):
-// channel counts, as the transforms' work per GEMM multiply-add grows as 1 / channels (64 -> 32
-// channels: 5-10% slower than the direct method; 128 -> 64: 5-10% faster; 256 -> 128: 1.2-1.6x),
-// and tiles in the batch, the GEMMs' rows, as every GEMM reads all of U (6.25 times the weight's
-// size) at one multiply-add per value and row (512 -> 256 channels on 4x4 inputs: 1.2x faster
-// with 64 or 128 tiles, slower with 32 or fewer).
-constexpr int64_t kMinChannels = 64;
-constexpr int64_t kMinTiles = 64;
-
 // out = m in m^T for a coefficient table m of R x S (Adjoint: out = m^T in m, m of S x R). The
 // loops unroll fully, so the coefficients are constants and the zeros and +-1 cost nothing.
 template <int R, int S, bool Adjoint, typename V, typename Table>
@@ -420,7 +411,8 @@ bool winograd(const Geometry& g) {
   return g.stride_h == 2 && g.stride_w == 2 && g.kernel_h == 4 && g.kernel_w == 4 &&
          g.padding_h == 1 && g.padding_w == 1 && g.out_h == 2 * g.in_h &&
          g.out_w == 2 * g.in_w && g.dilation_h == 1 && g.dilation_w == 1 && g.groups == 1 &&
-         std::min(g.in_channels, g.out_channels) >= kMinChannels && tiles >= kMinTiles;
+         std::min(g.in_channels, g.out_channels) >= kWinogradMinChannels &&
+         tiles >= kWinogradMinTiles;
 }
 
 void winograd_forward(const Geometry& g, const Dense& x, const at::Tensor& weight,
