@@ -50,10 +50,11 @@ struct Dense {
 
 // Scratch memory kept from call to call, per calling thread and use: the kernels' buffers are
 // MiBs to tens of MiB, and glibc hands blocks that large back to the system when they are freed,
-// so fresh ones would cost a page fault per 4 KiB on every call (measured: up to twice the op's
-// time). Uses: the weight as a GEMM operand; the GEMMs' big operands (G_col or Z; Winograd's V
-// and M); image rows of the input, the output (or grad_output), the result and grad_input; a
-// weight gradient; the weight's taps as rows.
+// so fresh ones would cost a page fault per 4 KiB on every call (up to doubling the op's time).
+// Uses: the weight as a GEMM operand; the GEMMs' big operands (G_col or Z; Winograd's V and M);
+// image rows of the input, the output (or grad_output), the result and grad_input; a weight
+// gradient; the weight's taps as rows. One set of buffers serves every path (an inline function's
+// thread_local is one object in the whole program).
 enum class Scratch : int { kWeight, kTiles, kProducts, kInputRows, kOutputRows, kResultRows,
                            kInputGradientRows, kWeightGradient, kWeightTaps, kCount };
 

@@ -229,7 +229,7 @@ void channel_sums(const ChannelLayout& layout, const std::array<const scalar_t*,
   for (int k = 0; k < K; ++k) acc[k] = V(T(0));
   for (int k = 0; k < K; ++k) sums[k] = 0;
   // Rows of at most a vector: one strided run, moved into double every kFlushElements rows (a call
-  // per row took a fifth of a 64x512x4x4 forward).
+  // per row would cost more than the row's few elements).
   if (S <= width) {
     for (int64_t first = 0; first < N; first += kFlushElements) {
       accumulate_run<scalar_t, K, I>(acc, inputs, (first * layout.channels + c) * S, row_stride,
@@ -504,7 +504,7 @@ void map_in_storage_order(const ChannelLayout& layout,
   if (!layout.channels_last) {
     const int64_t S = layout.spatial;
     at::parallel_for(0, layout.batch * C, grain_for(S), [&](int64_t begin, int64_t end) {
-      // The channel counts along with the row: a division per row cost 5-10% of a short-row map.
+      // The channel counts along with the row: a division per row is dear in a short-row map.
       for (int64_t row = begin, c = begin % C; row < end; ++row, c = c + 1 == C ? 0 : c + 1) {
         V coef[P];
         for (int p = 0; p < P; ++p) coef[p] = V(coefficients[p][c]);
