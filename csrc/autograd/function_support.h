@@ -1,7 +1,7 @@
 // What the C++ autograd Functions of fastgan's ops share. Their autograd is C++ (as torchvision
 // registers its ops' autograd) rather than Python's torch.library.register_autograd: an op runs
-// once per layer and direction, and a Python autograd layer cost more than the kernels at small
-// sizes (benchmarks/RESULTS.md). The fake kernels stay in Python (fastgan/ops).
+// once per layer and direction, and a Python autograd layer costs more than the kernels at small
+// sizes. The fake kernels stay in Python (fastgan/ops).
 #pragma once
 
 #include <ATen/core/dispatch/Dispatcher.h>

@@ -74,6 +74,27 @@ struct Coefficients {
   }
 };
 
+// The slots of the coefficient arrays, named as the CUDA kernel names the same quantities. Every
+// pass computes y = (x - mean) * scale + bias, with mean as rounded to the compute type and bias the
+// affine shift centered on it (see ChannelParams).
+// The forward's: the shift of the statistics' sums (see moments_from_shifted_sums), then y's.
+struct ForwardSlots {
+  enum : int { kShift, kScale, kBias, kMean, kCount };
+};
+// The backward passes': y's first.
+struct AffineSlots {
+  enum : int { kScale, kBias, kMean, kCount };
+};
+// The backward's: grad_input = g * grad + (x - mean) * input + constant.
+struct BackwardSlots : AffineSlots {
+  enum : int { kGrad = AffineSlots::kCount, kInput, kConstant, kCount };
+};
+// The double backward's: grad_grad_output = leaky_relu'(y) * (ggi * go_ggi + xc * go_x + go_const)
+// and grad_input = ggi * x_ggi + g * x_g + xc * x_x + x_const, xc = x - mean.
+struct DoubleBackwardSlots : AffineSlots {
+  enum : int { kGoGgi = AffineSlots::kCount, kGoX, kGoConst, kXGgi, kXG, kXX, kXConst, kCount };
+};
+
 // What every pass needs per channel: the statistics, weight, bias and the affine transform
 // y = (x - mean) * scale + shift, centered so that float32 rounds the small x - mean, not the
 // large x * scale (exact for constant channels, accurate when |mean| >> std).
@@ -92,16 +113,16 @@ struct ChannelParams {
       shift[c] = a.shift;
     }
   }
-  // Coefficient arrays 0, 1, 2 = scale, shift, mean, as the backward passes read them: the shift
-  // goes with x minus the mean as rounded to T.
+  // The AffineSlots, as the backward passes read them: the shift goes with x minus the mean as
+  // rounded to T.
   template <typename T, int P>
   void store_affine(Coefficients<T, P>& coef) const {
     for (size_t c = 0; c < mean.size(); ++c) {
       const auto center = static_cast<T>(mean[c]);
-      coef.values[0][c] = static_cast<T>(scale[c]);
+      coef.values[AffineSlots::kScale][c] = static_cast<T>(scale[c]);
       const double centered_shift = shift[c] + static_cast<double>(center) * scale[c];
-      coef.values[1][c] = static_cast<T>(centered_shift);
-      coef.values[2][c] = center;
+      coef.values[AffineSlots::kBias][c] = static_cast<T>(centered_shift);
+      coef.values[AffineSlots::kMean][c] = center;
     }
   }
 };
@@ -121,11 +142,11 @@ struct SavedOperands {
         ch(layout.channels, mean, var, weight, bias, eps) {}
 };
 
-// leaky_relu'(xc * scale + shift) for xc = x - mean, vectorized (the header's leaky_relu_grad).
+// leaky_relu'(xc * scale + bias) for xc = x - mean, vectorized (the header's leaky_relu_grad).
 template <typename V>
-inline V activation_slope(const V& xc, const V& scale, const V& shift, const V& slope) {
+inline V activation_slope(const V& xc, const V& scale, const V& bias, const V& slope) {
   using T = typename V::value_type;
-  const V y = at::vec::fmadd(xc, scale, shift);
+  const V y = at::vec::fmadd(xc, scale, bias);
   return V::blendv(slope, V(T(1)), y > V(T(0)));
 }
 
@@ -155,44 +176,45 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu(
   FASTGAN_DISPATCH_CPU_TYPES(x.scalar_type(), "batch_norm_leaky_relu", [&] {
     using V = Vec<scalar_t>;
     using T = opmath_t<scalar_t>;
+    using Slot = ForwardSlots;
     const scalar_t* data = x.const_data_ptr<scalar_t>();
-    // The shift of the sums, then y = (x - center) * scale + shift.
-    Coefficients<T, 4> coef(C);
+    Coefficients<T, Slot::kCount> coef(C);
     if (training && count > 0) {
       // Sums are of x minus the channel's first element (see moments_from_shifted_sums).
       for (int64_t c = 0; c < C; ++c) {
-        coef.values[0][c] =
+        coef.values[Slot::kShift][c] =
             static_cast<T>(data[layout.stored_channels_last ? c : c * layout.spatial]);
       }
     }
     auto set_affine = [&](int64_t c) {
       const auto a = affine(batch_mean[c], inverse_std(batch_var[c], eps), weights[c], biases[c]);
       const auto center = static_cast<T>(batch_mean[c]);
-      coef.values[1][c] = static_cast<T>(a.scale);
-      coef.values[2][c] = static_cast<T>(a.shift + static_cast<double>(center) * a.scale);
-      coef.values[3][c] = center;
+      coef.values[Slot::kScale][c] = static_cast<T>(a.scale);
+      coef.values[Slot::kBias][c] =
+          static_cast<T>(a.shift + static_cast<double>(center) * a.scale);
+      coef.values[Slot::kMean][c] = center;
     };
     const V slope(static_cast<T>(negative_slope));
     auto apply = [&](const V* in, const V* k, V* result) {
-      const V y = at::vec::fmadd(in[0] - k[3], k[1], k[2]);
+      const V y = at::vec::fmadd(in[0] - k[Slot::kMean], k[Slot::kScale], k[Slot::kBias]);
       result[0] = V::blendv(y * slope, y, y > V(T(0)));
     };
     if (!training) {
       for (int64_t c = 0; c < C; ++c) set_affine(c);
-      reduce_then_map<scalar_t, 0, 1, 4, 1>(
+      reduce_then_map<scalar_t, 0, 1, Slot::kCount, 1>(
           layout, {data}, coef.pointers(), {out.mutable_data_ptr<scalar_t>()},
           [](V*, const V*, const V*) {}, [](int64_t, const double*) {}, apply);
       return;
     }
-    reduce_then_map<scalar_t, 2, 1, 4, 1>(
+    reduce_then_map<scalar_t, 2, 1, Slot::kCount, 1>(
         layout, {data}, coef.pointers(), {out.mutable_data_ptr<scalar_t>()},
         [](V* acc, const V* in, const V* k) {
-          const V d = in[0] - k[0];
+          const V d = in[0] - k[Slot::kShift];
           acc[0] = acc[0] + d;
           acc[1] = at::vec::fmadd(d, d, acc[1]);
         },
         [&](int64_t c, const double* sums) {
-          const double shift = coef.values[0][c];
+          const double shift = coef.values[Slot::kShift][c];
           const auto moments = moments_from_shifted_sums<double>(count, shift, sums[0], sums[1]);
           batch_mean[c] = moments.mean;
           batch_var[c] = moments.var;
@@ -200,7 +222,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu(
           // The shifted sums cancel when the shift (the first element, an outlier maybe) lies
           // many standard deviations from the mean: then sum again around the mean.
           if (shifted_sums_accurate(moments, shift)) return true;
-          coef.values[0][c] = static_cast<T>(moments.mean);
+          coef.values[Slot::kShift][c] = static_cast<T>(moments.mean);
           return false;
         },
         apply);
@@ -235,9 +257,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu_backward(
   FASTGAN_DISPATCH_CPU_TYPES(x.scalar_type(), "batch_norm_leaky_relu_backward", [&] {
     using V = Vec<scalar_t>;
     using T = opmath_t<scalar_t>;
+    using Slot = BackwardSlots;
+    constexpr int P = Slot::kCount;
     const V slope(static_cast<T>(negative_slope));
-    // scale, shift, mean, then grad_input = g * k_grad + x * k_input + k_constant.
-    Coefficients<T, 6> coef(C);
+    Coefficients<T, P> coef(C);
     ch.store_affine(coef);
     auto finish = [&](int64_t c, const double* sums) {
       const double sum_g = need_sums ? sums[0] : 0.0, sum_g_xc = need_sums ? sums[1] : 0.0;
@@ -245,34 +268,36 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu_backward(
       grad_bias[c] = sum_g;
       const auto k = backward_coefficients<double>(training, count, ch.mean[c], ch.invstd[c],
                                                    ch.weight[c], sum_g, sum_g_xc);
-      coef.values[3][c] = static_cast<T>(k.grad);
-      coef.values[4][c] = static_cast<T>(k.input);
-      // grad_input's x * input + constant, rewritten for x - center (coefficient 2)
-      coef.values[5][c] = static_cast<T>(k.constant + coef.values[2][c] * k.input);
+      coef.values[Slot::kGrad][c] = static_cast<T>(k.grad);
+      coef.values[Slot::kInput][c] = static_cast<T>(k.input);
+      // grad_input's x * input + constant, rewritten for x - mean
+      coef.values[Slot::kConstant][c] =
+          static_cast<T>(k.constant + coef.values[Slot::kMean][c] * k.input);
     };
     // Sums of g and g * (x - mean), g = grad_out * leaky_relu'(y).
     auto accumulate = [&](V* acc, const V* in, const V* k) {
-      const V xc = in[0] - k[2];
-      const V g = in[1] * activation_slope(xc, k[0], k[1], slope);
+      const V xc = in[0] - k[Slot::kMean];
+      const V g = in[1] * activation_slope(xc, k[Slot::kScale], k[Slot::kBias], slope);
       acc[0] = acc[0] + g;
       acc[1] = at::vec::fmadd(g, xc, acc[1]);
     };
     auto apply = [&](const V* in, const V* k, V* result) {
-      const V xc = in[0] - k[2];
-      const V g = in[1] * activation_slope(xc, k[0], k[1], slope);
-      result[0] = at::vec::fmadd(g, k[3], at::vec::fmadd(xc, k[4], k[5]));
+      const V xc = in[0] - k[Slot::kMean];
+      const V g = in[1] * activation_slope(xc, k[Slot::kScale], k[Slot::kBias], slope);
+      result[0] = at::vec::fmadd(g, k[Slot::kGrad],
+                                 at::vec::fmadd(xc, k[Slot::kInput], k[Slot::kConstant]));
     };
     const std::array<const scalar_t*, 2> data{x.const_data_ptr<scalar_t>(),
                                                go.const_data_ptr<scalar_t>()};
     if (need_sums && output_mask[0]) {
-      reduce_then_map<scalar_t, 2, 2, 6, 1>(layout, data, coef.pointers(),
+      reduce_then_map<scalar_t, 2, 2, P, 1>(layout, data, coef.pointers(),
                                             {grad_input.mutable_data_ptr<scalar_t>()}, accumulate,
                                             finish, apply);
     } else if (need_sums) {
-      reduce_then_map<scalar_t, 2, 2, 6, 0>(layout, data, coef.pointers(), {}, accumulate, finish,
+      reduce_then_map<scalar_t, 2, 2, P, 0>(layout, data, coef.pointers(), {}, accumulate, finish,
                                             apply);
     } else if (output_mask[0]) {  // evaluation, grad_input only: no sums needed
-      reduce_then_map<scalar_t, 0, 2, 6, 1>(layout, data, coef.pointers(),
+      reduce_then_map<scalar_t, 0, 2, P, 1>(layout, data, coef.pointers(),
                                             {grad_input.mutable_data_ptr<scalar_t>()}, accumulate,
                                             finish, apply);
     }
@@ -315,13 +340,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu_double_back
   FASTGAN_DISPATCH_CPU_TYPES(x.scalar_type(), "batch_norm_leaky_relu_double_backward", [&] {
     using V = Vec<scalar_t>;
     using T = opmath_t<scalar_t>;
+    using Slot = DoubleBackwardSlots;
     const V slope(static_cast<T>(negative_slope));
-    Coefficients<T, 10> coef(C);  // scale, shift, mean, then the seven of the header
+    Coefficients<T, Slot::kCount> coef(C);
     ch.store_affine(coef);
     // The five sums of DoubleBackwardSums.
     auto accumulate = [&](V* acc, const V* in, const V* k) {
-      const V xc = in[0] - k[2];
-      const V g = in[1] * activation_slope(xc, k[0], k[1], slope);
+      const V xc = in[0] - k[Slot::kMean];
+      const V g = in[1] * activation_slope(xc, k[Slot::kScale], k[Slot::kBias], slope);
       acc[0] = acc[0] + g;
       acc[1] = at::vec::fmadd(g, xc, acc[1]);
       acc[2] = acc[2] + in[2];
@@ -333,20 +359,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu_double_back
       const auto k = double_backward_coefficients<double>(training, count, ch.mean[c],
                                                           ch.invstd[c], ch.weight[c], ggw[c],
                                                           ggb[c], s);
-      // The constants go with x - center (coefficient 2) rather than x.
-      const double center = coef.values[2][c];
-      const double values[7] = {k.go_ggi, k.go_x, k.go_const + center * k.go_x, k.x_ggi,
-                                k.x_g,    k.x_x,  k.x_const + center * k.x_x};
-      for (int i = 0; i < 7; ++i) coef.values[3 + i][c] = static_cast<T>(values[i]);
+      // The constants go with x - mean rather than x.
+      const double center = coef.values[Slot::kMean][c];
+      const auto set = [&](int slot, double value) { coef.values[slot][c] = static_cast<T>(value); };
+      set(Slot::kGoGgi, k.go_ggi);
+      set(Slot::kGoX, k.go_x);
+      set(Slot::kGoConst, k.go_const + center * k.go_x);
+      set(Slot::kXGgi, k.x_ggi);
+      set(Slot::kXG, k.x_g);
+      set(Slot::kXX, k.x_x);
+      set(Slot::kXConst, k.x_const + center * k.x_x);
       grad_weight[c] = k.grad_weight;
     };
     // Both results are linear per channel: result 0 is grad_grad_output, 1 grad_input.
     auto result = [&](auto which, const V* in, const V* k, const V& xc, const V& activation) {
       if constexpr (decltype(which)::value == 0) {
-        return activation * at::vec::fmadd(in[2], k[3], at::vec::fmadd(xc, k[4], k[5]));
+        return activation * at::vec::fmadd(in[2], k[Slot::kGoGgi],
+                                           at::vec::fmadd(xc, k[Slot::kGoX], k[Slot::kGoConst]));
       } else {
-        return at::vec::fmadd(in[2], k[6], at::vec::fmadd(in[1] * activation, k[7],
-                                                          at::vec::fmadd(xc, k[8], k[9])));
+        return at::vec::fmadd(
+            in[2], k[Slot::kXGgi],
+            at::vec::fmadd(in[1] * activation, k[Slot::kXG],
+                           at::vec::fmadd(xc, k[Slot::kXX], k[Slot::kXConst])));
       }
     };
     const std::array<const scalar_t*, 3> data{x.const_data_ptr<scalar_t>(),
@@ -356,11 +390,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu_double_back
       const std::array<at::Tensor, 2> targets{grad_grad_output, grad_input};
       const std::array<scalar_t*, sizeof...(which)> outputs{
           targets[decltype(which)::value].template mutable_data_ptr<scalar_t>()...};
-      reduce_then_map<scalar_t, 5, 3, 10, sizeof...(which)>(
+      reduce_then_map<scalar_t, 5, 3, Slot::kCount, sizeof...(which)>(
           layout, data, coef.pointers(), outputs, accumulate, finish,
           [&](const V* in, const V* k, V* out) {
-            [[maybe_unused]] const V xc = in[0] - k[2];
-            [[maybe_unused]] const V activation = activation_slope(xc, k[0], k[1], slope);
+            [[maybe_unused]] const V xc = in[0] - k[Slot::kMean];
+            [[maybe_unused]] const V activation =
+                activation_slope(xc, k[Slot::kScale], k[Slot::kBias], slope);
             [[maybe_unused]] int o = 0;
             ((out[o++] = result(which, in, k, xc, activation)), ...);
           });

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "../gradient_penalty.h"
+#include "tuning.h"
 
 namespace fastgan {
 namespace cpu {
@@ -23,8 +24,6 @@ using Vec = at::vec::Vectorized<scalar_t>;
 // The sum is split into chunks of this many elements, each summed in scalar_t vectors and then
 // added in double, in chunk order: accurate, and independent of the number of threads.
 constexpr int64_t kChunk = 1 << 14;
-// Independent vector accumulators per chunk, so consecutive fmadds do not wait on each other.
-constexpr int kAccumulators = 4;
 
 void check_cpu(const char* op, const at::Tensor& grad) {
   TORCH_CHECK(grad.scalar_type() == at::kFloat || grad.scalar_type() == at::kDouble, op,
@@ -40,11 +39,11 @@ template <typename scalar_t>
 double sum_of_squares(const scalar_t* data, int64_t begin, int64_t end) {
   using V = Vec<scalar_t>;
   constexpr int64_t width = V::size();
-  V acc[kAccumulators];
+  V acc[kPenaltyAccumulators];
   for (auto& a : acc) a = V(scalar_t(0));
   int64_t i = begin;
-  for (; i + kAccumulators * width <= end; i += kAccumulators * width) {
-    for (int k = 0; k < kAccumulators; ++k) {
+  for (; i + kPenaltyAccumulators * width <= end; i += kPenaltyAccumulators * width) {
+    for (int k = 0; k < kPenaltyAccumulators; ++k) {
       const V g = V::loadu(data + i + k * width);
       acc[k] = at::vec::fmadd(g, g, acc[k]);
     }
@@ -53,6 +52,7 @@ double sum_of_squares(const scalar_t* data, int64_t begin, int64_t end) {
     const V g = V::loadu(data + i, std::min(width, end - i));
     acc[0] = at::vec::fmadd(g, g, acc[0]);
   }
+  static_assert(kPenaltyAccumulators == 4, "the lanes' sum below adds four accumulators");
   scalar_t lanes[width];
   (acc[0] + acc[1] + (acc[2] + acc[3])).store(lanes);
   double total = 0;

@@ -19,6 +19,7 @@
 
 #include "../channel_layout.h"
 #include "parallel.h"
+#include "tuning.h"
 
 namespace fastgan {
 namespace cpu {
@@ -64,45 +65,12 @@ inline void store(const Vec<scalar_t>& value, scalar_t* data, int64_t count) {
 // into double: fast and accurate for any N * S.
 constexpr int64_t kFlushElements = 1024;
 
-// Channels-first reductions prefetch this many bytes of rows ahead. One row ahead is too little for
-// small maps (an 8x8 row is 256 bytes): at 64x256x8x8 the reduction then waits on memory.
-constexpr int64_t kPrefetchBytes = 2048;
-
 // Storage-order reductions split the rows (channels-last) or samples (channels-first) into this
 // many blocks, for a result independent of the thread count.
 constexpr int64_t kRowBlocks = 16;
 
-// Channels-last reductions walk kSumTileRows rows at a time, kSumGroupVectors channel vectors
-// side by side. Measured (RESULTS.md, tenth session) against 4 rows one vector at a time: the
-// backward's sums 0-38% faster from 16 to 512 channels, the double backward 3% slower to 23%
-// faster; the whole backward 7-22% faster up to 64 channels, from 17% slower (512 channels) to
-// 31% faster (128) above.
-constexpr int64_t kSumTileRows = 32;
-constexpr int kSumGroupVectors = 4;
+// Channels-last reductions flush their partial sums between tiles of kSumTileRows rows.
 static_assert(kFlushElements % kSumTileRows == 0, "flushes fall on tile boundaries");
-
-// Channels-last maps take kTileRows rows per task, walked one channel vector at a time down the
-// rows (its coefficients loaded once), or in storage order (each vector's coefficients loaded
-// from the cached arrays) when rows hold at least kStorageOrderRowVectors whole vectors and the
-// map reads and writes at least kStorageOrderMapBytes. Measured (RESULTS.md, tenth session), the
-// walks alternating call by call: the vector-at-a-time walk stalls on its loads when its data
-// comes from L3 or memory (1.1-1.5x slower from 128 channels up, 8 MB tensors), and wins when it
-// comes from nearer caches or rows are short (1.2-1.4x faster at 64x256x8x8 and 64x512x4x4,
-// 1.0-1.4x at 32 and 64 channels).
-constexpr int64_t kTileRows = 4;
-constexpr int64_t kStorageOrderRowVectors = 8;
-constexpr int64_t kStorageOrderMapBytes = int64_t(16) << 20;
-
-// Except that rows of exactly 4 or 8 whole vectors (64 or 128 float channels) are walked in
-// storage order with every channel's coefficients loaded once per task of kRegisterTileRows rows
-// into local vectors (registers, or the stack for the backward maps' six and ten per channel),
-// not once per vector from the arrays: the storage-order walk ran at half the speed of a
-// channels-first map over the same bytes. Measured (RESULTS.md, twelfth session) against the
-// walks above, alternating call by call: channels-last 64x128x16x16 forward+backward 11-13%
-// faster (its eval map 15-66%), 64x64x32x32 7%, 64x128x8x8 and 64x64x16x16 1-18%; at 64x128x4x4
-// from 7% slower (backward, 3 us) to 31% faster. Rows of 16 vectors (256 channels) this way:
-// 12-20% slower ops when cache-hot.
-constexpr int64_t kRegisterTileRows = 64;
 
 // Calls finish(c, sums); false when it returned false: it updated the coefficients that the
 // reduction reads and asks for the channel's sums again. A void finish always accepts.
@@ -261,7 +229,7 @@ void channel_sums(const ChannelLayout& layout, const std::array<const scalar_t*,
   for (int k = 0; k < K; ++k) acc[k] = V(T(0));
   for (int k = 0; k < K; ++k) sums[k] = 0;
   // Rows of at most a vector: one strided run, moved into double every kFlushElements rows (a call
-  // per row took a fifth of a 64x512x4x4 forward).
+  // per row would cost more than the row's few elements).
   if (S <= width) {
     for (int64_t first = 0; first < N; first += kFlushElements) {
       accumulate_run<scalar_t, K, I>(acc, inputs, (first * layout.channels + c) * S, row_stride,
@@ -313,17 +281,10 @@ void map_channel(const ChannelLayout& layout, const std::array<const scalar_t*, 
   });
 }
 
-// When the map runs in storage order, channels-first rows of at least this many bytes are reduced
-// row by row (below, each row's sums moved into double), shorter ones by blocks of samples
-// (sample_block_sums, the sums kept in vectors across rows). Measured against a channel per task
-// (RESULTS.md, ninth and tenth sessions): row by row, rows of 4-16 KB made the backward 12-17%
-// faster, but rows of 1 KB the forward 17-32% slower and of 256 bytes 60-95% slower; by sample
-// blocks, rows of 1 KB made the forward and backward 10% faster, rows of 256 bytes 1-3%.
-constexpr int64_t kStorageOrderSumsRowBytes = 4096;
-
-// sums[k * C + c] = the K sums of channel c of a channels-first tensor, walked in storage order:
-// one task per row (sample n, channel c), or per piece of kFlushElements vectors of a longer row,
-// each task's sums in double, added up per channel in task order.
+// sums[k * C + c] = the K sums of channel c of a channels-first tensor with rows of at least
+// kStorageOrderSumsRowBytes, walked in storage order: one task per row (sample n, channel c), or
+// per piece of kFlushElements vectors of a longer row, each task's sums in double, added up per
+// channel in task order.
 template <typename scalar_t, int K, int I, int P, typename Accumulate>
 void storage_order_sums(const ChannelLayout& layout, const std::array<const scalar_t*, I>& inputs,
                         const std::array<opmath_t<scalar_t>*, P>& coefficients,
@@ -501,7 +462,8 @@ void channels_last_sums(const ChannelLayout& layout, const std::array<const scal
 }
 
 // Channels-last map over rows of G whole channel vectors, in storage order, with the rows'
-// coefficients in local vectors (kRegisterTileRows' comment).
+// coefficients loaded once per task of kRegisterTileRows rows into local vectors (registers, or the
+// stack for the backward maps' six and ten per channel) rather than per vector from the arrays.
 template <int G, typename scalar_t, int I, int P, int O, typename Map>
 void map_rows_in_registers(const ChannelLayout& layout,
                            const std::array<const scalar_t*, I>& inputs,
@@ -542,7 +504,7 @@ void map_in_storage_order(const ChannelLayout& layout,
   if (!layout.channels_last) {
     const int64_t S = layout.spatial;
     at::parallel_for(0, layout.batch * C, grain_for(S), [&](int64_t begin, int64_t end) {
-      // The channel counts along with the row: a division per row cost 5-10% of a short-row map.
+      // The channel counts along with the row: a division per row is dear in a short-row map.
       for (int64_t row = begin, c = begin % C; row < end; ++row, c = c + 1 == C ? 0 : c + 1) {
         V coef[P];
         for (int p = 0; p < P; ++p) coef[p] = V(coefficients[p][c]);
@@ -551,6 +513,7 @@ void map_in_storage_order(const ChannelLayout& layout,
     });
     return;
   }
+  // Rows of exactly 4 or 8 whole vectors (64 or 128 float channels).
   if (C == 4 * width) {
     map_rows_in_registers<4, scalar_t, I, P, O>(layout, inputs, coefficients, outputs, map);
     return;
@@ -559,7 +522,10 @@ void map_in_storage_order(const ChannelLayout& layout,
     map_rows_in_registers<8, scalar_t, I, P, O>(layout, inputs, coefficients, outputs, map);
     return;
   }
-  // kTileRows rows per task, walked as kStorageOrderMapBytes' comment says.
+  // kTileRows rows per task, walked one channel vector at a time down the rows (its coefficients
+  // loaded once), or in storage order (each vector's coefficients loaded from the cached arrays)
+  // when rows hold at least kStorageOrderRowVectors whole vectors and the map reads and writes at
+  // least kStorageOrderMapBytes.
   const int64_t rows = layout.per_channel(), tiles = (rows + kTileRows - 1) / kTileRows;
   const int64_t map_bytes = (I + O) * rows * C * static_cast<int64_t>(sizeof(scalar_t));
   const bool storage_order = C % width == 0 && C >= kStorageOrderRowVectors * width &&
@@ -592,21 +558,18 @@ void map_in_storage_order(const ChannelLayout& layout,
 
 // Whether a channels-first reduce_then_map walks channel by channel (reduce a channel, then map it
 // while it is still in this core's caches) rather than in storage order (reduce every channel,
-// then map everything row after row). Each wins somewhere; measured on an AMD EPYC (32 MB L3,
-// benchmarks/RESULTS.md, ninth session), op by op in one process, alternating the two walks:
-// - storage order is 3-30% faster for one or two inputs with rows of 64 floats or more, up to
-//   32 MB of input: the channel walk's re-reads miss, since a channel's rows lie a power of two
-//   apart in most networks and share cache sets;
-// - the channel walk is faster for three inputs (the double backward: 0-20% at 6-48 MB; with
-//   rows of 4 KB or more, storage order in both passes ties with it), for rows under 256 bytes
-//   (per-row coefficient set-up dominates a storage-order row: up to 1.9x), and beyond 48 MB of
-//   input (7-33% at 64-128 MB: the storage-order second pass comes from memory).
+// then map everything row after row). Each wins somewhere:
+// - storage order for one or two inputs with long rows, up to a size: the channel walk's re-reads
+//   miss, since a channel's rows lie a power of two apart in most networks and share cache sets;
+// - the channel walk for three inputs (the double backward; with long rows, storage order in both
+//   passes ties with it), for short rows (per-row coefficient set-up dominates a storage-order
+//   row), and beyond that size (the storage-order second pass comes from memory).
 inline bool walk_channels(const ChannelLayout& layout, int inputs, int64_t bytes_per_element) {
   if (layout.channels_last) return false;
-  constexpr int64_t kStorageOrderMaxBytes = int64_t(48) << 20;
   const int64_t row_bytes = layout.spatial * bytes_per_element;
   const int64_t input_bytes = layout.batch * layout.channels * row_bytes * inputs;
-  return inputs >= 3 || row_bytes < 256 || input_bytes > kStorageOrderMaxBytes;
+  return inputs >= kChannelWalkInputs || row_bytes < kChannelWalkRowBytes ||
+         input_bytes > kStorageOrderMaxBytes;
 }
 
 // For each channel c:

@@ -9,8 +9,8 @@
 // backward passes' constants go with x - mean too (the header's centered_* coefficients).
 //
 // UNVERIFIED ON A GPU: this file is compiled (scripts/cuda_check.sh) and its kernels are run on the
-// CPU by scripts/cuda_emulation/emulate_batch_norm_leaky_relu.py, but it has not been run on CUDA
-// hardware since the centering and the re-sum were added.
+// CPU by scripts/cuda_emulation/emulate_batch_norm_leaky_relu.py, but its kernels as they stand
+// have not been run on CUDA hardware.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>

@@ -1,0 +1,93 @@
+// The machine-tuned constants of the CPU kernels, in one place. Each was chosen by timing the
+// kernels; under each, one line of reason and the benchmark that shows its effect. On another
+// machine, run that benchmark before and after changing a value (with the same --threads; see
+// python benchmarks/run.py --help). The code that reads a constant says what it controls.
+#pragma once
+
+#include <cstdint>
+
+namespace fastgan {
+namespace cpu {
+
+// ------------------------------------------------------------------------------------------------
+// Transposed convolution (conv_transpose2d_*.cpp)
+
+// Images of at least this many input pixels run one per task, all steps on one thread: each
+// image's GEMMs are big enough alone, and its Z or G_col stays in cache. Smaller ones run in blocks.
+//   python benchmarks/run.py --only convt
+constexpr int64_t kImagePixels = 256;
+
+// Entries of Z or G_col per block of small images, and of Winograd's V, M or dM (16 MiB of
+// float32): blocks of 32 images rather than 8 give the backward's GEMMs rows enough to run faster.
+//   python benchmarks/run.py --only convt
+constexpr int64_t kBlockEntries = 1 << 22;
+
+// NCHW operands with fewer output channels per group take the planar path: the row orientation's
+// epilogue vectorizes over the channels, and fewer than one float32 vector of them waste it.
+//   python benchmarks/run.py --only convt   (the 64 -> 3 layer)
+constexpr int64_t kPlanarChannels = 16;
+
+// Winograd's transforms cost more than its GEMMs save with fewer channels (their work per GEMM
+// multiply-add grows as 1 / channels) or fewer tiles in the batch (every GEMM reads all of U, 6.25
+// times the weight, at one multiply-add per value and tile).
+//   python benchmarks/run.py --only convt r1   (generator layers; discriminator convolutions)
+constexpr int64_t kWinogradMinChannels = 64;
+constexpr int64_t kWinogradMinTiles = 64;
+
+// ------------------------------------------------------------------------------------------------
+// Per-channel passes (per_channel.h: the BatchNorm + LeakyReLU kernels)
+
+// Bytes of rows a channels-first reduction prefetches ahead: one row ahead (256 bytes for an 8x8
+// map) leaves the reduction waiting on memory.
+//   python benchmarks/run.py --only bn   (64x256x8x8)
+constexpr int64_t kPrefetchBytes = 2048;
+
+// Channels-last reductions walk this many rows at a time, this many channel vectors side by side
+// (their accumulators in registers): faster sums than 4 rows one vector at a time, 16-512 channels.
+//   python benchmarks/run.py --only bn   (NHWC rows)
+constexpr int64_t kSumTileRows = 32;
+constexpr int kSumGroupVectors = 4;
+
+// Channels-last maps take this many rows per task.
+//   python benchmarks/run.py --only bn   (NHWC rows)
+constexpr int64_t kTileRows = 4;
+
+// A channels-last map walks in storage order, rather than one channel vector at a time down its
+// rows, when rows hold at least this many whole vectors and it reads and writes at least this many
+// bytes: the vector-at-a-time walk stalls on loads from L3 or memory, and wins from nearer caches.
+//   python benchmarks/run.py --only bn   (NHWC rows)
+constexpr int64_t kStorageOrderRowVectors = 8;
+constexpr int64_t kStorageOrderMapBytes = int64_t(16) << 20;
+
+// Rows of exactly 4 or 8 whole vectors walk in storage order with the coefficients loaded into
+// local vectors once per task of this many rows: loading them per vector from the arrays, the walk
+// ran at half the speed of a channels-first map over the same bytes (16 vectors: slower this way).
+//   python benchmarks/run.py --only bn   (NHWC, 64 and 128 channels)
+constexpr int64_t kRegisterTileRows = 64;
+
+// A channels-first storage-order reduction sums rows of at least this many bytes one by one (each
+// row's sums moved into double), shorter ones by blocks of samples (sums kept in vectors across
+// rows): moving a short row's sums costs more than summing it.
+//   python benchmarks/run.py --only bn   (NCHW, 32x32 against 16x16 and 8x8 maps)
+constexpr int64_t kStorageOrderSumsRowBytes = 4096;
+
+// walk_channels: channels-first ops walk channel by channel with rows shorter than this many bytes
+// (per-row coefficient set-up dominates a short storage-order row), with this many inputs or more
+// (the double backward: the channel walk's second read comes from cache), or with more input bytes
+// than this (a storage-order second pass would come from memory); in storage order otherwise.
+//   python benchmarks/run.py --only bn   (rows and inputs; for the size, add a shape of more than
+//   48 MiB, e.g. (64, 256, 32, 32), to SHAPES in benchmarks/bench_batch_norm_leaky_relu.py)
+constexpr int64_t kChannelWalkRowBytes = 256;
+constexpr int kChannelWalkInputs = 3;
+constexpr int64_t kStorageOrderMaxBytes = int64_t(48) << 20;
+
+// ------------------------------------------------------------------------------------------------
+// Gradient penalty (gradient_penalty_kernel.cpp)
+
+// Independent vector accumulators per chunk of the sum of squares, so that consecutive fused
+// multiply-adds do not wait on each other.
+//   python benchmarks/run.py --only r1
+constexpr int kPenaltyAccumulators = 4;
+
+}  // namespace cpu
+}  // namespace fastgan
