@@ -23,7 +23,7 @@ from fastgan.ops.conv_transpose2d import _empty_in_layout_of, _ops
 
 _convolution_backward = torch.ops.aten.convolution_backward
 # The fewest 4x4 input tiles in a batch with which the CPU kernels take their Winograd path:
-# their own value (kMinTiles, csrc/cpu/conv_transpose2d_winograd.cpp), mirrored here so that
+# their own value (kWinogradMinTiles, csrc/cpu/tuning.h), mirrored here so that
 # _winograd predicts their choice.
 _WINOGRAD_TILES = 64
 
