@@ -61,7 +61,8 @@ def run(device="cpu", dtype=torch.float32, min_run_time=1.0, batch=64):
     netG.apply(weights_init)
     netD.apply(weights_init)
     models = {"torch": (netG, netD),
-              "converted": (fastgan.nn.convert(netG), fastgan.nn.convert(netD))}
+              "converted": (fastgan.nn.convert(netG, copy=True),
+                            fastgan.nn.convert(netD, copy=True))}
     seconds = compare({name: training_iteration(g, d, batch, device, dtype)
                        for name, (g, d) in models.items()}, device, min_run_time)
     ratio = seconds["torch"] / seconds["converted"]

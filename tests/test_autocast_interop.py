@@ -95,7 +95,8 @@ def test_converted_dcgan_under_autocast_matches_the_original(device, dtype):
     generator = ExamplesGenerator().to(device)
     discriminator = ExamplesDiscriminator().to(device)
     original = nn.Sequential(generator, discriminator)
-    converted = nn.Sequential(fastgan.nn.convert(generator), fastgan.nn.convert(discriminator))
+    converted = nn.Sequential(fastgan.nn.convert(generator, copy=True),
+                              fastgan.nn.convert(discriminator, copy=True))
     z = latent(dtype=torch.float32).to(device)
     results = []
     for model in (original, converted):

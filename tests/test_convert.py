@@ -47,7 +47,7 @@ def images(batch=6, seed=0, dtype=torch.float64):
 def test_examples_generator_is_converted_and_computes_the_same():
     torch.manual_seed(0)
     original = ExamplesGenerator().double()
-    converted, report = convert(original, report=True)
+    converted, report = convert(original, copy=True, report=True)
     layers = list(converted.main)
     assert [type(layer) for layer in layers] == [
         fastgan.nn.ConvTranspose2d, BatchNormLeakyReLU2d, nn.Identity,
@@ -67,7 +67,7 @@ def test_examples_generator_is_converted_and_computes_the_same():
 def test_examples_discriminator_is_converted_and_computes_the_same():
     torch.manual_seed(0)
     original = ExamplesDiscriminator().double()
-    converted, report = convert(original, report=True)
+    converted, report = convert(original, copy=True, report=True)
     layers = list(converted.main)
     assert type(layers[3]) is BatchNormLeakyReLU2d and layers[3].negative_slope == 0.2
     assert type(layers[4]) is nn.Identity
@@ -81,7 +81,7 @@ def test_examples_discriminator_is_converted_and_computes_the_same():
 
 def test_state_dicts_load_both_ways():
     original = ExamplesGenerator()
-    converted = convert(original)
+    converted = convert(original, copy=True)
     assert list(converted.state_dict()) == list(original.state_dict())
     trained = copy.deepcopy(original)
     trained(latent(dtype=torch.float32))  # moves its running statistics
@@ -94,12 +94,13 @@ def test_state_dicts_load_both_ways():
         assert torch.equal(value, expected)
 
 
-def test_inplace_keeps_the_parameters_so_an_optimizer_keeps_working():
+@pytest.mark.parametrize("arguments", [{}, {"inplace": True}], ids=["default", "inplace"])
+def test_converts_in_place_so_an_optimizer_built_before_keeps_training(arguments):
     model = ExamplesGenerator()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     parameters = list(model.parameters())
     buffers = list(model.buffers())
-    result = convert(model, inplace=True)
+    result = convert(model, **arguments)
     assert result is model
     assert all(p is q for p, q in zip(model.parameters(), parameters, strict=True))
     assert all(b is c for b, c in zip(model.buffers(), buffers, strict=True))
@@ -109,9 +110,11 @@ def test_inplace_keeps_the_parameters_so_an_optimizer_keeps_working():
     assert not torch.equal(parameters[0], before)
 
 
-def test_copy_by_default_leaves_the_original_alone():
+@pytest.mark.parametrize("arguments", [{"copy": True}, {"inplace": False}],
+                         ids=["copy", "not-inplace"])
+def test_a_copy_leaves_the_original_alone(arguments):
     original = ExamplesGenerator()
-    converted = convert(original)
+    converted = convert(original, **arguments)
     assert converted is not original
     assert [type(m) for m in original.main] == [nn.ConvTranspose2d, nn.BatchNorm2d, nn.ReLU,
                                                 nn.ConvTranspose2d, nn.BatchNorm2d, nn.ReLU,
@@ -146,7 +149,7 @@ class Attributes(nn.Module):
 def test_attribute_pairs_found_by_tracing():
     torch.manual_seed(0)
     original = Attributes().double()
-    converted, report = convert(original, report=True)
+    converted, report = convert(original, copy=True, report=True)
     assert type(converted.bn) is BatchNormLeakyReLU1d and converted.bn.negative_slope == 0.1
     assert type(converted.act) is nn.Identity
     for name in ("bn_reused", "bn_functional", "bn_shared_act"):
@@ -213,7 +216,7 @@ def test_nested_modules_and_sequentials():
         nn.Sequential(nn.Sequential(nn.ConvTranspose2d(3, 2, 4, 2, 1), nn.LeakyReLU(0.3)),
                       nn.BatchNorm2d(2, momentum=None), nn.ReLU()),
     ).double()
-    converted, report = convert(original, report=True)
+    converted, report = convert(original, copy=True, report=True)
     assert type(converted[1].body[1]) is BatchNormLeakyReLU2d
     assert converted[2][0][0].activation == "leaky_relu"
     assert converted[2][0][0].negative_slope == 0.3
@@ -235,7 +238,7 @@ def test_batch_norm_options_are_kept(kwargs, torch_cls, fused_cls, shape):
     torch.manual_seed(0)
     original = nn.Sequential(torch_cls(4, **kwargs), nn.ReLU()).double()
     original(torch.randn(shape, dtype=torch.float64))  # num_batches_tracked = 1
-    converted = convert(original)
+    converted = convert(original, copy=True)
     fused = converted[0]
     assert type(fused) is fused_cls
     for option in ("eps", "momentum", "affine", "track_running_stats", "num_features"):
@@ -253,7 +256,7 @@ def test_conv_transpose2d_activations_and_geometry():
     original = nn.Sequential(
         nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1, groups=2, dilation=2),
         nn.ReLU(), nn.ConvTranspose2d(6, 2, 3), nn.Tanh()).double()
-    converted = convert(original)
+    converted = convert(original, copy=True)
     assert [converted[0].activation, converted[2].activation] == ["relu", "tanh"]
     assert (converted[0].groups, converted[0].dilation, converted[0].output_padding) == \
         (2, (2, 2), (1, 1))
@@ -269,6 +272,8 @@ def test_a_bare_layer_is_converted_too():
     assert [c.names for c in report.conversions] == [("",)]
     x = torch.randn(2, 3, 5, 5, dtype=torch.float64)
     torch.testing.assert_close(converted(x), layer(x))
+    # Replaced, not modified: the new layer holds the old one's Parameter objects.
+    assert converted.weight is layer.weight and converted.bias is layer.bias
     bn = nn.BatchNorm2d(3)
     assert type(convert(bn)) is nn.BatchNorm2d  # no activation to fuse it with
 
@@ -276,7 +281,7 @@ def test_a_bare_layer_is_converted_too():
 def test_device_dtype_memory_format_and_mode_are_kept():
     original = nn.Sequential(nn.ConvTranspose2d(3, 4, 2), nn.BatchNorm2d(4), nn.ReLU())
     original = original.to(torch.float64).to(memory_format=torch.channels_last).eval()
-    converted = convert(original)
+    converted = convert(original, copy=True)
     assert converted[0].weight.is_contiguous(memory_format=torch.channels_last)
     assert all(t.dtype == torch.float64 for t in converted.parameters())
     assert converted[1].num_batches_tracked.dtype == torch.long
@@ -289,7 +294,7 @@ def test_device_dtype_memory_format_and_mode_are_kept():
 def test_a_model_with_nothing_to_convert_is_unchanged():
     original = nn.Sequential(nn.Conv2d(3, 4, 3), nn.LeakyReLU(0.2), nn.BatchNorm2d(4),
                              nn.Flatten(), nn.Linear(4, 1))
-    converted, report = convert(original, report=True)
+    converted, report = convert(original, copy=True, report=True)
     assert repr(converted) == repr(original)
     assert report.conversions == [] and report.notes == []
     assert convert(original, inplace=True) is original
@@ -298,7 +303,7 @@ def test_a_model_with_nothing_to_convert_is_unchanged():
 
 def test_fastgan_models_are_left_as_they_are():
     model = fastgan.models.DCGANGenerator(z_dim=8, image_size=16, base_channels=4)
-    converted, report = convert(model, report=True)
+    converted, report = convert(model, copy=True, report=True)
     assert repr(converted) == repr(model) and report.conversions == []
 
 
@@ -342,6 +347,17 @@ def test_report_is_logged_and_printable(caplog):
 def test_rejects_what_is_not_a_module():
     with pytest.raises(TypeError, match="module must be a torch.nn.Module"):
         convert(lambda x: x)
+
+
+def test_rejects_contradicting_or_mistyped_copy_arguments():
+    model = ExamplesGenerator()
+    with pytest.raises(ValueError, match="inplace=True and copy=True"):
+        convert(model, inplace=True, copy=True)
+    with pytest.raises(TypeError, match="copy must be a bool"):
+        convert(model, copy="yes")
+    with pytest.raises(TypeError, match="inplace must be a bool or None"):
+        convert(model, inplace=1)
+    assert type(model.main[1]) is nn.BatchNorm2d  # nothing was converted
 
 
 # --- torch.compile ----------------------------------------------------------------------------

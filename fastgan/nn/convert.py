@@ -18,7 +18,7 @@ memory format, requires_grad and an optimizer's references carry over), and no m
 or removed, so the converted model's state_dict has the same keys and loads both ways.
 """
 import collections
-import copy
+import copy as _copy
 import dataclasses
 import logging
 
@@ -54,17 +54,27 @@ class ConversionReport:
         return "\n".join(lines)
 
 
-def convert(module, inplace=False, report=False):
+def convert(module, inplace=None, report=False, *, copy=False):
     """Returns `module` with its BatchNorm->ReLU/LeakyReLU pairs and ConvTranspose2d layers
     replaced by fastgan's fused modules: same outputs, gradients and running statistics, same
-    state_dict keys. By default a deep copy is converted; inplace=True converts `module` itself
-    (an optimizer built on it keeps working: the parameters are the same tensors); use the
-    returned model either way (a bare ConvTranspose2d is replaced, not modified). With
+    state_dict keys. By default `module` itself is converted, as torch's
+    SyncBatchNorm.convert_sync_batchnorm does: the new modules hold its Parameter objects, so an
+    optimizer built before the conversion keeps training the model. copy=True converts a deep
+    copy and leaves `module` alone. Use the returned model either way (a bare ConvTranspose2d is
+    replaced, not modified). `inplace` is the older spelling: inplace=False is copy=True. With
     report=True returns (model, ConversionReport). Each change is also logged at INFO level on
     the "fastgan.nn.convert" logger."""
     if not isinstance(module, nn.Module):
         raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
-    model = module if inplace else copy.deepcopy(module)
+    if not isinstance(copy, bool):
+        raise TypeError(f"copy must be a bool, got {type(copy).__name__}")
+    if inplace is not None:
+        if not isinstance(inplace, bool):
+            raise TypeError(f"inplace must be a bool or None, got {type(inplace).__name__}")
+        if copy and inplace:
+            raise ValueError("inplace=True and copy=True contradict each other; pass copy only")
+        copy = not inplace
+    model = _copy.deepcopy(module) if copy else module
     notes = []
     pairs = _fusible_pairs(model, "", notes)
     shared = _shared_modules(model)
