@@ -85,4 +85,36 @@ def _run(device, dtype, min_run_time, precision):
                 + "\n\nGFLOP/s count the direct method's multiply-adds: on the CPU's Winograd "
                 "path (stride 2, >= 64 channels, >= 64 4x4 tiles in the batch) fastgan does "
                 "25/64 of them, so it can pass 100% of the matmul rate.")
+    if device.type == "cpu" and dtype == torch.float32:
+        markdown += "\n\n" + accuracy_table()
     return SuiteResult(markdown, {"vs_eager": vs_eager, "vs_compile": vs_compile})
+
+
+def _relative_error(actual, exact):
+    """The largest deviation from the float64 result, over the result's largest magnitude."""
+    return ((actual.double() - exact).abs().max() / exact.abs().max()).item()
+
+
+def accuracy_table():
+    """Each layer's float32 forward against the float64 result from the same inputs: torch's,
+    fastgan's with its default paths, and fastgan's with fastgan.backends.cpu.allow_winograd
+    off (only the paths as exact as torch's)."""
+    generator = torch.Generator().manual_seed(0)
+    rows = []
+    for c_in, c_out, size, stride, padding, activation in LAYERS:
+        x = torch.randn(BATCH, c_in, size, size, generator=generator)
+        weight = torch.randn(c_in, c_out, KERNEL, KERNEL, generator=generator) * 0.02
+        exact = eager(x.double(), weight.double(), stride, padding, activation)
+        torch_error = _relative_error(eager(x, weight, stride, padding, activation), exact)
+        default_error = _relative_error(fused(x, weight, stride, padding, activation), exact)
+        with fastgan.backends.cpu.flags(allow_winograd=False):
+            exact_error = _relative_error(fused(x, weight, stride, padding, activation), exact)
+        rows.append([f"{c_in}->{c_out} ({size}->{exact.shape[-1]})", f"{torch_error:.1e}",
+                     f"{default_error:.1e} ({default_error / torch_error:.1f}x)",
+                     f"{exact_error:.1e} ({exact_error / torch_error:.1f}x)"])
+    header = ["layer", "torch", "fastgan (default)", "fastgan, allow_winograd=False"]
+    return ("#### Forward accuracy in float32: largest error against float64 over the largest "
+            "value (x: against torch's)\n\n" + table(header, rows)
+            + "\n\nThe default takes the Winograd path on the stride-2 layers with >= 64 "
+            "channels; `fastgan.backends.cpu.allow_winograd = False` keeps only the paths as "
+            "exact as torch's.")

@@ -4,6 +4,8 @@
 // Python (fastgan/ops).
 #include <torch/extension.h>
 
+#include "cpu/switches.h"
+
 #ifndef FASTGAN_VERSION
 #error "FASTGAN_VERSION must be defined by the build"
 #endif
@@ -80,4 +82,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   // The at::vec instruction set the CPU kernels were compiled for (see setup.py).
   module.attr("cpu_capability") = FASTGAN_STRINGIFY(CPU_CAPABILITY);
   module.attr("torch_version") = FASTGAN_STRINGIFY(FASTGAN_TORCH_VERSION);
+  // fastgan.backends.cpu's switches.
+  module.def("_get_cpu_allow_winograd", [] { return fastgan::cpu::allow_winograd().load(); });
+  module.def("_set_cpu_allow_winograd",
+             [](bool allowed) { fastgan::cpu::allow_winograd().store(allowed); });
 }

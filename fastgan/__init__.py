@@ -6,8 +6,8 @@ pure-PyTorch reference implementations; `backend_info()` says which path is acti
 """
 from fastgan._version import __version__
 from fastgan._backend import backend_info
-from fastgan import ops, nn, models, losses, data, metrics
+from fastgan import backends, ops, nn, models, losses, data, metrics
 from fastgan.train import Trainer
 
-__all__ = ["__version__", "backend_info", "ops", "nn", "models", "losses", "data", "metrics",
+__all__ = ["__version__", "backend_info", "backends", "ops", "nn", "models", "losses", "data", "metrics",
            "Trainer"]

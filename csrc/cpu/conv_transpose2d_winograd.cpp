@@ -16,6 +16,7 @@
 //   dM = A dY A^T;  grad_d = B [dM @ U^T] B^T (overlap-added into grad_input);
 //   dU = sum over tiles of V^T @ dM;  grad_g = G^T dU G.
 #include "conv_transpose2d_common.h"
+#include "switches.h"
 
 namespace fastgan {
 namespace cpu {
@@ -407,6 +408,7 @@ void backward(const Geometry& g, const Dense& grad_output, const Dense* result, 
 }  // namespace
 
 bool winograd(const Geometry& g) {
+  if (!allow_winograd().load(std::memory_order_relaxed)) return false;
   const int64_t tiles = g.batch * ((g.in_h + kTile - 1) / kTile) * ((g.in_w + kTile - 1) / kTile);
   return g.stride_h == 2 && g.stride_w == 2 && g.kernel_h == 4 && g.kernel_w == 4 &&
          g.padding_h == 1 && g.padding_w == 1 && g.out_h == 2 * g.in_h &&
@@ -435,5 +437,11 @@ void winograd_backward(const Geometry& g, const Dense& grad_output, const Dense*
 }
 
 }  // namespace conv_transpose2d_detail
+
+std::atomic<bool>& allow_winograd() {
+  static std::atomic<bool> allowed{true};
+  return allowed;
+}
+
 }  // namespace cpu
 }  // namespace fastgan

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from fastgan._checks import check_int, check_int_pair, check_tensor
+from fastgan.backends import cpu as cpu_switches
 from fastgan.ops import _tuning
 from fastgan.ops.conv_transpose2d import _empty_in_layout_of, _ops
 
@@ -83,6 +84,8 @@ def _winograd(input, weight, geometry, out_h, out_w):
     padding 1, an even map and _WINOGRAD_TILES of its 4x4 tiles in the batch) and has
     _tuning.CONV2D_WINOGRAD_CHANNELS."""
     stride, padding, dilation, groups = geometry
+    if not cpu_switches.allow_winograd:
+        return False
     if (list(stride), list(padding), list(dilation), groups) != ([2, 2], [1, 1], [1, 1], 1) or \
             tuple(weight.shape[2:]) != (4, 4) or (out_h * 2, out_w * 2) != tuple(input.shape[2:]):
         return False
