@@ -140,7 +140,7 @@ def conv2d_parts(device, dtype, min_run_time):
         w = module.weight.detach().to(memory_format=layout)
         geometry = (module.stride, module.padding, module.dilation, module.groups)
         g = torch.randn_like(conv2d_module._forward(x, w, None, geometry, False))
-        chosen = conv2d_module._own_kernels(x, w, geometry)
+        chosen = conv2d_module._own_kernels(x, w, None, geometry)
         for (part, fn), own in zip(parts, chosen):
             t = compare({own_kernels: lambda own=own_kernels: fn(x, w, g, geometry, own)
                          for own_kernels in (False, True)}, device, min_run_time / 4)

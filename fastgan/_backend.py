@@ -79,4 +79,11 @@ def backend_info():
         "cpu_capability": extension.cpu_capability if extension is not None else None,
         "torch": torch.__version__,
         "build_error": build_error,
+        # The CPU convolutions' measured dispatch: its switches, cache file and choices so far.
+        "cpu_dispatch": _dispatch_info(),
     }
+
+
+def _dispatch_info():
+    from fastgan.ops import _dispatch  # fastgan.ops imports this module
+    return _dispatch.info()

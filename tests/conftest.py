@@ -4,7 +4,11 @@ import os
 import pytest
 import torch
 
-import fastgan
+# The dispatch's choices stay in memory: the suite, and the programs it starts, write no cache
+# file outside their temporary directories.
+os.environ["FASTGAN_CACHE_DIR"] = ""
+
+import fastgan  # noqa: E402 - after the environment it reads
 
 try:  # property-based tests' budgets (tests/test_properties.py)
     from hypothesis import settings as _hypothesis_settings
@@ -30,6 +34,14 @@ TOLERANCES = {
     torch.bfloat16: (5e-2, 5e-2),
     "tf32": (1e-2, 1e-2),  # float32 with torch.backends.cuda.matmul.allow_tf32
 }
+
+
+@pytest.fixture(autouse=True)
+def fastgan_kernels_on_every_shape():
+    """The suite tests fastgan's kernels: every part of every convolution runs by them unless a
+    test asks for torch's or the dispatch's choice (fastgan.backends.cpu.flags)."""
+    with fastgan.backends.cpu.flags(engine="fastgan"):
+        yield
 
 
 def pytest_collection_modifyitems(config, items):

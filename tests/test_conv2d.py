@@ -23,19 +23,15 @@ GEOMETRIES = [  # (input shape, weight shape, stride, padding, dilation, groups)
 ]
 
 
-@pytest.fixture(params=["default", "torch", "fastgan"])
-def engine(request, monkeypatch):
-    """Which kernels compute the forward, input gradient and weight gradient: as chosen by
-    shape (default), all torch's, or all fastgan's (where it has them)."""
-    if request.param != "default":
-        if request.param == "fastgan" and fastgan._backend.extension is None:
-            pytest.skip("fastgan's kernels are not built")
-        chosen = (request.param == "fastgan",) * 3
-        original = conv2d_module._own_kernels
-        monkeypatch.setattr(conv2d_module, "_own_kernels",
-                            lambda input, *args: original(input, *args) if input.is_cuda
-                            else chosen)
-    return request.param
+@pytest.fixture(params=["rule", "torch", "fastgan"])
+def engine(request):
+    """Which kernels compute the forward, input gradient and weight gradient on the CPU: as the
+    fixed rule chooses by shape, all torch's, or all fastgan's."""
+    if request.param == "fastgan" and fastgan._backend.extension is None:
+        pytest.skip("fastgan's kernels are not built")
+    forced = None if request.param == "rule" else request.param
+    with fastgan.backends.cpu.flags(benchmark=False, engine=forced):
+        yield request.param
 
 
 def _leaves(device, input_shape, weight_shape, layout, bias=True):
@@ -112,21 +108,21 @@ def test_input_gradient_alone_skips_the_weight_gradient(weight_shape, engine):
 
 
 @pytest.mark.skipif(fastgan._backend.extension is None, reason="fastgan's kernels are not built")
-def test_shape_chooses_the_engine():
-    """fastgan's kernels serve the input gradient of few-channel images, all three parts of a
-    convolution to a map of at most 4x4 pixels with a long reduction (the DCGAN
-    discriminator's 256 -> 512 layer) or to a single pixel (its last layer, here with a short
-    reduction), and of the 128 -> 256 layer in batches with enough 4x4 tiles for the Winograd
-    path (64 images; not 8); torch's serve the rest."""
+def test_rule_chooses_the_engine():
+    """Without the benchmark, fastgan's kernels serve the input gradient of few-channel images
+    and all three parts of a convolution to a map of at most 4x4 pixels with a long reduction
+    (the DCGAN discriminator's 256 -> 512 layer) or to a single pixel (its last layer, here with
+    a short reduction); torch's serve the rest, the 128 -> 256 layer at any batch size too."""
     down, head = (2, 1), (1, 0)  # (stride, padding)
     cases = [((2, 3, 16, 16), (8, 3, 4, 4), down, 1), ((2, 256, 8, 8), (16, 256, 4, 4), down, 3),
              ((2, 128, 16, 16), (16, 128, 4, 4), down, 0),
              ((2, 64, 4, 4), (1, 64, 4, 4), head, 3), ((2, 64, 8, 8), (1, 64, 4, 4), head, 0),
-             ((64, 128, 16, 16), (256, 128, 4, 4), down, 3),
+             ((64, 128, 16, 16), (256, 128, 4, 4), down, 0),
              ((8, 128, 16, 16), (256, 128, 4, 4), down, 0)]
     for input_shape, weight_shape, (stride, padding), fastgan_calls in cases:
         x, w, b = _leaves("cpu", input_shape, weight_shape, "channels_last", bias=False)
-        with _WeightGradients() as recorder:
+        with fastgan.backends.cpu.flags(benchmark=False, engine=None), \
+                _WeightGradients() as recorder:
             out = fastgan.ops.conv2d(x, w, None, stride, padding)
             (grad_x,) = torch.autograd.grad(out.square().sum(), x, create_graph=True)
             grad_x.square().sum().backward()
@@ -135,12 +131,12 @@ def test_shape_chooses_the_engine():
 
 
 @pytest.mark.skipif(fastgan._backend.extension is None, reason="fastgan's kernels are not built")
-def test_winograd_choice_is_the_kernels_path():
-    """Where _own_kernels counts on the Winograd path, the kernels take it (the only path with
-    batched GEMMs) in each of the three parts, with torch's results."""
+def test_winograd_path_in_every_part():
+    """On a stride-2 4x4 layer with enough channels and tiles, fastgan's kernels take their
+    Winograd path (the only path with batched GEMMs) in each of the three parts, with torch's
+    results."""
     x, w, _ = _leaves("cpu", (64, 128, 16, 16), (256, 128, 4, 4), "channels_last", bias=False)
     geometry = ([2, 2], [1, 1], [1, 1], 1)
-    assert conv2d_module._own_kernels(x, w, geometry) == (True, True, True)
     g = torch.randn(64, 256, 8, 8, dtype=x.dtype).to(memory_format=torch.channels_last)
     parts = {"forward": lambda own: conv2d_module._forward(x, w, None, geometry, own),
              "input gradient": lambda own: conv2d_module._input_grad(g, x, w, geometry, own),

@@ -10,23 +10,18 @@ backward pass does not need (the weights', during autograd.grad w.r.t. the input
 
 A convolution's input gradient is a transposed convolution, and its forward and weight gradient
 are the transposed convolution's input and weight gradients: on the CPU, fastgan's own
-conv_transpose2d kernels compute whichever of the three they compute faster than oneDNN
-(_own_kernels)."""
+conv_transpose2d kernels compute whichever of the three they compute faster than oneDNN: the
+dispatch (fastgan/ops/_dispatch.py) times both engines per shape (_own_kernels)."""
 import contextlib
 
 import torch
 import torch.nn.functional as F
 
 from fastgan._checks import check_int, check_int_pair, check_tensor
-from fastgan.backends import cpu as cpu_switches
-from fastgan.ops import _tuning
+from fastgan.ops import _dispatch, _tuning
 from fastgan.ops.conv_transpose2d import _empty_in_layout_of, _ops
 
 _convolution_backward = torch.ops.aten.convolution_backward
-# The fewest 4x4 input tiles in a batch with which the CPU kernels take their Winograd path:
-# their own value (kWinogradMinTiles, csrc/cpu/tuning.h), mirrored here so that
-# _winograd predicts their choice.
-_WINOGRAD_TILES = 64
 
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
@@ -57,41 +52,53 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
             input, weight, bias = (t if t is None else t.to(dtype) for t in (input, weight, bias))
         with torch.autocast(device, enabled=False) if autocast else contextlib.nullcontext():
             out = _Conv2d.apply(input, _with_own_node(weight), _with_own_node(bias), geometry,
-                                _own_kernels(input, weight, geometry))
+                                _own_kernels(input, weight, bias, geometry))
     return out.squeeze(0) if unbatched else out
 
 
-def _own_kernels(input, weight, geometry):
-    """Which of (forward, input gradient, weight gradient) fastgan's kernels compute: those
-    where they are faster than torch's (the thresholds of fastgan/ops/_tuning.py); none off the
-    CPU, where the CUDA kernels have not been verified yet, or without the extension."""
+def _own_kernels(input, weight, bias, geometry):
+    """Which of (forward, input gradient, weight gradient) fastgan's kernels compute: on the
+    CPU, as the dispatch chooses (fastgan.backends.cpu); none off the CPU, where the CUDA kernels
+    have not been verified yet, or without the extension."""
     if _ops is None or input.device.type != "cpu" or input.dtype not in (torch.float32,
                                                                           torch.float64):
         return (False, False, False)
+    return _dispatch.select("conv2d", (input, weight, bias, *geometry),
+                            lambda: _candidates(input, weight, geometry),
+                            lambda: _rule(input, weight, geometry)).own()
+
+
+def _rule(input, weight, geometry):
+    """Without the benchmark: fastgan's kernels where they beat oneDNN on every machine measured
+    (the thresholds of fastgan/ops/_tuning.py), torch's elsewhere."""
     out_h, out_w = _out_size(input, weight, geometry)
     # A single output pixel (a discriminator's last layer, a matrix product) counts as a small
     # map at any reduction length: oneDNN is slower on it from 3 input channels on.
     small_map = out_h * out_w <= _tuning.CONV2D_SMALL_MAP_PIXELS and (
         weight[0].numel() >= _tuning.CONV2D_LONG_REDUCTION or out_h * out_w == 1)
     few_channels = weight.shape[1] <= _tuning.CONV2D_FEW_INPUT_CHANNELS
-    winograd = _winograd(input, weight, geometry, out_h, out_w)
-    return (small_map or winograd, small_map or few_channels or winograd, small_map or winograd)
+    engine = {True: "fastgan", False: "torch"}
+    return _dispatch.Engines(engine[small_map], engine[small_map or few_channels],
+                             engine[small_map])
 
 
-def _winograd(input, weight, geometry, out_h, out_w):
-    """Whether the transposed convolution behind this convolution takes the kernels' Winograd
-    path (their conditions, with the convolution's output as its input: stride 2, a 4x4 kernel,
-    padding 1, an even map and _WINOGRAD_TILES of its 4x4 tiles in the batch) and has
-    _tuning.CONV2D_WINOGRAD_CHANNELS."""
-    stride, padding, dilation, groups = geometry
-    if not cpu_switches.allow_winograd:
-        return False
-    if (list(stride), list(padding), list(dilation), groups) != ([2, 2], [1, 1], [1, 1], 1) or \
-            tuple(weight.shape[2:]) != (4, 4) or (out_h * 2, out_w * 2) != tuple(input.shape[2:]):
-        return False
-    tiles = input.shape[0] * -(-out_h // 4) * -(-out_w // 4)
-    return (min(weight.shape[:2]) >= _tuning.CONV2D_WINOGRAD_CHANNELS
-            and tiles >= _WINOGRAD_TILES)
+def _candidates(input, weight, geometry):
+    """{part: {engine: call}} on tensors shaped as this call's, for the dispatch to time."""
+    grad_output = _empty_in_layout_of(input, (input.shape[0], weight.shape[0],
+                                              *_out_size(input, weight, geometry))).normal_()
+    return {
+        "forward": {engine: (lambda own=own: _forward(input, weight, None, geometry, own))
+                    for engine, own in _ENGINE_IS_OWN.items()},
+        "input_grad": {engine: (lambda own=own: _input_grad(grad_output, input, weight,
+                                                            geometry, own))
+                       for engine, own in _ENGINE_IS_OWN.items()},
+        "weight_grad": {engine: (lambda own=own: _weight_grad(grad_output, input, weight,
+                                                              geometry, own))
+                        for engine, own in _ENGINE_IS_OWN.items()},
+    }
+
+
+_ENGINE_IS_OWN = {"torch": False, "fastgan": True}
 
 
 def _forward(input, weight, bias, geometry, own):
@@ -106,7 +113,20 @@ def _forward(input, weight, bias, geometry, own):
         input, shape_of_out, weight, None, stride, padding,
         _output_padding(input, shape_of_out, weight, geometry), groups, dilation, "none", 0.0,
         [True, False, False])[0]
+    if (_suggests_channels_last(input) or _suggests_channels_last(weight)) and \
+            not out.is_contiguous(memory_format=torch.channels_last):
+        # torch's layout for the result: with one channel, channels-last strides are also NCHW
+        # ones, which the kernels read as NCHW.
+        out = out.contiguous(memory_format=torch.channels_last)
     return out if bias is None else out.add_(bias.view(1, -1, 1, 1))
+
+
+def _suggests_channels_last(tensor):
+    """Whether torch's convolution reads `tensor` as channels-last (suggest_memory_format in
+    C++): stored so, its channels the innermost dimension even where a size of 1 leaves both
+    layouts valid."""
+    return tensor.is_contiguous(memory_format=torch.channels_last) and (
+        not tensor.is_contiguous() or tensor.stride(1) < tensor.stride(2))
 
 
 def _input_grad(grad_output, input, weight, geometry, own):

@@ -1,11 +1,14 @@
 """Transposed 2D convolution with bias and activation fused into the kernel's epilogue
 (torch.ops.fastgan.conv_transpose2d*), differentiable twice."""
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 
 from fastgan import _backend, _reference
 from fastgan._checks import (check_choice, check_device, check_int, check_int_pair,
                              check_number, check_tensor)
+from fastgan.ops import _dispatch, _tuning
 
 _ops = torch.ops.fastgan if _backend.extension is not None else None
 
@@ -47,16 +50,163 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
     if _backend.use_reference(input):
         out = _reference.conv_transpose2d(input, weight, bias, stride, padding, output_padding,
                                           groups, dilation, activation, negative_slope)
-    elif activation == "leaky_relu" and negative_slope < 0:
-        # The fused backward reads leaky_relu' from the output's sign, which a negative slope
-        # makes ambiguous: apply that activation separately.
-        out = F.leaky_relu(_ops.conv_transpose2d(input, weight, bias, stride, padding,
-                                                 output_padding, groups, dilation, "none", 0.0),
-                           negative_slope)
     else:
-        out = _ops.conv_transpose2d(input, weight, bias, stride, padding, output_padding, groups,
-                                    dilation, activation or "none", float(negative_slope))
+        geometry = Geometry(stride, padding, output_padding, groups, dilation)
+        if activation == "leaky_relu" and negative_slope < 0:
+            # The fused backward reads leaky_relu' from the output's sign, which a negative slope
+            # makes ambiguous: apply that activation separately.
+            out = F.leaky_relu(_dispatched(input, weight, bias, geometry, None, 0.0),
+                               negative_slope)
+        else:
+            out = _dispatched(input, weight, bias, geometry, activation, float(negative_slope))
     return out.squeeze(0) if unbatched else out
+
+
+class Geometry(NamedTuple):
+    stride: list
+    padding: list
+    output_padding: list
+    groups: int
+    dilation: list
+
+
+# --- the engines: each part by torch's kernels or by fastgan's ----------------------------------
+
+def _dispatched(input, weight, bias, geometry, activation, negative_slope):
+    """The transposed convolution with `activation`, each part (forward, input gradient, weight
+    gradient) by the engine fastgan.backends.cpu chooses for the shape."""
+    engines = _engines(input, weight, bias, geometry, activation, negative_slope)
+    if engines == _ALL_FASTGAN:  # the op itself, with its autograd in C++
+        return _ops.conv_transpose2d(input, weight, bias, *geometry, activation or "none",
+                                     negative_slope)
+    if engines == _ALL_TORCH:
+        return _torch_forward(input, weight, bias, geometry, activation, negative_slope)
+    return _ConvTranspose2dByParts.apply(input, weight, bias, geometry, activation,
+                                         negative_slope, engines)
+
+
+_ALL_FASTGAN = _dispatch.Engines.all("fastgan")
+_ALL_TORCH = _dispatch.Engines.all("torch")
+
+
+def _engines(input, weight, bias, geometry, activation, negative_slope):
+    """Off the CPU, for dtypes torch's CPU kernels run slowly, and under autocast (the op's
+    autocast kernel casts), fastgan's op runs whole; on the CPU the dispatch chooses."""
+    if (input.device.type != "cpu" or input.dtype not in (torch.float32, torch.float64)
+            or torch.is_autocast_enabled("cpu")):
+        return _ALL_FASTGAN
+    return _dispatch.select(
+        "conv_transpose2d", (input, weight, bias, *geometry, activation, negative_slope),
+        lambda: _candidates(input, weight, bias, geometry, activation, negative_slope),
+        lambda: _rule(input, weight, geometry))
+
+
+def _rule(input, weight, geometry):
+    """Without the benchmark: fastgan's kernels where they beat oneDNN on every machine
+    measured (fastgan/ops/_tuning.py), torch's elsewhere."""
+    one_pixel = tuple(input.shape[2:]) == (1, 1) and geometry.padding == [0, 0] \
+        and geometry.dilation == [1, 1]
+    few_channels = (input.is_contiguous() and weight.shape[1]
+                    <= _tuning.CONV_TRANSPOSE2D_FEW_OUTPUT_CHANNELS)
+    return _ALL_FASTGAN if one_pixel or few_channels else _ALL_TORCH
+
+
+def _candidates(input, weight, bias, geometry, activation, negative_slope):
+    """{part: {engine: call}} on tensors shaped as this call's, for the dispatch to time."""
+    result = _torch_forward(input, weight, bias, geometry, activation, negative_slope)
+    grad_output = torch.randn_like(result)
+    result = result if activation else None
+    weight_mask = [False, True, bias is not None]
+    return {
+        "forward": {engine: (lambda f=forward: f(input, weight, bias, geometry, activation,
+                                                  negative_slope))
+                    for engine, forward in _FORWARD.items()},
+        "input_grad": {engine: (lambda b=backward: b(grad_output, input, weight, result,
+                                                      geometry, activation, negative_slope,
+                                                      [True, False, False]))
+                       for engine, backward in _BACKWARD.items()},
+        "weight_grad": {engine: (lambda b=backward: b(grad_output, input, weight, result,
+                                                       geometry, activation, negative_slope,
+                                                       weight_mask))
+                        for engine, backward in _BACKWARD.items()},
+    }
+
+
+def _torch_forward(input, weight, bias, geometry, activation, negative_slope):
+    out = F.conv_transpose2d(input, weight, bias, geometry.stride, geometry.padding,
+                             geometry.output_padding, geometry.groups, geometry.dilation)
+    if activation == "relu":
+        return F.relu(out, inplace=True)
+    if activation == "leaky_relu":
+        return F.leaky_relu(out, negative_slope, inplace=True)
+    return out.tanh_() if activation == "tanh" else out
+
+
+def _fastgan_forward(input, weight, bias, geometry, activation, negative_slope):
+    return _ops.conv_transpose2d(input, weight, bias, *geometry, activation or "none",
+                                 negative_slope)
+
+
+def _torch_backward(grad_output, input, weight, result, geometry, activation, negative_slope,
+                    mask):
+    """(grad_input, grad_weight, grad_bias) where `mask` asks for them, by torch's ops (all
+    differentiable, for a double backward)."""
+    if activation == "relu":
+        grad_output = torch.ops.aten.threshold_backward(grad_output, result, 0)
+    elif activation == "leaky_relu":
+        grad_output = torch.ops.aten.leaky_relu_backward(grad_output, result, negative_slope,
+                                                         True)
+    elif activation == "tanh":
+        grad_output = torch.ops.aten.tanh_backward(grad_output, result)
+    bias_sizes = [grad_output.shape[1]] if mask[2] else None
+    return torch.ops.aten.convolution_backward(
+        grad_output, input, weight, bias_sizes, geometry.stride, geometry.padding,
+        geometry.dilation, True, geometry.output_padding, geometry.groups, mask)
+
+
+def _fastgan_backward(grad_output, input, weight, result, geometry, activation, negative_slope,
+                      mask):
+    return _ops.conv_transpose2d_backward(grad_output, input, weight, result, *geometry,
+                                          activation or "none", negative_slope, mask)
+
+
+_FORWARD = {"torch": _torch_forward, "fastgan": _fastgan_forward}
+_BACKWARD = {"torch": _torch_backward, "fastgan": _fastgan_backward}
+
+
+class _ConvTranspose2dByParts(torch.autograd.Function):
+    """The transposed convolution with its parts by different engines. The backward is made of
+    differentiable ops (torch's, and fastgan's ops with their autograd), so a double backward
+    goes through it."""
+
+    @staticmethod
+    def forward(ctx, input, weight, bias, geometry, activation, negative_slope, engines):
+        out = _FORWARD[engines.forward](input, weight, bias, geometry, activation,
+                                        negative_slope)
+        ctx.save_for_backward(input, weight, out if activation else None)
+        ctx.arguments = (geometry, activation, negative_slope)
+        ctx.engines = engines
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        input, weight, result = ctx.saved_tensors
+        # Each engine is called once, for all the gradients it computes (the bias's goes with
+        # the weight's).
+        masks = {}
+        for index, (wanted, engine) in enumerate(zip(
+                ctx.needs_input_grad[:3],
+                (ctx.engines.input_grad, ctx.engines.weight_grad, ctx.engines.weight_grad))):
+            if wanted:
+                masks.setdefault(engine, [False, False, False])[index] = True
+        grads = [None, None, None]
+        for engine, mask in masks.items():
+            computed = _BACKWARD[engine](grad_output, input, weight, result, *ctx.arguments,
+                                         mask)
+            for index in range(3):
+                if mask[index]:
+                    grads[index] = computed[index]
+        return (*grads, None, None, None, None)
 
 
 def _check_operands(input, weight, bias, groups):
