@@ -4,7 +4,11 @@ What is replaced (the entries of fastgan.nn.registry):
 - nn.BatchNorm1d/2d/3d whose output goes only to an nn.ReLU or nn.LeakyReLU becomes
   BatchNormLeakyReLU1d/2d/3d (negative_slope 0 for ReLU) and the activation becomes nn.Identity;
 - nn.ConvTranspose2d becomes fastgan.nn.ConvTranspose2d, and when its output goes only to an
-  nn.Tanh, nn.ReLU or nn.LeakyReLU that activation is fused into it (and becomes nn.Identity).
+  nn.Tanh, nn.ReLU or nn.LeakyReLU that activation is fused into it (and becomes nn.Identity);
+- nn.Conv2d becomes fastgan.nn.Conv2d (its fast double backward for gradient penalties), whose
+  weight is then stored channels-last, as it computes.
+On the CPU each part of those convolutions runs by torch's kernels or fastgan's, whichever the
+measured dispatch found faster for the shape (fastgan.backends.cpu).
 
 The data flow is read from torch.fx traces of the forward in train and eval mode; a pair is fused
 only when both traces show the layer called once, its output used by nothing but the activation,
@@ -55,8 +59,8 @@ class ConversionReport:
 
 
 def convert(module, inplace=None, report=False, *, copy=False):
-    """Returns `module` with its BatchNorm->ReLU/LeakyReLU pairs and ConvTranspose2d layers
-    replaced by fastgan's fused modules: same outputs, gradients and running statistics, same
+    """Returns `module` with its BatchNorm->ReLU/LeakyReLU pairs, ConvTranspose2d and Conv2d
+    layers replaced by fastgan's modules: same outputs, gradients and running statistics, same
     state_dict keys. By default `module` itself is converted, as torch's
     SyncBatchNorm.convert_sync_batchnorm does: the new modules hold its Parameter objects, so an
     optimizer built before the conversion keeps training the model. copy=True converts a deep

@@ -5,6 +5,7 @@ fused module is one more entry in FUSED_LAYERS."""
 import dataclasses
 from collections.abc import Callable, Mapping
 
+import torch
 from torch import nn
 
 from fastgan.nn.batch_norm import (BatchNormLeakyReLU1d, BatchNormLeakyReLU2d,
@@ -32,6 +33,9 @@ class FusedLayer:
     # fused module -> its activation as a new torch module, or None.
     torch_activation: Callable
     converted: str
+    # fused module -> None: brings the tensors it took over into the layout it computes in
+    # (in place, so that the Parameter objects stay the model's).
+    adopt: Callable = lambda fused: None
 
     def activation_arguments(self, activation):
         return self.activations[None if activation is None else type(activation)](activation)
@@ -49,6 +53,7 @@ class FusedLayer:
             fused._parameters[key] = layer._parameters[key]
         for key in fused._buffers:
             fused._buffers[key] = layer._buffers[key]
+        self.adopt(fused)
         return fused.train(layer.training)
 
     def unfuse(self, fused):
@@ -129,10 +134,11 @@ FUSED_LAYERS = (
     SYNC_BATCH_NORM,
     FusedLayer(ConvTranspose2d, nn.ConvTranspose2d, _conv_transpose_options,
                _CONV_TRANSPOSE_ACTIVATIONS, _conv_transpose_activation_of, ALWAYS),
-    # convert() leaves a model's nn.Conv2d as it is (its scope is BatchNorm and
-    # ConvTranspose2d); torch_modules() turns this module back into one.
+    # Its weight is stored channels-last, as the module computes: Module.to changes the
+    # Parameters' data in place.
     FusedLayer(Conv2d, nn.Conv2d, _conv_options, {None: lambda activation: {}},
-               lambda fused: None, NEVER),
+               lambda fused: None, ALWAYS,
+               adopt=lambda fused: fused.to(memory_format=torch.channels_last)),
 )
 
 FUSED_CLASSES = tuple(entry.fused for entry in FUSED_LAYERS)
