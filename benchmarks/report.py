@@ -140,6 +140,16 @@ def summary_rows(figures):
     if convert:
         rows.append(["pytorch/examples DCGAN-64 training iteration, models passed through "
                      "`fastgan.nn.convert`", _times(convert["iteration"]), "", ""])
+        for key, what in (("iteration_r1", "the same iteration with R1 every D step"),
+                          ("d_step_r1", "its D step with R1")):
+            if key in convert:
+                rows.append([f"{what}, converted", _times(convert[key]), NO_DOUBLE_BACKWARD, ""])
+        others = [row for row in convert.get("rows", [])
+                  if (row["batch"], row["layout"]) != (64, "NCHW")]
+        if others:
+            rows.append(["the R1 iteration, converted, at " + ", ".join(
+                f"batch {row['batch']} {row['layout']}" for row in others),
+                ", ".join(_times(row["speedup"]) for row in others), NO_DOUBLE_BACKWARD, ""])
     r1 = figures.get("r1")
     if r1:
         for key, what in (("d_step_r1", "DCGAN-64 discriminator step with R1 every step"),

@@ -1,10 +1,15 @@
 """Loads the compiled extension, or explains why the pure-PyTorch reference runs instead."""
+import importlib
+import importlib.util
 import os
 import warnings
 
 import torch
 
-_CAPABILITY_RANK = {"DEFAULT": 0, "AVX2": 1, "AVX512": 2}
+# The extension modules setup.py builds, best first: one compiled for a given -march
+# (FASTGAN_CPU_ARCH), then one per at::vec capability.
+_NATIVE = "_C_native"
+_CAPABILITIES = ("AVX512", "AVX2", "DEFAULT")
 
 
 def _cpu_supports(capability):
@@ -17,21 +22,42 @@ def _cpu_supports(capability):
     return True if check is None else bool(check())
 
 
+def _capability_cap():
+    """The highest capability ATEN_CPU_CAPABILITY allows (as torch reads it), or None."""
+    requested = os.environ.get("ATEN_CPU_CAPABILITY", "").strip().upper()
+    return requested if requested in _CAPABILITIES else None
+
+
+def _candidates():
+    """The module names to try, best first: those built, that this CPU runs and that
+    ATEN_CPU_CAPABILITY allows (a native build only without it: its instructions are unknown
+    until it is loaded)."""
+    cap = _capability_cap()
+    allowed = _CAPABILITIES[_CAPABILITIES.index(cap):] if cap else _CAPABILITIES
+    names = [] if cap else [_NATIVE]
+    names += [f"_C_{capability.lower()}" for capability in allowed if _cpu_supports(capability)]
+    return [name for name in names if importlib.util.find_spec(f"fastgan.{name}") is not None]
+
+
 def _load():
-    """Returns (module or None, reason or None)."""
+    """Returns (module or None, reason or None). Only one module is imported: each registers
+    the same ops."""
     if os.environ.get("FASTGAN_BACKEND", "").strip().lower() == "reference":
         return None, "FASTGAN_BACKEND=reference"
     try:
-        from fastgan import _C
+        candidates = _candidates()
+        if not candidates:
+            raise ImportError("no fastgan._C_* module for this CPU was built")
+        module = importlib.import_module(f"fastgan.{candidates[0]}")
     except Exception as error:  # any failure to load means: run the reference
-        return None, f"fastgan._C could not be loaded: {type(error).__name__}: {error}"
-    if _C.torch_version != torch.__version__:
-        return None, (f"fastgan._C was built against torch {_C.torch_version} but torch "
-                      f"{torch.__version__} is installed; rebuild it")
-    if not _cpu_supports(_C.cpu_capability):
-        return None, (f"fastgan._C was compiled for {_C.cpu_capability}, which this CPU does not "
-                      f"support; rebuild it on this machine (or set FASTGAN_CPU_ARCH)")
-    return _C, None
+        return None, f"fastgan's kernels could not be loaded: {type(error).__name__}: {error}"
+    if module.torch_version != torch.__version__:
+        return None, (f"fastgan's kernels were built against torch {module.torch_version} but "
+                      f"torch {torch.__version__} is installed; rebuild them")
+    if not _cpu_supports(module.cpu_capability):
+        return None, (f"fastgan's kernels were compiled for {module.cpu_capability}, which this "
+                      f"CPU does not support; rebuild them (FASTGAN_CPU_ARCH unset)")
+    return module, None
 
 
 extension, build_error = _load()
@@ -77,6 +103,7 @@ def backend_info():
         "cuda_kernels": extension is not None and bool(extension.cuda),
         "cuda_available": torch.cuda.is_available(),
         "cpu_capability": extension.cpu_capability if extension is not None else None,
+        "cpu_module": extension.__name__ if extension is not None else None,
         "torch": torch.__version__,
         "build_error": build_error,
         # The CPU convolutions' measured dispatch: its switches, cache file and choices so far.
