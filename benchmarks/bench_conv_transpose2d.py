@@ -1,11 +1,16 @@
 """ConvTranspose2d forward+backward on the DCGAN-64 generator's layers: fastgan against PyTorch
 eager (oneDNN / MKL) and torch.compile of the same call. The last layer carries the generator's
 tanh, fused into fastgan's epilogue and a separate op for the others."""
+import dataclasses
+import importlib
+
 import torch
 import torch.nn.functional as F
 
 import fastgan
 from common import SuiteResult, compare, geometric_mean, matmul_rate, table
+
+conv_transpose2d_module = importlib.import_module("fastgan.ops.conv_transpose2d")
 
 BATCH = 64
 # (C_in, C_out, input size, stride, padding, activation); kernel 4, no bias, as in DCGAN.
@@ -26,6 +31,19 @@ def eager(x, weight, stride, padding, activation):
 
 def fused(x, weight, stride, padding, activation):
     return fastgan.ops.conv_transpose2d(x, weight, None, stride, padding, activation=activation)
+
+
+def kernels_only(x, weight, stride, padding, activation):
+    """fastgan's kernels in every part, whatever the dispatch chose."""
+    with fastgan.backends.cpu.flags(engine="fastgan"):
+        return fused(x, weight, stride, padding, activation)
+
+
+def chosen_engines(x, weight, stride, padding, activation):
+    """The dispatch's engine per part for this layer, as "forward / input grad / weight grad"."""
+    geometry = conv_transpose2d_module.Geometry([stride] * 2, [padding] * 2, [0, 0], 1, [1, 1])
+    engines = conv_transpose2d_module._engines(x, weight, None, geometry, activation, 0.2)
+    return " / ".join(dataclasses.astuple(engines))
 
 
 def forward_backward(fn, x, weight, stride, padding, activation, grad):
@@ -60,7 +78,8 @@ def _run(device, dtype, min_run_time, precision):
         out = eager(x, weight, stride, padding, activation)
         grad = torch.randn_like(out)
         t = compare({name: forward_backward(fn, x, weight, stride, padding, activation, grad)
-                     for name, fn in (("eager", eager), ("compile", compiled), ("fastgan", fused))},
+                     for name, fn in (("eager", eager), ("compile", compiled), ("fastgan", fused),
+                                      ("kernels", kernels_only))},
                     device, min_run_time)
         # Forward, grad_input and grad_weight: each one multiply-add per input pixel, tap and
         # pair of channels.
@@ -74,17 +93,21 @@ def _run(device, dtype, min_run_time, precision):
             f"**{vs_eager[-1]:.2f}x**", f"{vs_compile[-1]:.2f}x",
             f"{gflops['eager']:.0f} ({100 * gflops['eager'] / peak:.0f}%)",
             f"{gflops['fastgan']:.0f} ({100 * gflops['fastgan'] / peak:.0f}%)",
+            f"{t['kernels'] * 1e3:.2f}", chosen_engines(x, weight, stride, padding, activation),
         ])
     rows.append(["geometric mean", "", "", "", "", f"**{geometric_mean(vs_eager):.2f}x**",
-                 f"{geometric_mean(vs_compile):.2f}x", "", ""])
+                 f"{geometric_mean(vs_compile):.2f}x", "", "", "", ""])
     header = ["layer", "activation", "eager ms", "compile ms", "fastgan ms", "vs eager",
-              "vs compile", "eager GFLOP/s (% of matmul)", "fastgan GFLOP/s (% of matmul)"]
+              "vs compile", "eager GFLOP/s (% of matmul)", "fastgan GFLOP/s (% of matmul)",
+              "fastgan's kernels alone ms", "dispatch: forward / input grad / weight grad"]
     markdown = (f"### ConvTranspose2d forward+backward, DCGAN-64 generator, batch {BATCH}, "
                 f"NCHW, {device.type} {precision} (matmul: {peak:.0f} GFLOP/s)\n\n"
                 + table(header, rows)
-                + "\n\nGFLOP/s count the direct method's multiply-adds: on the CPU's Winograd "
-                "path (stride 2, >= 64 channels, >= 64 4x4 tiles in the batch) fastgan does "
-                "25/64 of them, so it can pass 100% of the matmul rate.")
+                + "\n\nfastgan runs each part by the engine the dispatch chose (last column; "
+                "fastgan.backends.cpu.benchmark); \"fastgan's kernels alone\" forces its own "
+                "kernels in every part. GFLOP/s count the direct method's multiply-adds: on the "
+                "CPU's Winograd path (stride 2, >= 64 channels, >= 64 4x4 tiles in the batch) "
+                "fastgan's kernels do 25/64 of them, so they can pass 100% of the matmul rate.")
     if device.type == "cpu" and dtype == torch.float32:
         markdown += "\n\n" + accuracy_table()
     return SuiteResult(markdown, {"vs_eager": vs_eager, "vs_compile": vs_compile})

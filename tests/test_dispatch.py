@@ -2,6 +2,7 @@
 mix of engines over the parts of conv_transpose2d and conv2d against torch to second order, the
 benchmark's choice and its cache file (absent, corrupt, another machine's, two threads at once),
 the thread count, and the switches."""
+import importlib
 import itertools
 import json
 import logging
@@ -149,26 +150,47 @@ def test_benchmark_times_a_shape_once_and_keeps_its_choice(timed_dispatch, caplo
     assert timed_dispatch() == 2
 
 
+def _fake_timings(fastest, others=1.0, best=0.001):
+    """A stand-in for _time_engines: `fastest` (an engine or a pair) takes `best` seconds, the
+    others `others`."""
+    return lambda candidates: {name: best if name in fastest else others
+                               for name in candidates}
+
+
 def test_the_fastest_engine_is_chosen_per_part(timed_dispatch, monkeypatch):
-    """With one engine made slow on one part, the benchmark picks the other for that part."""
-    def slow_on_forward(by_engine, slow):
-        return {engine: 1.0 if engine == slow else 0.001 for engine in by_engine}
-    parts = iter(["torch", "fastgan", "torch"])
+    """The forward's fastest engine, and the backward's fastest pair, timed as pairs run."""
     monkeypatch.setattr(_dispatch, "_time_engines",
-                        lambda by_engine: slow_on_forward(by_engine, next(parts)))
+                        _fake_timings({"fastgan", ("fastgan", "torch")}))
     x, w = _dcgan_layer()
     fastgan.ops.conv_transpose2d(x, w, None, 2, 1)
     (choice,) = cpu.choices().values()
-    assert choice == {"forward": "fastgan", "input_grad": "torch", "weight_grad": "fastgan"}
+    assert choice == {"forward": "fastgan", "input_grad": "fastgan", "weight_grad": "torch"}
 
 
 def test_ties_go_to_torch(timed_dispatch, monkeypatch):
     monkeypatch.setattr(_dispatch, "_time_engines",
-                        lambda by_engine: {"torch": 1.0, "fastgan": 0.99})
+                        _fake_timings({"torch", ("torch", "torch")}, others=0.99, best=1.0))
     x, w = _dcgan_layer()
     fastgan.ops.conv_transpose2d(x, w, None, 2, 1)
     (choice,) = cpu.choices().values()
     assert set(choice.values()) == {"torch"}
+
+
+def test_the_candidates_are_every_engine_and_pair():
+    """What the dispatch times: the forward by each engine, the backward by each pair, all
+    computing torch's values."""
+    conv_transpose2d_module = importlib.import_module("fastgan.ops.conv_transpose2d")
+    x, w = _dcgan_layer()
+    geometry = conv_transpose2d_module.Geometry([2, 2], [1, 1], [0, 0], 1, [1, 1])
+    candidates = conv_transpose2d_module._candidates(x, w, None, geometry, "tanh", 0.2)
+    assert set(candidates["forward"]) == {"torch", "fastgan"}
+    assert set(candidates["backward"]) == set(itertools.product(("torch", "fastgan"), repeat=2))
+    expected = candidates["forward"]["torch"]()
+    assert_close(candidates["forward"]["fastgan"](), expected)
+    by_torch = candidates["backward"][("torch", "torch")]()
+    for pair, backward in candidates["backward"].items():
+        for mine, theirs in zip(backward()[:2], by_torch[:2]):
+            assert_close(mine, theirs)
 
 
 def test_an_engine_that_fails_is_not_chosen():
@@ -238,7 +260,7 @@ def test_the_cache_file_spares_a_new_process_the_timing(timed_dispatch, tmp_path
 
 
 @pytest.mark.parametrize("content", ["{not json", json.dumps([1, 2]),
-                                     json.dumps({"format": 1, "machine": {"cpu": "another"},
+                                     json.dumps({"format": _dispatch.FORMAT, "machine": {"cpu": "another"},
                                                  "choices": {}})],
                          ids=["corrupt", "not_a_cache", "another_machine"])
 def test_an_unusable_cache_file_is_ignored_with_a_warning_and_replaced(timed_dispatch, tmp_path,

@@ -3,8 +3,8 @@ CPU convolution (forward, input gradient, weight gradient), as torch.backends.cu
 chooses among cuDNN's algorithms.
 
 The first call of a shape (with its dtype, layouts, geometry, activation, thread count and the
-allow_winograd switch) times every engine on every part, interleaved, on tensors of that shape,
-and keeps the fastest: in memory, and in a JSON file per machine (CPU model, capability, torch
+allow_winograd switch) times each engine on the forward and each pair of engines on the
+backward, interleaved, on tensors of that shape, and keeps the fastest: in memory, and in a JSON file per machine (CPU model, capability, torch
 and fastgan versions) under fastgan.backends.cpu.cache_dir, written atomically, so that later
 processes skip the timing. A file that cannot be read, or was written for another machine, is
 ignored with a warning and replaced. fastgan.backends.cpu's switches decide whether this runs at
@@ -29,7 +29,7 @@ from fastgan.backends import cpu as switches
 logger = logging.getLogger("fastgan.dispatch")
 
 PARTS = ("forward", "input_grad", "weight_grad")
-FORMAT = 1
+FORMAT = 2
 # fastgan's kernels must beat torch's by this factor to be chosen: within it the two are level on
 # a busy machine, and torch's result is the one a user compares against.
 MARGIN = 0.97
@@ -63,7 +63,8 @@ _seconds_timing = 0.0
 def select(op, arguments, candidates, rule):
     """The Engines for a call of `op` on `arguments` (its tensors and everything else the speed
     depends on besides the thread count and the switches). `candidates()` returns
-    {part: {engine: callable}} to time; `rule()` returns the fixed choice used without the
+    {"forward": {engine: callable}, "backward": {(input_grad engine, weight_grad engine):
+    callable}} to time; `rule()` returns the fixed choice used without the
     benchmark (and while torch.compile traces)."""
     if switches.engine is not None:
         return Engines.all(switches.engine)
@@ -124,20 +125,22 @@ def forget():
 
 
 def _measure(key, candidates, rule):
+    """The Engines timed fastest: the forward's engine, and the backward's pair of engines
+    (input gradient, weight gradient), timed as the pair runs: one engine computing both may
+    share work (the activation's derivative, one call for both) that two cannot."""
     global _seconds_timing
     start = time.perf_counter()
-    chosen, report = {}, []
     with torch.no_grad(), torch.autocast("cpu", enabled=False):
-        for part in PARTS:
-            seconds = _time_engines(candidates[part])
-            if "torch" in seconds and "fastgan" in seconds:
-                faster = seconds["fastgan"] < MARGIN * seconds["torch"]
-                chosen[part] = "fastgan" if faster else "torch"
-            else:  # an engine that failed on this shape is not a candidate
-                chosen[part] = next(iter(seconds), getattr(rule(), part))
-            report.append(f"{part} " + ", ".join(f"{engine} {s * 1e3:.2f} ms"
-                                                  for engine, s in seconds.items()))
-    engines = Engines(**chosen)
+        forward = _time_engines(candidates["forward"])
+        backward = _time_engines(candidates["backward"])
+    fallback = rule()
+    engines = Engines(_fastest(forward, "torch", fallback.forward),
+                      *_fastest(backward, ("torch", "torch"),
+                                (fallback.input_grad, fallback.weight_grad)))
+    report = ["forward: " + ", ".join(f"{engine} {s * 1e3:.2f} ms"
+                                      for engine, s in forward.items()),
+              "backward (input, weight): " + ", ".join(
+                  f"{'/'.join(pair)} {s * 1e3:.2f} ms" for pair, s in backward.items())]
     elapsed = time.perf_counter() - start
     _seconds_timing += elapsed
     logger.info("%s: %s (%s; timed in %.2f s)", key, dataclasses.asdict(engines),
@@ -145,8 +148,19 @@ def _measure(key, candidates, rule):
     return engines
 
 
+def _fastest(seconds, baseline, fallback):
+    """The fastest candidate, where it beats `baseline` (torch's kernels) by MARGIN; `fallback`
+    when nothing ran."""
+    if not seconds:
+        return fallback
+    best = min(seconds, key=seconds.get)
+    if baseline in seconds and seconds[best] >= MARGIN * seconds[baseline]:
+        return baseline
+    return best
+
+
 def _time_engines(by_engine):
-    """{engine: fastest seconds of one call}, the engines taking turns; an engine that raises on
+    """{engine (or pair): fastest seconds of one call}, the engines taking turns; an engine that raises on
     its first call is left out (and logged)."""
     runnable = {}
     for engine, fn in by_engine.items():

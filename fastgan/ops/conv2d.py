@@ -13,6 +13,7 @@ are the transposed convolution's input and weight gradients: on the CPU, fastgan
 conv_transpose2d kernels compute whichever of the three they compute faster than oneDNN: the
 dispatch (fastgan/ops/_dispatch.py) times both engines per shape (_own_kernels)."""
 import contextlib
+import itertools
 
 import torch
 import torch.nn.functional as F
@@ -86,15 +87,20 @@ def _candidates(input, weight, geometry):
     """{part: {engine: call}} on tensors shaped as this call's, for the dispatch to time."""
     grad_output = _empty_in_layout_of(input, (input.shape[0], weight.shape[0],
                                               *_out_size(input, weight, geometry))).normal_()
+    def backward(own_input, own_weight):
+        if not (own_input or own_weight):  # as _Conv2d.backward: one call for both
+            stride, padding, dilation, groups = geometry
+            return _convolution_backward(grad_output, input, weight, None, stride, padding,
+                                         dilation, False, [0, 0], groups, [True, True, False])
+        return (_input_grad(grad_output, input, weight, geometry, own_input),
+                _weight_grad(grad_output, input, weight, geometry, own_weight))
     return {
         "forward": {engine: (lambda own=own: _forward(input, weight, None, geometry, own))
                     for engine, own in _ENGINE_IS_OWN.items()},
-        "input_grad": {engine: (lambda own=own: _input_grad(grad_output, input, weight,
-                                                            geometry, own))
-                       for engine, own in _ENGINE_IS_OWN.items()},
-        "weight_grad": {engine: (lambda own=own: _weight_grad(grad_output, input, weight,
-                                                              geometry, own))
-                        for engine, own in _ENGINE_IS_OWN.items()},
+        "backward": {(input_engine, weight_engine): (
+            lambda own_input=own_input, own_weight=own_weight: backward(own_input, own_weight))
+            for (input_engine, own_input), (weight_engine, own_weight)
+            in itertools.product(_ENGINE_IS_OWN.items(), repeat=2)},
     }
 
 

@@ -1,5 +1,6 @@
 """Transposed 2D convolution with bias and activation fused into the kernel's epilogue
 (torch.ops.fastgan.conv_transpose2d*), differentiable twice."""
+import itertools
 from typing import NamedTuple
 
 import torch
@@ -116,19 +117,14 @@ def _candidates(input, weight, bias, geometry, activation, negative_slope):
     result = _torch_forward(input, weight, bias, geometry, activation, negative_slope)
     grad_output = torch.randn_like(result)
     result = result if activation else None
-    weight_mask = [False, True, bias is not None]
+    mask = [True, True, bias is not None]
     return {
         "forward": {engine: (lambda f=forward: f(input, weight, bias, geometry, activation,
                                                   negative_slope))
                     for engine, forward in _FORWARD.items()},
-        "input_grad": {engine: (lambda b=backward: b(grad_output, input, weight, result,
-                                                      geometry, activation, negative_slope,
-                                                      [True, False, False]))
-                       for engine, backward in _BACKWARD.items()},
-        "weight_grad": {engine: (lambda b=backward: b(grad_output, input, weight, result,
-                                                       geometry, activation, negative_slope,
-                                                       weight_mask))
-                        for engine, backward in _BACKWARD.items()},
+        "backward": {pair: (lambda pair=pair: _backward(
+            grad_output, input, weight, result, (geometry, activation, negative_slope), pair,
+            mask)) for pair in itertools.product(_BACKWARD, repeat=2)},
     }
 
 
@@ -191,22 +187,27 @@ class _ConvTranspose2dByParts(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         input, weight, result = ctx.saved_tensors
-        # Each engine is called once, for all the gradients it computes (the bias's goes with
-        # the weight's).
-        masks = {}
-        for index, (wanted, engine) in enumerate(zip(
-                ctx.needs_input_grad[:3],
-                (ctx.engines.input_grad, ctx.engines.weight_grad, ctx.engines.weight_grad))):
-            if wanted:
-                masks.setdefault(engine, [False, False, False])[index] = True
-        grads = [None, None, None]
-        for engine, mask in masks.items():
-            computed = _BACKWARD[engine](grad_output, input, weight, result, *ctx.arguments,
-                                         mask)
-            for index in range(3):
-                if mask[index]:
-                    grads[index] = computed[index]
+        grads = _backward(grad_output, input, weight, result, ctx.arguments,
+                          (ctx.engines.input_grad, ctx.engines.weight_grad),
+                          ctx.needs_input_grad[:3])
         return (*grads, None, None, None, None)
+
+
+def _backward(grad_output, input, weight, result, arguments, engines, mask):
+    """[grad_input, grad_weight, grad_bias] where `mask` asks for them (None elsewhere), the
+    first by engines[0] and the others by engines[1]; each engine is called once, for all the
+    gradients it computes."""
+    masks = {}
+    for index, (wanted, engine) in enumerate(zip(mask, (engines[0], engines[1], engines[1]))):
+        if wanted:
+            masks.setdefault(engine, [False, False, False])[index] = True
+    grads = [None, None, None]
+    for engine, engine_mask in masks.items():
+        computed = _BACKWARD[engine](grad_output, input, weight, result, *arguments, engine_mask)
+        for index in range(3):
+            if engine_mask[index]:
+                grads[index] = computed[index]
+    return grads
 
 
 def _check_operands(input, weight, bias, groups):
