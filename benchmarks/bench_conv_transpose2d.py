@@ -120,8 +120,8 @@ def _relative_error(actual, exact):
 
 def accuracy_table():
     """Each layer's float32 forward against the float64 result from the same inputs: torch's,
-    fastgan's with its default paths, and fastgan's with fastgan.backends.cpu.allow_winograd
-    off (only the paths as exact as torch's)."""
+    fastgan's kernels with their default paths, and with fastgan.backends.cpu.allow_winograd
+    off (only the paths as exact as torch's). The dispatch runs either these or torch's."""
     generator = torch.Generator().manual_seed(0)
     rows = []
     for c_in, c_out, size, stride, padding, activation in LAYERS:
@@ -129,13 +129,16 @@ def accuracy_table():
         weight = torch.randn(c_in, c_out, KERNEL, KERNEL, generator=generator) * 0.02
         exact = eager(x.double(), weight.double(), stride, padding, activation)
         torch_error = _relative_error(eager(x, weight, stride, padding, activation), exact)
-        default_error = _relative_error(fused(x, weight, stride, padding, activation), exact)
+        default_error = _relative_error(kernels_only(x, weight, stride, padding, activation),
+                                        exact)
         with fastgan.backends.cpu.flags(allow_winograd=False):
-            exact_error = _relative_error(fused(x, weight, stride, padding, activation), exact)
+            exact_error = _relative_error(kernels_only(x, weight, stride, padding, activation),
+                                          exact)
         rows.append([f"{c_in}->{c_out} ({size}->{exact.shape[-1]})", f"{torch_error:.1e}",
                      f"{default_error:.1e} ({default_error / torch_error:.1f}x)",
                      f"{exact_error:.1e} ({exact_error / torch_error:.1f}x)"])
-    header = ["layer", "torch", "fastgan (default)", "fastgan, allow_winograd=False"]
+    header = ["layer", "torch", "fastgan's kernels (default)",
+              "fastgan's kernels, allow_winograd=False"]
     return ("#### Forward accuracy in float32: largest error against float64 over the largest "
             "value (x: against torch's)\n\n" + table(header, rows)
             + "\n\nThe default takes the Winograd path on the stride-2 layers with >= 64 "

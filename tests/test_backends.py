@@ -54,8 +54,9 @@ def _relative_error(actual, exact):
 
 @needs_kernels
 def test_exact_paths_keep_a_winograd_layer_as_close_as_torch():
-    """A stride-2 4x4 layer with 64 channels and 64 tiles takes the Winograd path by default;
-    without it, fastgan's float32 result is as close to the float64 one as torch's (2x)."""
+    """A stride-2 4x4 layer with 64 channels and 64 tiles takes the Winograd path by default,
+    within 8x torch's float32 error against float64; without it, fastgan's float32 result is as
+    close to the float64 one as torch's (2x)."""
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(4, 64, 16, 16, generator=generator)
     weight = torch.randn(64, 64, 4, 4, generator=generator) / 32
@@ -66,6 +67,9 @@ def test_exact_paths_keep_a_winograd_layer_as_close_as_torch():
         exact_path = fastgan.ops.conv_transpose2d(x, weight, stride=2, padding=1)
     assert not torch.equal(winograd, exact_path)  # the switch chose another path
     assert _relative_error(exact_path, exact) <= 2 * torch_error
+    # Winograd's own error, with the interpolation points 0, -1, 1/2, 2: about 5x torch's here
+    # (the usual 0, 1, -1, 2 give 10x or more).
+    assert _relative_error(winograd, exact) <= 8 * torch_error
 
 
 @needs_kernels
