@@ -14,6 +14,13 @@ def batch_norm_leaky_relu(input, running_mean, running_var, weight=None, bias=No
     return F.leaky_relu(normalized, negative_slope)
 
 
+def instance_norm_leaky_relu(input, running_mean=None, running_var=None, weight=None, bias=None,
+                             use_input_stats=True, momentum=0.1, eps=1e-5, negative_slope=0.2):
+    normalized = F.instance_norm(input, running_mean, running_var, weight, bias, use_input_stats,
+                                 momentum, eps)
+    return F.leaky_relu(normalized, negative_slope)
+
+
 _ACTIVATIONS = {
     None: lambda y, negative_slope: y,
     "relu": lambda y, negative_slope: F.relu(y),

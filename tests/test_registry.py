@@ -9,10 +9,14 @@ import fastgan
 from equivalence import assert_same_computation
 from fastgan import _reference
 from fastgan.nn import (BatchNormLeakyReLU1d, BatchNormLeakyReLU2d, BatchNormLeakyReLU3d, Conv2d,
-                        ConvTranspose2d, SyncBatchNormLeakyReLU, convert, registry)
+                        ConvTranspose2d, InstanceNormLeakyReLU1d, InstanceNormLeakyReLU2d,
+                        InstanceNormLeakyReLU3d, SyncBatchNormLeakyReLU, convert, registry)
 
 BATCH_NORM_OPTIONS = [{}, {"affine": False}, {"bias": False}, {"track_running_stats": False},
                       {"momentum": None, "eps": 1e-3}]
+# nn.InstanceNorm's defaults are affine=False, track_running_stats=False.
+INSTANCE_NORM_OPTIONS = [{}, {"affine": True}, {"track_running_stats": True},
+                         {"affine": True, "track_running_stats": True, "momentum": None}]
 SLOPES = [0.0, 0.2, 1.0, -0.5]
 
 
@@ -31,6 +35,13 @@ CASES = [
     *(_case(lambda options=options: SyncBatchNormLeakyReLU(4, negative_slope=0.1, **options),
             shape, f"SyncBatchNormLeakyReLU-{len(shape)}d-{options}")
       for shape in ((6, 4), (3, 4, 5, 5)) for options in BATCH_NORM_OPTIONS),
+    *(_case(lambda cls=cls, slope=slope, options=options:
+            cls(4, negative_slope=slope, **options), shape,
+            f"{cls.__name__}-{slope}-{options}")
+      for cls, shape in ((InstanceNormLeakyReLU1d, (3, 4, 5)),
+                         (InstanceNormLeakyReLU2d, (3, 4, 5, 5)),
+                         (InstanceNormLeakyReLU3d, (3, 4, 2, 3, 3)))
+      for slope in SLOPES for options in INSTANCE_NORM_OPTIONS),
     _case(lambda: Conv2d(4, 6, 3), (3, 4, 7, 7), "Conv2d"),
     _case(lambda: Conv2d(4, 6, (3, 2), stride=2, padding=1, dilation=(2, 1), groups=2,
                          bias=False), (3, 4, 9, 8), "Conv2d-geometry"),

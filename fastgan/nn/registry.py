@@ -11,6 +11,8 @@ from torch import nn
 from fastgan.nn.batch_norm import (BatchNormLeakyReLU1d, BatchNormLeakyReLU2d,
                                    BatchNormLeakyReLU3d)
 from fastgan.nn.conv import Conv2d, ConvTranspose2d
+from fastgan.nn.instance_norm import (InstanceNormLeakyReLU1d, InstanceNormLeakyReLU2d,
+                                      InstanceNormLeakyReLU3d)
 from fastgan.nn.sync_batch_norm import SyncBatchNormLeakyReLU
 
 # When convert() puts the fused module in place of its torch layer.
@@ -79,6 +81,11 @@ def _batch_norm_options(layer):
     return options
 
 
+def _instance_norm_options(layer):
+    return {"num_features": layer.num_features, "eps": layer.eps, "momentum": layer.momentum,
+            "affine": layer.affine, "track_running_stats": layer.track_running_stats}
+
+
 def _sync_batch_norm_options(layer):
     return {**_batch_norm_options(layer),
             "process_group": getattr(layer, "process_group", None)}
@@ -132,6 +139,11 @@ FUSED_LAYERS = (
                                  (BatchNormLeakyReLU2d, nn.BatchNorm2d),
                                  (BatchNormLeakyReLU3d, nn.BatchNorm3d))),
     SYNC_BATCH_NORM,
+    *(FusedLayer(fused, torch_layer, _instance_norm_options, _LEAKY_RELU_ACTIVATIONS,
+                 _leaky_relu_of, WITH_ACTIVATION)
+      for fused, torch_layer in ((InstanceNormLeakyReLU1d, nn.InstanceNorm1d),
+                                 (InstanceNormLeakyReLU2d, nn.InstanceNorm2d),
+                                 (InstanceNormLeakyReLU3d, nn.InstanceNorm3d))),
     FusedLayer(ConvTranspose2d, nn.ConvTranspose2d, _conv_transpose_options,
                _CONV_TRANSPOSE_ACTIVATIONS, _conv_transpose_activation_of, ALWAYS),
     # Its weight is stored channels-last, as the module computes: Module.to changes the

@@ -3,6 +3,7 @@ differentiable twice."""
 from fastgan.ops.batch_norm_leaky_relu import batch_norm_leaky_relu
 from fastgan.ops.conv2d import conv2d
 from fastgan.ops.conv_transpose2d import conv_transpose2d
+from fastgan.ops.instance_norm_leaky_relu import instance_norm_leaky_relu
 from fastgan.ops.r1_penalty import r1_penalty
 from fastgan import _backend
 from fastgan.ops import _autocast
@@ -10,4 +11,5 @@ from fastgan.ops import _autocast
 if _backend.extension is not None:
     _autocast.register()
 
-__all__ = ["batch_norm_leaky_relu", "conv2d", "conv_transpose2d", "r1_penalty"]
+__all__ = ["batch_norm_leaky_relu", "conv2d", "conv_transpose2d", "instance_norm_leaky_relu",
+           "r1_penalty"]
