@@ -171,6 +171,16 @@ def summary_rows(figures):
                      f"{_range(bn['over_floor'])} the four-pass floor"])
         rows.append(["BatchNorm+LeakyReLU double backward (the R1 pattern), the same shapes",
                      _range(bn["r1_vs_eager"]), NO_DOUBLE_BACKWARD, ""])
+    instance_norm = figures.get("in")
+    if instance_norm:
+        rows.append(["InstanceNorm+ReLU forward+backward, CycleGAN shapes, NCHW and NHWC",
+                     f"{_times(geometric_mean(instance_norm['vs_eager']))} geometric mean "
+                     f"({_range(instance_norm['vs_eager'])})",
+                     f"{_times(geometric_mean(instance_norm['vs_compile']))} geometric mean",
+                     f"{_range(instance_norm['over_copies'])} the time of four copies"])
+        rows.append(["InstanceNorm+ReLU double backward (the R1 pattern), the same shapes",
+                     f"{_times(geometric_mean(instance_norm['r1_vs_eager']))} geometric mean",
+                     NO_DOUBLE_BACKWARD, ""])
     memory = figures.get("memory")
     if memory:
         rows.append(["peak memory a DCGAN-64 step adds (D with R1, then G)",

@@ -18,13 +18,15 @@ import fastgan  # noqa: E402
 import bench_batch_norm_leaky_relu  # noqa: E402
 import bench_convert  # noqa: E402
 import bench_conv_transpose2d  # noqa: E402
+import bench_instance_norm  # noqa: E402
 import bench_memory  # noqa: E402
 import bench_r1  # noqa: E402
 import report  # noqa: E402
 from common import copy_bandwidth, matmul_rate  # noqa: E402
 
-SUITES = {"bn": bench_batch_norm_leaky_relu, "convt": bench_conv_transpose2d, "r1": bench_r1,
-          "convert": bench_convert, "memory": bench_memory}
+SUITES = {"bn": bench_batch_norm_leaky_relu, "in": bench_instance_norm,
+          "convt": bench_conv_transpose2d, "r1": bench_r1, "convert": bench_convert,
+          "memory": bench_memory}
 
 
 def commit():

@@ -60,9 +60,12 @@ def instance_norm_leaky_relu(input, running_mean=None, running_var=None, weight=
     weight, bias = _as_dtype(weight, params_dtype), _as_dtype(bias, params_dtype)
     batch = input.shape[0]
     if _stored_channels_last(input):
-        per_sample = [_ops.batch_norm_leaky_relu(input[n:n + 1], None, None, weight, bias, True,
-                                                 0.0, float(eps), float(negative_slope))
-                      for n in range(batch)]
+        # split, not indexing: its backward concatenates the samples' gradients once (an
+        # index's would write each into a zero tensor of the whole batch, in NCHW).
+        samples = input.split(1) if batch > 1 else (input,)
+        per_sample = [_ops.batch_norm_leaky_relu(sample, None, None, weight, bias, True, 0.0,
+                                                 float(eps), float(negative_slope))
+                      for sample in samples]
         output = per_sample[0][0] if batch == 1 else torch.cat([p[0] for p in per_sample])
         means = torch.cat([p[1] for p in per_sample])
         variances = torch.cat([p[2] for p in per_sample])
