@@ -12,7 +12,9 @@ few seconds in all for DCGAN-64); the choice is kept in memory and in a file und
 a machine pays it once. False: a fixed rule per shape (fastgan's kernels only where they beat
 oneDNN on every machine measured: a 1x1 input, a few output channels, small maps).
 `fastgan.backends.cpu.choices()` lists what was chosen; the logger "fastgan.dispatch" says so at
-INFO level as it happens.
+INFO level as it happens. The engines agree up to float rounding; a run that must repeat bitwise
+(a resumed run against an uninterrupted one) gets the same engines from the cache file, or from
+`engine` or benchmark=False.
 
 allow_winograd (default True): conv_transpose2d (and fastgan.nn.Conv2d, which runs some of its
 parts as transposed convolutions) may take its Winograd path on stride-2 layers with a 4x4 kernel,
