@@ -109,7 +109,7 @@ def _run(device, dtype, min_run_time, precision):
                 "CPU's Winograd path (stride 2, >= 64 channels, >= 64 4x4 tiles in the batch) "
                 "fastgan's kernels do 25/64 of them, so they can pass 100% of the matmul rate.")
     if device.type == "cpu" and dtype == torch.float32:
-        markdown += "\n\n" + accuracy_table()
+        markdown += "\n\n" + accuracy_table() + "\n\n" + gemm_table(min_run_time)
     return SuiteResult(markdown, {"vs_eager": vs_eager, "vs_compile": vs_compile})
 
 
@@ -144,3 +144,38 @@ def accuracy_table():
             + "\n\nThe default takes the Winograd path on the stride-2 layers with >= 64 "
             "channels; `fastgan.backends.cpu.allow_winograd = False` keeps only the paths as "
             "exact as torch's.")
+
+
+# The batched products of the Winograd path on the generator's stride-2 layers (batch 64): 100 of
+# (4x4 tiles, C_in) by (C_in, C_out) per call (4 phases x 25 transform entries).
+WINOGRAD_PRODUCTS = 100
+WINOGRAD_GEMMS = [(64, 512, 256), (256, 256, 128), (1024, 128, 64)]
+
+
+def gemm_table(min_run_time):
+    """GFLOP/s of the Winograd path's batched GEMMs through MKL (torch.bmm, what the kernels
+    call) and through oneDNN (the same products as a grouped 1x1 convolution, channels-last),
+    against the 1024x1024 matmul rate."""
+    device = torch.device("cpu")
+    peak = matmul_rate(device)
+    rows = []
+    for m, k, n in WINOGRAD_GEMMS:
+        v = torch.randn(WINOGRAD_PRODUCTS, m, k)
+        u = torch.randn(WINOGRAD_PRODUCTS, k, n)
+        out = torch.empty(WINOGRAD_PRODUCTS, m, n)
+        x = torch.randn(1, WINOGRAD_PRODUCTS * k, m, 1).contiguous(
+            memory_format=torch.channels_last)
+        w = torch.randn(WINOGRAD_PRODUCTS * n, k, 1, 1).contiguous(
+            memory_format=torch.channels_last)
+        t = compare({"mkl": lambda: torch.bmm(v, u, out=out),
+                     "onednn": lambda: F.conv2d(x, w, groups=WINOGRAD_PRODUCTS)},
+                    device, min_run_time / 2)
+        flops = 2 * WINOGRAD_PRODUCTS * m * k * n
+        rates = {name: flops / seconds / 1e9 for name, seconds in t.items()}
+        rows.append([f"{WINOGRAD_PRODUCTS} x ({m}x{k} by {k}x{n})",
+                     f"{rates['mkl']:.0f} ({100 * rates['mkl'] / peak:.0f}%)",
+                     f"{rates['onednn']:.0f} ({100 * rates['onednn'] / peak:.0f}%)"])
+    header = ["products", "MKL (torch.bmm) GFLOP/s (% of matmul)",
+              "oneDNN (grouped 1x1 convolution) GFLOP/s (% of matmul)"]
+    return (f"#### The Winograd path's GEMMs, float32 (matmul: {peak:.0f} GFLOP/s)\n\n"
+            + table(header, rows))

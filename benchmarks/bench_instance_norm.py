@@ -36,13 +36,16 @@ def r1_pattern(fn, x, grad):
 def run(device="cpu", dtype=torch.float32, min_run_time=1.0, shapes=SHAPES):
     """SuiteResult; figures: per row "vs_eager", "vs_compile", "over_copies" and "r1_vs_eager"."""
     device = torch.device(device)
-    compiled = torch.compile(eager)
     rows, figures = [], {"vs_eager": [], "vs_compile": [], "over_copies": [], "r1_vs_eager": []}
     for batch, channels, size in shapes:
         for layout in (torch.contiguous_format, torch.channels_last):
             x = torch.randn(batch, channels, size, size, device=device, dtype=dtype)
             x = x.contiguous(memory_format=layout).requires_grad_()
             grad = torch.randn_like(x)
+            # Compiled anew for each row: past torch's recompile limit (8 shapes and layouts)
+            # torch.compile would fall back to eager.
+            torch._dynamo.reset()
+            compiled = torch.compile(eager)
             t = compare({name: forward_backward(fn, x, grad)
                          for name, fn in (("eager", eager), ("compile", compiled),
                                           ("fastgan", fused))}, device, min_run_time)
