@@ -92,3 +92,56 @@ def test_image_folder_errors(tmp_path):
         data.ImageFolder(tmp_path, image_size=8)
     with pytest.raises(ValueError, match="channels"):
         data.ImageFolder(tmp_path, image_size=8, channels=2)
+
+
+def _gradient_image(path, size=(12, 10)):
+    """Red rising left to right, green top to bottom: crops and flips show in the values."""
+    width, height = size
+    pixels = np.zeros((height, width, 3), dtype=np.uint8)
+    pixels[..., 0] = np.linspace(0, 255, width, dtype=np.uint8)[None, :]
+    pixels[..., 1] = np.linspace(0, 255, height, dtype=np.uint8)[:, None]
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(pixels).save(path)
+
+
+def test_unpaired_folders_crop_and_flip_at_random(tmp_path):
+    for name in ("a1", "a2"):
+        _gradient_image(str(tmp_path / "A" / f"{name}.png"))
+    _write_image(str(tmp_path / "B" / "b.png"), (0, 0, 255))
+    domain_a, domain_b = data.UnpairedImageFolders(tmp_path / "A", tmp_path / "B", image_size=6,
+                                                   load_size=8)
+    assert (len(domain_a), len(domain_b)) == (2, 1)
+    torch.manual_seed(0)
+    images = [domain_a[0] for _ in range(40)]
+    assert all(image.shape == (3, 6, 6) for image in images)
+    assert all(-1 <= image.min() and image.max() <= 1 for image in images)
+    # Different crops (the green channel's top row moves) and both directions of red.
+    assert len({round(image[1, 0, 0].item(), 4) for image in images}) > 1
+    rising = [bool(image[0, 0, -1] > image[0, 0, 0]) for image in images]
+    assert any(rising) and not all(rising)
+    torch.manual_seed(0)
+    assert all(torch.equal(image, domain_a[0]) for image in images[:5])  # seeded: repeatable
+    torch.testing.assert_close(domain_b[0], torch.tensor([-1.0, -1.0, 1.0])[:, None, None]
+                               .expand(3, 6, 6))
+
+
+def test_unpaired_folders_without_augmentation_resize(tmp_path):
+    _gradient_image(str(tmp_path / "A" / "a.png"))
+    _gradient_image(str(tmp_path / "B" / "b.png"))
+    domain_a, _ = data.UnpairedImageFolders(tmp_path / "A", tmp_path / "B", image_size=6,
+                                            load_size=8, channels=1, augment=False)
+    first, second = domain_a[0], domain_a[0]
+    assert first.shape == (1, 6, 6) and torch.equal(first, second)
+
+
+def test_unpaired_folders_errors_name_the_problem(tmp_path):
+    _write_image(str(tmp_path / "A" / "a.png"), (0, 0, 0))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="must not exceed load_size"):
+        data.UnpairedImageFolders(tmp_path / "A", tmp_path / "A", image_size=300)
+    with pytest.raises(ValueError, match="empty.*no readable images"):
+        data.UnpairedImageFolders(tmp_path / "A", tmp_path / "empty")
+    with pytest.raises(ValueError, match="missing.*is not a directory"):
+        data.UnpairedImageFolders(tmp_path / "missing", tmp_path / "A")
+    with pytest.raises(TypeError, match="augment must be a bool"):
+        data.UnpairedImageFolders(tmp_path / "A", tmp_path / "A", augment="yes")
