@@ -2,9 +2,6 @@
 EMA, AMP and exactly resumable checkpoints; fastgan.train.outputs writes the run's files."""
 import copy
 import random
-import signal
-import threading
-import time
 
 import numpy as np
 import torch
@@ -15,29 +12,16 @@ from fastgan._checks import check_int, check_tensor
 from fastgan.models import REGISTRY
 from fastgan.train import distributed
 from fastgan.train.batches import make_batches
-from fastgan.train.checkpoint import atomic_save, safe_load
+from fastgan.train.checkpoint import safe_load
 from fastgan.train.config import TrainerConfig
+from fastgan.train.loop import TrainingLoop, resolve_device, rng_state, set_rng_state
 from fastgan.train.outputs import RunOutputs
-from fastgan.train.progress import open_progress
 from fastgan.train.regularization import lazy_adam_settings, r1_penalty
 
 CHECKPOINT_FORMAT = 1
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _GRID_SAMPLES = 64      # images in a sample grid
 _SCATTER_SAMPLES = 2000  # points in a 2D scatter plot
 _CALIBRATION_BATCHES, _CALIBRATION_BATCH = 4, 256  # for the EMA generator's BatchNorm statistics
-
-
-def resolve_device(device):
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError) as error:
-        raise ValueError(f"device must be 'auto' or a torch device, got {device!r}") from error
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {str(device)!r} was requested but CUDA is not available")
-    return device
 
 
 def _num_classes(model):
@@ -55,26 +39,7 @@ def _trainable(model):
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def _rng_state():
-    numpy_state = np.random.get_state()
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)),
-                      *numpy_state[2:]],
-            "python": list(random.getstate())}
-
-
-def _set_rng_state(state):
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-
-
-class Trainer:
+class Trainer(TrainingLoop):
     """Trains `generator` and `discriminator` (both nn.Modules returning samples and logits;
     conditional when their `num_classes` > 0, taking labels as a second argument).
 
@@ -145,7 +110,6 @@ class Trainer:
                                         generator=torch.Generator().manual_seed(config.seed + 2))
         self._batches = None
         self._data_state = None
-        self._interrupted = None  # the stop signal received during fit, if any
         self._ema_calibrated_step = None
         self.latest_samples_path = None  # the newest picture of samples, once fit wrote one
         self.last_evaluation = None  # what fit's `evaluate` returned last
@@ -157,13 +121,6 @@ class Trainer:
 
     def _condition(self, labels):
         return (labels,) if _num_classes(self.generator) else ()
-
-    def _check_finite(self, name, value):
-        if not distributed.all_ranks(torch.isfinite(value).all()):
-            where = (f"the last good checkpoint is {self.checkpoint_path}" if self.out_dir
-                     else "no checkpoint was written (out_dir=None)")
-            raise FloatingPointError(f"{name} is {value.item()} at step {self.step + 1}; training "
-                                     f"stopped before applying it ({where})")
 
     def _discriminator_step(self, real, labels):
         gamma, interval = self.config.r1_gamma, self.config.r1_interval
@@ -289,96 +246,18 @@ class Trainer:
         self._batches = make_batches(data, batch_size, self.config.seed, *shard)
         if self._data_state is not None:
             self._batches.load_state_dict(self._data_state)
-        if self.step >= steps:
-            return self
-        self.outputs.open(self.step)
-        previous_handlers = self._catch_interrupts()
-        try:
-            self._run(steps, log_every, sample_every, checkpoint_every, evaluate, modes, progress)
-        finally:
-            self._data_state = self._batches.state_dict()
-            for signum, handler in previous_handlers.items():
-                signal.signal(signum, handler)
-            self.outputs.close()
+        self._train_until(steps, log_every, sample_every, checkpoint_every, progress,
+                          lambda: self._at_sample_step(evaluate, modes))
         return self
 
-    def _run(self, steps, log_every, sample_every, checkpoint_every, evaluate, modes, progress):
-        sums, count, start = {}, 0, time.perf_counter()
-        with open_progress(steps, self.step, enabled=progress and self.rank == 0) as bar:
-            while self.step < steps:
-                metrics = self._train_step()
-                self.step += 1
-                count += 1
-                for key, value in metrics.items():
-                    sums[key] = sums.get(key, 0.0) + value
-                last = self.step == steps
-                if log_every and self.step % log_every == 0 or last:
-                    sums = distributed.mean_over_ranks(sums)
-                    entry = {"step": self.step, **{k: v / count for k, v in sums.items()},
-                             "seconds": time.perf_counter() - start}
-                    sums, count = {}, 0
-                    bar.set_postfix({k: f"{v:.3f}" for k, v in entry.items()
-                                     if k not in ("step", "seconds")})
-                    self._log(entry)
-                bar.update(1)  # after the step's losses, which a progress line shows
-                if sample_every and self.step % sample_every == 0 or last:
-                    self._write_pictures(modes)
-                    if evaluate is not None and self.rank == 0:
-                        self.last_evaluation = evaluate(self)
-                        self._log({"step": self.step, **self.last_evaluation}, history=False)
-                if checkpoint_every and self.step % checkpoint_every == 0 or last:
-                    self._save_checkpoint()
-                if distributed.any_rank(self._interrupted is not None):
-                    self._save_checkpoint()
-                    bar.close()
-                    self._stop(f"training interrupted after step {self.step}"
-                               + (f"; saved {self.checkpoint_path}" if self.out_dir else ""))
+    def _end_of_fit(self):
+        self._data_state = self._batches.state_dict()
 
-    def _stop(self, message):
-        """Ends fit as the stop signal would have: SIGTERM exits with 128 + 15, as a shell
-        reports a terminated process."""
-        if self._interrupted == signal.SIGTERM:
-            raise SystemExit(128 + signal.SIGTERM)
-        raise KeyboardInterrupt(message)
-
-    def _catch_interrupts(self):
-        """The first Ctrl-C or SIGTERM lets the current step finish (then fit saves and stops);
-        a second one stops at once. Returns the previous handlers (none off the main thread)."""
-        if threading.current_thread() is not threading.main_thread():
-            return {}
-        self._interrupted = None
-
-        def handler(signum, frame):
-            if self._interrupted is not None:
-                self._stop(f"training interrupted during step {self.step + 1}")
-            self._interrupted = signum
-
-        return {signum: signal.signal(signum, handler) for signum in _STOP_SIGNALS}
-
-    # --- outputs ----------------------------------------------------------------------------
-
-    @property
-    def out_dir(self):
-        """Where this process writes (None: nowhere, as on every rank but 0)."""
-        return self.outputs.out_dir
-
-    @property
-    def checkpoint_path(self):
-        return self.outputs.checkpoint_path
-
-    def _save_checkpoint(self):
-        rng_per_rank = distributed.gather(_rng_state())  # every rank takes part
-        if self.out_dir:
-            state = self.state_dict()
-            if self.world_size > 1:
-                state["rng_per_rank"] = rng_per_rank
-            self.outputs.save_checkpoint(state, self.step, self.history)
-        distributed.barrier()
-
-    def _log(self, entry, history=True):
-        if history:
-            self.history.append(entry)
-        self.outputs.log(entry)
+    def _at_sample_step(self, evaluate, modes):
+        self._write_pictures(modes)
+        if evaluate is not None and self.rank == 0:
+            self.last_evaluation = evaluate(self)
+            self._log({"step": self.step, **self.last_evaluation}, history=False)
 
     def _write_pictures(self, modes):
         if not self.out_dir:
@@ -468,7 +347,7 @@ class Trainer:
                 "ema": None if self.ema is None else self.ema.state_dict(),
                 "optimizer_g": self.optimizer_g.state_dict(),
                 "optimizer_d": self.optimizer_d.state_dict(),
-                "rng": _rng_state(), "sample_rng": self._sample_generator.get_state(),
+                "rng": rng_state(), "sample_rng": self._sample_generator.get_state(),
                 "data": (self._batches.state_dict() if self._batches is not None
                          else self._data_state),
                 "history": list(self.history)}
@@ -484,11 +363,11 @@ class Trainer:
         self.optimizer_d.load_state_dict(state["optimizer_d"])
         per_rank = state.get("rng_per_rank") or [state["rng"]]
         if len(per_rank) == self.world_size:
-            _set_rng_state(per_rank[self.rank])
+            set_rng_state(per_rank[self.rank])
         else:
             # Written by another number of processes: rank 0 continues its noise, the other
             # ranks start new streams.
-            _set_rng_state(state["rng"])
+            set_rng_state(state["rng"])
             if self.rank > 0:
                 torch.manual_seed(self.config.seed + self.rank
                                   + state["step"] * self.world_size)
@@ -498,10 +377,6 @@ class Trainer:
         self.history = list(state["history"])
         self._data_state = state["data"]
         self._batches = None
-
-    def save(self, path):
-        """Writes the checkpoint to `path` atomically."""
-        atomic_save(self.state_dict(), path)
 
     @classmethod
     def load(cls, path, generator=None, discriminator=None, *, device="auto", out_dir=None):
