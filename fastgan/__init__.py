@@ -7,7 +7,7 @@ pure-PyTorch reference implementations; `backend_info()` says which path is acti
 from fastgan._version import __version__
 from fastgan._backend import backend_info
 from fastgan import backends, ops, nn, models, losses, data, metrics
-from fastgan.train import Trainer
+from fastgan.train import CycleGANTrainer, Trainer
 
 __all__ = ["__version__", "backend_info", "backends", "ops", "nn", "models", "losses", "data", "metrics",
-           "Trainer"]
+           "Trainer", "CycleGANTrainer"]

@@ -2,14 +2,15 @@
 
 kinds: "minimax" (Goodfellow et al. 2014, the saturating original), "non_saturating" (its usual
 G loss), "hinge" (Lim & Ye 2017; Miyato et al. 2018), "wasserstein" (Arjovsky et al. 2017; pair
-it with R1 or another Lipschitz constraint). Each returns a scalar: batch means, summed over the
-real and fake terms.
+it with R1 or another Lipschitz constraint), "least_squares" (LSGAN, Mao et al. 2017: squared
+distances to the targets 1 and 0, CycleGAN's default). Each returns a scalar: batch means (over
+every logit: a PatchGAN's too), summed over the real and fake terms.
 """
 import torch.nn.functional as F
 
 from fastgan._checks import check_number, check_tensor
 
-KINDS = ("minimax", "non_saturating", "hinge", "wasserstein")
+KINDS = ("minimax", "non_saturating", "hinge", "wasserstein", "least_squares")
 _BINARY_KINDS = ("minimax", "non_saturating")
 
 
@@ -34,6 +35,8 @@ def d_loss(real_logits, fake_logits, kind="non_saturating", label_smoothing=0.0)
         raise ValueError(f"label_smoothing applies to {list(_BINARY_KINDS)} losses, not {kind!r}")
     if kind == "hinge":
         return F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()
+    if kind == "least_squares":
+        return (real_logits - 1).square().mean() + fake_logits.square().mean()
     return fake_logits.mean() - real_logits.mean()
 
 
@@ -45,5 +48,7 @@ def g_loss(fake_logits, kind="non_saturating"):
         return -F.softplus(fake_logits).mean()  # mean log(1 - D(G(z))), minimized
     if kind == "non_saturating":
         return F.softplus(-fake_logits).mean()  # mean -log D(G(z))
+    if kind == "least_squares":
+        return (fake_logits - 1).square().mean()
     return -fake_logits.mean()
 

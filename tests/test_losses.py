@@ -49,6 +49,17 @@ def test_hinge_and_wasserstein_d_losses(logits):
     _assert_equal(losses.d_loss(real, fake, "wasserstein"), fake.mean() - real.mean())
 
 
+def test_least_squares_losses(logits):
+    """LSGAN: squared distances to 1 for reals (and for fakes, G's aim), to 0 for fakes; over
+    every logit of a patch map too."""
+    real, fake = logits
+    _assert_equal(losses.d_loss(real, fake, "least_squares"),
+                  ((real - 1) ** 2).mean() + (fake ** 2).mean())
+    _assert_equal(losses.g_loss(fake, "least_squares"), ((fake - 1) ** 2).mean())
+    patches = fake.view(2, 1, 2, 4)
+    _assert_equal(losses.g_loss(patches, "least_squares"), ((fake - 1) ** 2).mean())
+
+
 def test_minimax_saturates_where_non_saturating_does_not():
     """When D confidently rejects the fakes, the original loss gives G almost no gradient."""
     fake = torch.full((4,), -10.0, dtype=torch.float64, requires_grad=True)
@@ -61,7 +72,7 @@ def test_minimax_saturates_where_non_saturating_does_not():
 def test_bad_arguments_are_named(logits):
     real, fake = logits
     with pytest.raises(ValueError, match="kind"):
-        losses.d_loss(real, fake, "least_squares")
+        losses.d_loss(real, fake, "least-squares")
     with pytest.raises(ValueError, match="kind"):
         losses.g_loss(fake, "nonsaturating")
     with pytest.raises(ValueError, match="label_smoothing"):

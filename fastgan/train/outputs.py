@@ -5,7 +5,7 @@ import json
 import os
 
 from fastgan.train.checkpoint import atomic_save
-from fastgan.train.plots import save_image_grid, save_loss_plot, save_scatter
+from fastgan.train.plots import DCGAN_LOSSES, save_image_grid, save_loss_plot, save_scatter
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_HISTORY = "checkpoints"  # the folder of the newest keep_checkpoints checkpoints
@@ -19,9 +19,10 @@ class RunOutputs:
     """Writes a run's files into `out_dir`. With out_dir None (no outputs were asked for, or a
     process other than rank 0) every method does nothing."""
 
-    def __init__(self, out_dir, keep_checkpoints):
+    def __init__(self, out_dir, keep_checkpoints, losses=DCGAN_LOSSES):
         self.out_dir = out_dir
         self.keep_checkpoints = keep_checkpoints
+        self.losses = losses  # what the loss plot shows: (metric key, label) pairs
         self._tensorboard = None
 
     def _path(self, *names):
@@ -93,7 +94,7 @@ class RunOutputs:
         if self.keep_checkpoints > 1:
             self._keep_checkpoint(state, step)
         if history:
-            save_loss_plot(history, self._path(LOSS_PLOT_NAME))
+            save_loss_plot(history, self._path(LOSS_PLOT_NAME), self.losses)
 
     def _kept_checkpoints(self):
         """{step: path} of the checkpoints in out_dir/checkpoints."""

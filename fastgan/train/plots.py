@@ -51,14 +51,17 @@ def save_scatter(points, path, modes=None):
     figure.savefig(path, dpi=100)
 
 
-def save_loss_plot(history, path):
-    """The logged D and G losses against the step."""
+DCGAN_LOSSES = (("d_loss", "D loss"), ("g_loss", "G loss"))
+
+
+def save_loss_plot(history, path, losses=DCGAN_LOSSES):
+    """The logged losses, `losses` ((metric key, label) pairs), against the step."""
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(6, 4))
     axes = figure.add_subplot()
     steps = np.array([entry["step"] for entry in history])
-    for key, label in (("d_loss", "D loss"), ("g_loss", "G loss")):
+    for key, label in losses:
         axes.plot(steps, [entry[key] for entry in history], label=label)
     axes.set_xlabel("step")
     axes.legend()
