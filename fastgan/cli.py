@@ -1,4 +1,4 @@
-"""The `fastgan` command line: train, sample, bench, info."""
+"""The `fastgan` command line: train, sample, cyclegan, translate, bench, info."""
 import argparse
 import json
 import os
@@ -8,6 +8,7 @@ import sys
 import torch
 
 import fastgan
+from fastgan import cli_cyclegan
 from fastgan.train import outputs
 
 # Defaults per dataset, tuned on a 2-core CPU with scripts/evaluate_recipes.py (lr is
@@ -221,6 +222,8 @@ def build_parser():
                              "samples)")
     sample.add_argument("--device", default="auto")
     sample.set_defaults(run=_sample)
+
+    cli_cyclegan.add_commands(commands)
 
     bench = commands.add_parser("bench", add_help=False,
                                 help="run benchmarks/run.py (arguments pass through)")

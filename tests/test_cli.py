@@ -109,3 +109,47 @@ def test_bad_input_is_a_clear_error(tmp_path, capsys, monkeypatch, arguments, me
 
 def test_bench_passes_arguments_through():
     assert main(["bench", "--help"]) == 0
+
+
+def test_cyclegan_on_digits_resume_and_translate(tmp_path, capsys):
+    """`fastgan cyclegan --data digits` trains, prints its scores, resumes; `fastgan translate`
+    writes one translation per input image."""
+    out = tmp_path / "run"
+    common = ["cyclegan", "--data", "digits", "--batch-size", "2", "--out", str(out), "--quiet"]
+    assert main(common + ["--steps", "2"]) == 0
+    summary = _summary(capsys.readouterr().out)
+    assert summary["step"] == 2
+    assert {"class_preservation", "pixel_error"} <= set(summary["evaluation"])
+    assert main(common + ["--steps", "3", "--resume"]) == 0
+    assert _summary(capsys.readouterr().out)["step"] == 3
+
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for name in ("one.png", "two.jpg"):
+        Image.new("L", (18, 14), 40).save(inputs / name)
+    (inputs / "notes.txt").write_text("not an image")
+    assert main(["translate", "--checkpoint", str(out / "checkpoint.pt"), "--input",
+                 str(inputs), "--output", str(tmp_path / "translated"), "--direction",
+                 "b2a"]) == 0
+    written = sorted(p.name for p in (tmp_path / "translated").iterdir())
+    assert written == ["one.png", "two.png"]
+    with Image.open(tmp_path / "translated" / "one.png") as image:
+        assert image.size == (20, 16)  # rounded to multiples of 4
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--data", "digits", "--data-a", "x"], "not both"),
+    (["--data", "horses"], "the bundled task is 'digits'"),
+    (["--data-a", "x"], "both --data-a and --data-b"),
+])
+def test_cyclegan_argument_errors(arguments, message, capsys):
+    with pytest.raises(SystemExit):
+        main(["cyclegan", *arguments, "--steps", "1"])
+    assert message in capsys.readouterr().err
+
+
+def test_translate_errors_name_the_input(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["translate", "--checkpoint", str(tmp_path / "missing.pt"), "--input",
+              str(tmp_path), "--output", str(tmp_path / "out")])
+    assert "missing.pt" in capsys.readouterr().err
