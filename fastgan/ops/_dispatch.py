@@ -88,8 +88,9 @@ def select(op, arguments, candidates, rule):
 def _describe(arguments):
     """A call's description: tensors by shape, dtype and layout, other arguments as they
     print."""
-    return " ".join(_describe_tensor(a) if isinstance(a, torch.Tensor) else str(a)
-                    for a in arguments)
+    # Tuples print as lists: a module's (2, 2) and a list [2, 2] are the same geometry.
+    return " ".join(_describe_tensor(a) if isinstance(a, torch.Tensor)
+                    else str(list(a)) if isinstance(a, tuple) else str(a) for a in arguments)
 
 
 def _describe_tensor(tensor):
