@@ -35,6 +35,17 @@ def check_channel_vector(name, value, channels, like):
     check_device(name, value, like)
 
 
+def check_normalization_operands(input, running_mean, running_var, weight, bias):
+    """The per-channel tensors of a batch or instance normalization of `input` (N, C, ...):
+    each optional, of shape (C,) on input's device, the running statistics given together."""
+    channels = input.shape[1]
+    for name, value in (("running_mean", running_mean), ("running_var", running_var),
+                        ("weight", weight), ("bias", bias)):
+        check_channel_vector(name, value, channels, input)
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must be given together")
+
+
 def check_number(name, value, *, positive=False, minimum=None, maximum=None):
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")

@@ -94,6 +94,21 @@ def _build(args, recipe):
     return data, generator, discriminator, evaluate, None
 
 
+def run_fit(trainer, fit, report=print):
+    """Calls fit(); returns None once it finished, else the exit code: Ctrl-C's or SIGTERM's
+    (fit saved first, and `report` says how to continue), or 1 for a loss that is not finite."""
+    try:
+        fit()
+    except (KeyboardInterrupt, SystemExit) as stop:
+        report(f"interrupted at step {trainer.step}; saved {trainer.checkpoint_path} (continue "
+               f"with --resume)", file=sys.stderr)
+        return stop.code if isinstance(stop, SystemExit) else 130
+    except FloatingPointError as error:
+        print(f"fastgan: {error}", file=sys.stderr)
+        return 1
+    return None
+
+
 def _train(args):
     # Each step's large tensors then reuse the previous step's memory instead of being
     # page-faulted in again (`benchmarks/run.py --keep-freed-memory` measures the difference).
@@ -122,16 +137,11 @@ def _train(args):
     report(f"training on {args.data} for {steps} steps (batch {batch_size}"
            f"{f' over {trainer.world_size} processes' if trainer.world_size > 1 else ''}) on "
            f"{trainer.device}; writing to {out}", flush=True)
-    try:
-        trainer.fit(data, steps, batch_size, evaluate=evaluate, modes=modes,
-                    progress=not args.quiet)
-    except (KeyboardInterrupt, SystemExit) as stop:  # Ctrl-C or SIGTERM: fit saved first
-        report(f"interrupted at step {trainer.step}; saved {trainer.checkpoint_path} (continue "
-               f"with --resume)", file=sys.stderr)
-        return stop.code if isinstance(stop, SystemExit) else 130
-    except FloatingPointError as error:
-        print(f"fastgan: {error}", file=sys.stderr)
-        return 1
+    stopped = run_fit(trainer, lambda: trainer.fit(data, steps, batch_size, evaluate=evaluate,
+                                                   modes=modes, progress=not args.quiet),
+                      report)
+    if stopped is not None:
+        return stopped
     summary = {"step": trainer.step, "checkpoint": trainer.checkpoint_path,
                "samples": trainer.latest_samples_path,
                "raw_samples": (trainer.outputs.raw_samples_path

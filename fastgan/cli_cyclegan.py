@@ -3,11 +3,11 @@ on the bundled digits task or on two folders of images, and translating images w
 checkpoint."""
 import json
 import os
-import sys
 
 import torch
 
 import fastgan
+from fastgan import cli  # run_fit; cli adds this module's commands when it builds its parser
 from fastgan.data.images import IMAGE_EXTENSIONS
 from fastgan.train import outputs
 
@@ -77,16 +77,11 @@ def _train(args):
             keep_checkpoints=args.keep_checkpoints)
     print(f"training CycleGAN on {args.data or f'{args.data_a} <-> {args.data_b}'} for {steps} "
           f"steps (batch {batch_size}) on {trainer.device}; writing to {out}", flush=True)
-    try:
-        trainer.fit(domain_a, domain_b, steps, batch_size, sample_every=max(1, steps // 10),
-                    evaluate=evaluate, progress=not args.quiet)
-    except (KeyboardInterrupt, SystemExit) as stop:  # Ctrl-C or SIGTERM: fit saved first
-        print(f"interrupted at step {trainer.step}; saved {trainer.checkpoint_path} (continue "
-              f"with --resume)", file=sys.stderr)
-        return stop.code if isinstance(stop, SystemExit) else 130
-    except FloatingPointError as error:
-        print(f"fastgan: {error}", file=sys.stderr)
-        return 1
+    stopped = cli.run_fit(trainer, lambda: trainer.fit(
+        domain_a, domain_b, steps, batch_size, sample_every=max(1, steps // 10),
+        evaluate=evaluate, progress=not args.quiet))
+    if stopped is not None:
+        return stopped
     summary = {"step": trainer.step, "checkpoint": trainer.checkpoint_path,
                "samples": trainer.latest_samples_path,
                "losses": os.path.join(out, outputs.LOSS_PLOT_NAME),

@@ -5,7 +5,7 @@ import math
 import torch
 
 from fastgan import _backend, _reference
-from fastgan._checks import check_channel_vector, check_number, check_tensor
+from fastgan._checks import check_normalization_operands, check_number, check_tensor
 
 _ops = torch.ops.fastgan if _backend.extension is not None else None
 
@@ -18,12 +18,7 @@ def batch_norm_leaky_relu(input, running_mean, running_var, weight=None, bias=No
     float32, float64, bfloat16 or float16 (on the CPU too); low precision is computed in float32
     and the output has input's dtype, as in torch."""
     check_tensor("input", input, min_dim=2)
-    channels = input.shape[1]
-    for name, value in (("running_mean", running_mean), ("running_var", running_var),
-                        ("weight", weight), ("bias", bias)):
-        check_channel_vector(name, value, channels, input)
-    if (running_mean is None) != (running_var is None):
-        raise ValueError("running_mean and running_var must be given together")
+    check_normalization_operands(input, running_mean, running_var, weight, bias)
     if not training and running_mean is None:
         raise ValueError("running_mean and running_var are required when training=False")
     if not isinstance(training, bool):

@@ -18,7 +18,7 @@ import math
 import torch
 
 from fastgan import _backend, _reference
-from fastgan._checks import check_channel_vector, check_number, check_tensor
+from fastgan._checks import check_normalization_operands, check_number, check_tensor
 from fastgan.ops.batch_norm_leaky_relu import _as_dtype, _ops, batch_norm_leaky_relu
 
 
@@ -30,12 +30,7 @@ def instance_norm_leaky_relu(input, running_mean=None, running_var=None, weight=
     input is (N, C, L), (N, C, H, W) or (N, C, D, H, W), in float32, float64, bfloat16 or
     float16."""
     check_tensor("input", input, dims=(3, 4, 5))
-    channels = input.shape[1]
-    for name, value in (("running_mean", running_mean), ("running_var", running_var),
-                        ("weight", weight), ("bias", bias)):
-        check_channel_vector(name, value, channels, input)
-    if (running_mean is None) != (running_var is None):
-        raise ValueError("running_mean and running_var must be given together")
+    check_normalization_operands(input, running_mean, running_var, weight, bias)
     if not isinstance(use_input_stats, bool):
         raise TypeError(f"use_input_stats must be a bool, got {type(use_input_stats).__name__}")
     if not use_input_stats and running_mean is None:
@@ -58,7 +53,7 @@ def instance_norm_leaky_relu(input, running_mean=None, running_var=None, weight=
 
     params_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
     weight, bias = _as_dtype(weight, params_dtype), _as_dtype(bias, params_dtype)
-    batch = input.shape[0]
+    batch, channels = input.shape[:2]
     if _stored_channels_last(input):
         # split, not indexing: its backward concatenates the samples' gradients once (an
         # index's would write each into a zero tensor of the whole batch, in NCHW).

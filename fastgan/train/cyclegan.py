@@ -13,15 +13,15 @@ import torch
 
 from fastgan import losses
 from fastgan._checks import check_choice, check_int, check_number, check_tensor
-from fastgan.models import REGISTRY
 from fastgan.train import distributed
 from fastgan.train.batches import make_batches
 from fastgan.train.checkpoint import safe_load
 from fastgan.train.image_pool import ImagePool
-from fastgan.train.loop import TrainingLoop, resolve_device, rng_state, set_rng_state
+from fastgan.train.loop import (TrainingLoop, check_fit_arguments, model_spec,
+                                models_from_checkpoint, resolve_device, rng_state,
+                                set_rng_state, trainable)
 from fastgan.train.outputs import RunOutputs
 from fastgan.train.regularization import r1_penalty
-from fastgan.train.trainer import _model_spec, _trainable
 
 CHECKPOINT_FORMAT = "cyclegan-1"
 DIRECTIONS = ("a2b", "b2a")
@@ -174,7 +174,7 @@ class CycleGANTrainer(TrainingLoop):
         self._check_finite("the generators' loss", total)
         self.optimizer_g.zero_grad(set_to_none=True)
         # Only the generators' parameters: the discriminators' gradients here are not used.
-        total.backward(inputs=_trainable(self.g_ab) + _trainable(self.g_ba))
+        total.backward(inputs=trainable(self.g_ab) + trainable(self.g_ba))
         self.optimizer_g.step()
 
         loss_a, penalty_a = self._discriminator_loss(self.d_a, real_a,
@@ -188,7 +188,7 @@ class CycleGANTrainer(TrainingLoop):
             metrics["r1"] = (penalty_a + penalty_b).item()
         self._check_finite("the discriminators' loss", total)
         self.optimizer_d.zero_grad(set_to_none=True)
-        total.backward(inputs=_trainable(self.d_a) + _trainable(self.d_b))
+        total.backward(inputs=trainable(self.d_a) + trainable(self.d_b))
         self.optimizer_d.step()
         metrics["lr"] = self.optimizer_g.param_groups[0]["lr"]
         return metrics
@@ -220,13 +220,8 @@ class CycleGANTrainer(TrainingLoop):
         (out_dir/samples/step_N.png: rows of a, g_ab(a), g_ba(g_ab(a)) and of b, g_ba(b),
         g_ab(g_ba(b)) for fixed images) and evaluate(trainer)'s metrics, checkpoints every
         checkpoint_every steps and at the end; Ctrl-C and SIGTERM save and stop."""
-        check_int("steps", steps, minimum=0)
-        check_int("batch_size", batch_size, minimum=1)
-        for name, value in (("log_every", log_every), ("sample_every", sample_every),
-                            ("checkpoint_every", checkpoint_every)):
-            check_int(name, value, minimum=0)
-        if evaluate is not None and not callable(evaluate):
-            raise TypeError("evaluate must be callable (trainer -> dict of numbers)")
+        check_fit_arguments(steps, batch_size, 1, log_every, sample_every, checkpoint_every,
+                            evaluate)
         seed = self.config.seed
         first_a, _ = next(make_batches(domain_a, batch_size, seed))
         first_b, _ = next(make_batches(domain_b, batch_size, seed + 1))
@@ -300,7 +295,7 @@ class CycleGANTrainer(TrainingLoop):
                 else self._data_state)
         return {"format": CHECKPOINT_FORMAT, "step": self.step, "steps": self._steps,
                 "config": self.config.to_dict(),
-                "models": {name: _model_spec(model) for name, model in models.items()},
+                "models": {name: model_spec(model) for name, model in models.items()},
                 **{name: model.state_dict() for name, model in models.items()},
                 "optimizer_g": self.optimizer_g.state_dict(),
                 "optimizer_d": self.optimizer_d.state_dict(),
@@ -330,14 +325,8 @@ class CycleGANTrainer(TrainingLoop):
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"path {path!r} is not a CycleGAN checkpoint of fastgan (format "
                              f"{CHECKPOINT_FORMAT})")
-        given = dict(zip(MODEL_NAMES, (g_ab, g_ba, d_a, d_b)))
-        models = {}
-        for name in MODEL_NAMES:
-            spec = state["models"][name]
-            if given[name] is None and spec is None:
-                raise ValueError(f"the checkpoint holds a user-defined {name}: pass {name}=...")
-            models[name] = (given[name] if given[name] is not None
-                            else REGISTRY[spec["name"]](**spec["config"]))
+        models = models_from_checkpoint(state["models"],
+                                        dict(zip(MODEL_NAMES, (g_ab, g_ba, d_a, d_b))))
         config = dict(state["config"])
         if out_dir is not None:
             config["out_dir"] = out_dir

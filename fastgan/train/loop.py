@@ -8,6 +8,8 @@ import time
 import numpy as np
 import torch
 
+from fastgan._checks import check_int
+from fastgan.models import REGISTRY
 from fastgan.train import distributed
 from fastgan.train.checkpoint import atomic_save
 from fastgan.train.progress import open_progress
@@ -45,6 +47,40 @@ def set_rng_state(state):
     np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
+
+
+def model_spec(model):
+    """How a checkpoint rebuilds one of fastgan's models; None for a user's model."""
+    if REGISTRY.get(type(model).__name__) is type(model):
+        return {"name": type(model).__name__, "config": dict(model.config)}
+    return None
+
+
+def models_from_checkpoint(specs, given):
+    """{name: model}: each `given` model (None: not given), else fastgan's model rebuilt from
+    its spec in `specs` (a user's model must be given)."""
+    models = {}
+    for name, model in given.items():
+        spec = specs[name]
+        if model is None and spec is None:
+            raise ValueError(f"the checkpoint holds a user-defined {name}: pass {name}=...")
+        models[name] = model if model is not None else REGISTRY[spec["name"]](**spec["config"])
+    return models
+
+
+def trainable(model):
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def check_fit_arguments(steps, batch_size, min_batch_size, log_every, sample_every,
+                        checkpoint_every, evaluate):
+    check_int("steps", steps, minimum=0)
+    check_int("batch_size", batch_size, minimum=min_batch_size)
+    for name, value in (("log_every", log_every), ("sample_every", sample_every),
+                        ("checkpoint_every", checkpoint_every)):
+        check_int(name, value, minimum=0)
+    if evaluate is not None and not callable(evaluate):
+        raise TypeError("evaluate must be callable (trainer -> dict of numbers)")
 
 
 class TrainingLoop:

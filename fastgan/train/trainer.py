@@ -9,12 +9,13 @@ from torch import nn
 
 from fastgan import losses
 from fastgan._checks import check_int, check_tensor
-from fastgan.models import REGISTRY
 from fastgan.train import distributed
 from fastgan.train.batches import make_batches
 from fastgan.train.checkpoint import safe_load
 from fastgan.train.config import TrainerConfig
-from fastgan.train.loop import TrainingLoop, resolve_device, rng_state, set_rng_state
+from fastgan.train.loop import (TrainingLoop, check_fit_arguments, model_spec,
+                                models_from_checkpoint, resolve_device, rng_state,
+                                set_rng_state, trainable)
 from fastgan.train.outputs import RunOutputs
 from fastgan.train.regularization import lazy_adam_settings, r1_penalty
 
@@ -26,17 +27,6 @@ _CALIBRATION_BATCHES, _CALIBRATION_BATCH = 4, 256  # for the EMA generator's Bat
 
 def _num_classes(model):
     return getattr(model, "num_classes", 0)
-
-
-def _model_spec(model):
-    """How a checkpoint rebuilds one of fastgan's models; None for a user's model."""
-    if REGISTRY.get(type(model).__name__) is type(model):
-        return {"name": type(model).__name__, "config": dict(model.config)}
-    return None
-
-
-def _trainable(model):
-    return [p for p in model.parameters() if p.requires_grad]
 
 
 class Trainer(TrainingLoop):
@@ -140,7 +130,7 @@ class Trainer(TrainingLoop):
         self._check_finite("the discriminator loss", total)
         self.optimizer_d.zero_grad(set_to_none=True)
         # Only D's parameters: not the reals' input gradient that R1 made them require.
-        total.backward(inputs=_trainable(self.discriminator))
+        total.backward(inputs=trainable(self.discriminator))
         self.optimizer_d.step()
         if regularize and self.lazy_r1:
             # StyleGAN2's lazy regularization: its own optimizer step, scaled by the interval.
@@ -151,7 +141,7 @@ class Trainer(TrainingLoop):
             self._check_finite("the R1 penalty", penalty)
             self.optimizer_d.zero_grad(set_to_none=True)
             (penalty * interval + distributed.every_parameter_term(logits)).backward(
-                inputs=_trainable(self.discriminator))
+                inputs=trainable(self.discriminator))
             self.optimizer_d.step()
         metrics = {"d_loss": loss.item(), "D(x)": real_logits.detach().sigmoid().mean().item(),
                    "D(G(z))": fake_logits.detach().sigmoid().mean().item()}
@@ -167,7 +157,7 @@ class Trainer(TrainingLoop):
             loss = losses.g_loss(fake_logits.float(), self.config.loss)
         self._check_finite("the generator loss", loss)
         self.optimizer_g.zero_grad(set_to_none=True)
-        loss.backward(inputs=_trainable(self.generator))  # not D's weight gradients
+        loss.backward(inputs=trainable(self.generator))  # not D's weight gradients
         self.optimizer_g.step()
         if self.ema is not None:
             self._update_ema()
@@ -231,13 +221,9 @@ class Trainer(TrainingLoop):
         checkpoint_every steps and at the end out_dir/checkpoint.pt. Ctrl-C finishes the step,
         saves and raises KeyboardInterrupt; SIGTERM does the same, then raises SystemExit(143)
         as the signal would have ended the process."""
-        check_int("steps", steps, minimum=0)
-        check_int("batch_size", batch_size, minimum=2)
-        for name, value in (("log_every", log_every), ("sample_every", sample_every),
-                            ("checkpoint_every", checkpoint_every)):
-            check_int(name, value, minimum=0)
-        if evaluate is not None and not callable(evaluate):
-            raise TypeError("evaluate must be callable (trainer -> dict of numbers)")
+        # BatchNorm needs two samples or more per batch.
+        check_fit_arguments(steps, batch_size, 2, log_every, sample_every, checkpoint_every,
+                            evaluate)
         if modes is not None:
             check_tensor("modes", modes, dims=(2,))
         shard = (self.rank, self.world_size)
@@ -340,8 +326,8 @@ class Trainer(TrainingLoop):
         """Everything `load` needs, as tensors and plain Python values (loadable with
         torch.load(weights_only=True))."""
         return {"format": CHECKPOINT_FORMAT, "step": self.step, "config": self.config.to_dict(),
-                "models": {"generator": _model_spec(self.generator),
-                           "discriminator": _model_spec(self.discriminator)},
+                "models": {"generator": model_spec(self.generator),
+                           "discriminator": model_spec(self.discriminator)},
                 "generator": self.generator.state_dict(),
                 "discriminator": self.discriminator.state_dict(),
                 "ema": None if self.ema is None else self.ema.state_dict(),
@@ -387,12 +373,8 @@ class Trainer(TrainingLoop):
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"path {path!r} is not a fastgan checkpoint (format "
                              f"{CHECKPOINT_FORMAT})")
-        models = {}
-        for name, given in (("generator", generator), ("discriminator", discriminator)):
-            spec = state["models"][name]
-            if given is None and spec is None:
-                raise ValueError(f"the checkpoint holds a user-defined {name}: pass {name}=...")
-            models[name] = given if given is not None else REGISTRY[spec["name"]](**spec["config"])
+        models = models_from_checkpoint(
+            state["models"], {"generator": generator, "discriminator": discriminator})
         config = dict(state["config"])
         if out_dir is not None:
             config["out_dir"] = out_dir
