@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import fastgan
+from fastgan import _backend
 from common import SuiteResult, compare, geometric_mean, matmul_rate, table
 
 conv_transpose2d_module = importlib.import_module("fastgan.ops.conv_transpose2d")
@@ -146,36 +147,42 @@ def accuracy_table():
             "exact as torch's.")
 
 
-# The batched products of the Winograd path on the generator's stride-2 layers (batch 64): 100 of
-# (4x4 tiles, C_in) by (C_in, C_out) per call (4 phases x 25 transform entries).
-WINOGRAD_PRODUCTS = 100
-WINOGRAD_GEMMS = [(64, 512, 256), (256, 256, 128), (1024, 128, 64)]
+# The products of fastgan's kernels on the generator's stride-2 layers (batch 64), as (count, rows,
+# depth, columns): the Winograd path's 100 of (4x4 tiles, C_in) by (C_in, C_out) per call (4
+# phases x 25 transform entries), and the sub-pixel GEMM path's one of (pixels, C_in) by (C_in, 16
+# taps x C_out).
+KERNEL_PRODUCTS = [(100, 64, 512, 256), (100, 256, 256, 128), (100, 1024, 128, 64),
+                   (1, 1024, 512, 4096), (1, 4096, 256, 2048), (1, 16384, 128, 1024)]
 
 
 def gemm_table(min_run_time):
-    """GFLOP/s of the Winograd path's batched GEMMs through MKL (torch.bmm, what the kernels
-    call) and through oneDNN (the same products as a grouped 1x1 convolution, channels-last),
-    against the 1024x1024 matmul rate."""
+    """GFLOP/s of the kernels' products by fastgan's own kernel (csrc/cpu/gemm.cpp, what the
+    kernels call by default), by MKL (torch.bmm: fastgan.backends.cpu.gemm = "torch") and by
+    oneDNN (the same products as a grouped 1x1 convolution, channels-last), against the
+    1024x1024 matmul rate."""
     device = torch.device("cpu")
     peak = matmul_rate(device)
     rows = []
-    for m, k, n in WINOGRAD_GEMMS:
-        v = torch.randn(WINOGRAD_PRODUCTS, m, k)
-        u = torch.randn(WINOGRAD_PRODUCTS, k, n)
-        out = torch.empty(WINOGRAD_PRODUCTS, m, n)
-        x = torch.randn(1, WINOGRAD_PRODUCTS * k, m, 1).contiguous(
-            memory_format=torch.channels_last)
-        w = torch.randn(WINOGRAD_PRODUCTS * n, k, 1, 1).contiguous(
-            memory_format=torch.channels_last)
-        t = compare({"mkl": lambda: torch.bmm(v, u, out=out),
-                     "onednn": lambda: F.conv2d(x, w, groups=WINOGRAD_PRODUCTS)},
-                    device, min_run_time / 2)
-        flops = 2 * WINOGRAD_PRODUCTS * m * k * n
+    for count, m, k, n in KERNEL_PRODUCTS:
+        v = torch.randn(count, m, k)
+        u = torch.randn(count, k, n)
+        out = torch.empty(count, m, n)
+        x = torch.randn(1, count * k, m, 1).contiguous(memory_format=torch.channels_last)
+        w = torch.randn(count * n, k, 1, 1).contiguous(memory_format=torch.channels_last)
+        candidates = {"mkl": lambda: torch.bmm(v, u, out=out),
+                      "onednn": lambda: F.conv2d(x, w, groups=count)}
+        if _backend.extension is not None:
+            candidates["fastgan"] = lambda: _backend.extension._cpu_matmul(out, v, u)
+        t = compare(candidates, device, min_run_time / 2)
+        flops = 2 * count * m * k * n
         rates = {name: flops / seconds / 1e9 for name, seconds in t.items()}
-        rows.append([f"{WINOGRAD_PRODUCTS} x ({m}x{k} by {k}x{n})",
-                     f"{rates['mkl']:.0f} ({100 * rates['mkl'] / peak:.0f}%)",
-                     f"{rates['onednn']:.0f} ({100 * rates['onednn'] / peak:.0f}%)"])
-    header = ["products", "MKL (torch.bmm) GFLOP/s (% of matmul)",
+        rows.append([f"{count} x ({m}x{k} by {k}x{n})"] + [
+            f"{rates[name]:.0f} ({100 * rates[name] / peak:.0f}%)" if name in rates else "-"
+            for name in ("fastgan", "mkl", "onednn")])
+    header = ["products", "fastgan (gemm.cpp) GFLOP/s (% of matmul)",
+              "MKL (torch.bmm) GFLOP/s (% of matmul)",
               "oneDNN (grouped 1x1 convolution) GFLOP/s (% of matmul)"]
-    return (f"#### The Winograd path's GEMMs, float32 (matmul: {peak:.0f} GFLOP/s)\n\n"
-            + table(header, rows))
+    return (f"#### The kernels' matrix products, float32 (matmul: {peak:.0f} GFLOP/s)\n\n"
+            + table(header, rows)
+            + "\n\nThe first three are the Winograd path's batched products, the last three the "
+            "sub-pixel GEMM path's forward products, on the generator's middle layers.")

@@ -4,6 +4,7 @@
 // Python (fastgan/ops).
 #include <torch/extension.h>
 
+#include "cpu/gemm.h"
 #include "cpu/switches.h"
 
 #ifndef FASTGAN_VERSION
@@ -86,4 +87,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.def("_get_cpu_allow_winograd", [] { return fastgan::cpu::allow_winograd().load(); });
   module.def("_set_cpu_allow_winograd",
              [](bool allowed) { fastgan::cpu::allow_winograd().store(allowed); });
+  module.def("_get_cpu_own_gemm", [] { return fastgan::cpu::own_gemm().load(); });
+  module.def("_set_cpu_own_gemm", [](bool enabled) { fastgan::cpu::own_gemm().store(enabled); });
+  // Whether this build has fastgan's float32 matrix product (its AVX2 and AVX-512 builds).
+  module.attr("own_gemm_built") = fastgan::cpu::own_gemm_built();
+  // The CPU kernels' matrix product, for its tests and the benchmarks' GEMM table.
+  module.def("_cpu_matmul", &fastgan::cpu::matrix_product, pybind11::arg("out"), pybind11::arg("a"),
+             pybind11::arg("b"), pybind11::arg("accumulate") = false);
 }

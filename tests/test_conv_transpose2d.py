@@ -220,12 +220,13 @@ def test_winograd_gradcheck_and_gradgradcheck(layout, activation):
 
 @pytest.mark.parametrize("batch, expected", [(3, True), (1, False)])
 def test_winograd_path_is_taken_where_it_pays(batch, expected):
-    """The Winograd path is the only one that runs batched GEMMs: taken for enough tiles (3
-    images of 17 x 18: 75 tiles), not for fewer (1 image: 25 tiles)."""
+    """The Winograd path is the only one that runs batched GEMMs (seen as ATen's with the gemm
+    switch on "torch"): taken for enough tiles (3 images of 17 x 18: 75 tiles), not for fewer (1
+    image: 25 tiles)."""
     x, weight, b = make_operands(CASES["winograd"], batch, torch.float32)
     kwargs = hyper(CASES["winograd"], None)
     leaves = [t.requires_grad_() for t in (x, weight, b)]
-    with torch.profiler.profile() as profile:
+    with fastgan.backends.cpu.flags(gemm="torch"), torch.profiler.profile() as profile:
         conv_t(*leaves, **kwargs).sum().backward()
     batched_gemms = [e.key for e in profile.key_averages()
                      if e.key in ("aten::bmm", "aten::baddbmm_")]

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "../conv_transpose2d.h"
+#include "gemm.h"
 #include "parallel.h"
 #include "tuning.h"
 

@@ -61,7 +61,7 @@ void forward(const Geometry& g, const Dense& x, const at::Tensor& packed, const 
   const auto gemm = [&](const at::Tensor& x_rows, const at::Tensor& z_rows) {
     for (int64_t group = 0; group < g.groups; ++group) {
       at::Tensor z_group = group_columns(z_rows, group, T * Cg);
-      at::mm_out(z_group, group_columns(x_rows, group, g.in_per_group()), packed[group]);
+      matrix_product(z_group, group_columns(x_rows, group, g.in_per_group()), packed[group]);
     }
   };
   // The epilogue for output row (n, oh), from the Z rows of image n.
@@ -187,10 +187,11 @@ void backward(const Geometry& g, const Dense& grad_output, const Dense* result, 
       const at::Tensor col_group = group_columns(col, group, T * Cg);
       if (want_input) {
         at::Tensor grad_group = group_columns(grad_rows, group, Cin_g);
-        at::mm_out(grad_group, col_group, packed[group].t());
+        matrix_product(grad_group, col_group, packed[group].t());
       }
       if (want_weight) {
-        weight_sum[group].addmm_(group_columns(x_rows, group, Cin_g).t(), col_group);
+        matrix_product(weight_sum[group], group_columns(x_rows, group, Cin_g).t(), col_group,
+                   /*accumulate=*/true);
       }
     }
   };

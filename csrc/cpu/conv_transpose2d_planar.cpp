@@ -125,7 +125,7 @@ void forward(const Geometry& g, const at::Tensor& x, const at::Tensor& weight_ro
           out.options());
       for (int64_t group = 0; group < g.groups; ++group) {
         at::Tensor zt_group = zt.narrow(0, group * Cg * T, Cg * T);
-        at::mm_out(zt_group, weight_rows.narrow(0, group * Cin_g, Cin_g).t(),
+        matrix_product(zt_group, weight_rows.narrow(0, group * Cin_g, Cin_g).t(),
                    image.narrow(0, group * Cin_g, Cin_g));
       }
       for (int64_t c = 0; c < g.out_channels; ++c) {
@@ -198,11 +198,11 @@ void backward(const Geometry& g, const at::Tensor& grad_output, const at::Tensor
               at::from_blob(grad_input.mutable_data_ptr<scalar_t>() + n * in_image,
                             {g.in_channels, pixels}, options)
                   .narrow(0, group * Cin_g, Cin_g);
-          at::mm_out(grad_image, weight_rows.narrow(0, group * Cin_g, Cin_g), col_group);
+          matrix_product(grad_image, weight_rows.narrow(0, group * Cin_g, Cin_g), col_group);
         }
         if (want_weight) {
-          weight_sum.narrow(0, group * Cin_g, Cin_g)
-              .addmm_(image.narrow(0, group * Cin_g, Cin_g), col_group.t());
+          matrix_product(weight_sum.narrow(0, group * Cin_g, Cin_g),
+                     image.narrow(0, group * Cin_g, Cin_g), col_group.t(), /*accumulate=*/true);
         }
       }
     }

@@ -53,10 +53,9 @@ at::Tensor single_pixel_forward(const Geometry& g, const at::Tensor& input,
     if (bias.defined()) {
       const at::Tensor bias_per_tap =
           bias.narrow(0, group * g.out_per_group(), g.out_per_group()).repeat_interleave(g.taps());
-      at::addmm_out(product, bias_per_tap, m.x, m.weight);
-    } else {
-      at::mm_out(product, m.x, m.weight);
+      product.copy_(bias_per_tap.expand_as(product));
     }
+    matrix_product(product, m.x, m.weight, /*accumulate=*/bias.defined());
   }
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "conv_transpose2d", [&] {
     activate_in_place<scalar_t>(out, activation, static_cast<scalar_t>(negative_slope));
@@ -91,11 +90,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> single_pixel_backward(
     if (output_mask[0]) {
       at::Tensor grad_x = group_columns(grad_input.view({g.batch, g.in_channels}), group,
                                         g.in_per_group());
-      at::mm_out(grad_x, m.out, m.weight.t());
+      matrix_product(grad_x, m.out, m.weight.t());
     }
     if (output_mask[1]) {
       at::Tensor grad_w = single_pixel_group(g, x, grad_weight, grad, group).weight;
-      at::mm_out(grad_w, m.x.t(), m.out);
+      matrix_product(grad_w, m.x.t(), m.out);
     }
   }
   const at::Tensor grad_bias =

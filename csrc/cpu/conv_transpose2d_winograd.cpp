@@ -136,7 +136,7 @@ at::Tensor transformed_weight(const at::Tensor& weight) {
     transpose_matrix(w.const_data_ptr<scalar_t>(), taps_data, pairs, 16);
   }
   at::Tensor u = scratch(Scratch::kWeight, {kProducts, pairs}, options);
-  at::mm_out(u, filter_transform(options), taps);
+  matrix_product(u, filter_transform(options), taps);
   return u.view({kProducts, C_in, C_out});
 }
 
@@ -146,7 +146,7 @@ template <typename scalar_t>
 at::Tensor weight_gradient(const at::Tensor& transformed_gradient, int64_t C_in, int64_t C_out) {
   const at::TensorOptions options = transformed_gradient.options();
   at::Tensor taps = scratch(Scratch::kWeightTaps, {16, C_in * C_out}, options);
-  at::mm_out(taps, filter_transform(options).t(),
+  matrix_product(taps, filter_transform(options).t(),
              transformed_gradient.view({kProducts, C_in * C_out}));
   const at::Tensor grad = at::empty({C_in, C_out, 4, 4}, options);
   transpose_matrix(taps.const_data_ptr<scalar_t>(), grad.mutable_data_ptr<scalar_t>(), 16,
@@ -322,7 +322,7 @@ void forward(const Geometry& g, const Dense& x, const at::Tensor& weight, const 
     auto [m, m_operand] = block_operand<scalar_t>(Scratch::kProducts, rows, C_out, options);
     transform_inputs(tiling, images,
                      rows_of(x, first, last, x_buffer.mutable_data_ptr<scalar_t>()), v_operand);
-    at::bmm_out(m, v, u);
+    matrix_product(m, v, u);
     scalar_t* out_rows = out_channels_last ? out_data + first * out_image
                                            : out_buffer.mutable_data_ptr<scalar_t>();
     transform_outputs(tiling, images, m_operand,
@@ -385,14 +385,10 @@ void backward(const Geometry& g, const Dense& grad_output, const Dense* result, 
     if (want_weight) {
       transform_inputs(tiling, images,
                        rows_of(x, first, last, x_buffer.mutable_data_ptr<scalar_t>()), v_operand);
-      if (first == 0) {
-        at::bmm_out(du, v.transpose(1, 2), dm);
-      } else {
-        du.baddbmm_(v.transpose(1, 2), dm);
-      }
+      matrix_product(du, v.transpose(1, 2), dm, /*accumulate=*/first > 0);
     }
     if (want_input) {
-      at::bmm_out(v, dm, u.transpose(1, 2));
+      matrix_product(v, dm, u.transpose(1, 2));
       parallel_tasks(images, kProducts * tiling.per_image * C_in, [&](int64_t i) {
         scalar_t* image = grad_input_data + (first + i) * in_image;
         thread_local std::vector<scalar_t> rows_buffer;

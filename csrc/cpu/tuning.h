@@ -35,6 +35,18 @@ constexpr int64_t kWinogradMinChannels = 64;
 constexpr int64_t kWinogradMinTiles = 64;
 
 // ------------------------------------------------------------------------------------------------
+// Matrix products (gemm.cpp)
+
+// The depth of B's packed panels per pass: 256 rows of a 32-wide AVX-512 panel are 32 KiB, which
+// stays in L1 while the tiles of A's rows stream past it.
+//   python benchmarks/run.py --only convt   (the GEMM table)
+constexpr int64_t kGemmDepthBlock = 256;
+
+// Columns of C per task: the panels of B one task packs (512 KiB at the depth above) fit in L2.
+//   python benchmarks/run.py --only convt   (the GEMM table)
+constexpr int64_t kGemmColumnBlock = 512;
+
+// ------------------------------------------------------------------------------------------------
 // Per-channel passes (per_channel.h: the BatchNorm + LeakyReLU kernels)
 
 // Bytes of rows a channels-first reduction prefetches ahead: one row ahead (256 bytes for an 8x8

@@ -22,6 +22,12 @@ padding 1 and enough channels and tiles: faster, and in float32 further from the
 than torch's own convolution (as TF32 is on CUDA; benchmarks/README.md gives the measured error).
 False: only the paths as exact as torch's.
 
+gemm (default "fastgan"): the float32 matrix products inside fastgan's convolution kernels run
+fastgan's own register-blocked kernel ("fastgan", in the AVX2 and AVX-512 builds) or ATen's
+(MKL: "torch"). MKL takes its AVX2 code on AMD CPUs, at about half the rate of fastgan's on the
+AMD EPYC of benchmarks/README.md; on a CPU where MKL is the faster, "torch" is the switch (the
+`convt` benchmark's GEMM table compares them). Double always runs ATen's.
+
 engine (default None): "torch" or "fastgan" runs every part of those convolutions by that engine,
 whatever benchmark says (to compare them, or to test fastgan's kernels on every shape).
 
@@ -38,6 +44,7 @@ import types
 from fastgan import _backend
 
 ENGINES = ("torch", "fastgan")
+GEMMS = ("fastgan", "torch")
 
 
 def _default_cache_dir():
@@ -52,6 +59,7 @@ class _CpuSwitches(types.ModuleType):
     and, for allow_winograd, sets it in the compiled kernels (which read it on every call)."""
 
     _allow_winograd_without_extension = True
+    _gemm_without_extension = "fastgan"
     _benchmark = True
     _engine = None
     _cache_dir = _default_cache_dir()
@@ -69,6 +77,21 @@ class _CpuSwitches(types.ModuleType):
             type(self)._allow_winograd_without_extension = allowed
         else:
             _backend.extension._set_cpu_allow_winograd(allowed)
+
+    @property
+    def gemm(self):
+        if _backend.extension is None:
+            return self._gemm_without_extension
+        return "fastgan" if _backend.extension._get_cpu_own_gemm() else "torch"
+
+    @gemm.setter
+    def gemm(self, name):
+        if name not in GEMMS:
+            raise ValueError(f"gemm must be one of {list(GEMMS)}, got {name!r}")
+        if _backend.extension is None:
+            type(self)._gemm_without_extension = name
+        else:
+            _backend.extension._set_cpu_own_gemm(name == "fastgan")
 
     @property
     def benchmark(self):
@@ -109,11 +132,11 @@ _UNSET = object()
 
 
 @contextlib.contextmanager
-def flags(allow_winograd=None, benchmark=None, engine=_UNSET):
+def flags(allow_winograd=None, benchmark=None, engine=_UNSET, gemm=None):
     """Sets the switches given (None, or for engine no argument: left as they are) within a `with`
     block, and restores them after it, also when it raises."""
     module = sys.modules[__name__]
-    wanted = {"allow_winograd": allow_winograd, "benchmark": benchmark}
+    wanted = {"allow_winograd": allow_winograd, "benchmark": benchmark, "gemm": gemm}
     wanted = {name: value for name, value in wanted.items() if value is not None}
     if engine is not _UNSET:
         wanted["engine"] = engine

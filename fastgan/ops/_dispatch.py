@@ -29,7 +29,8 @@ from fastgan.backends import cpu as switches
 logger = logging.getLogger("fastgan.dispatch")
 
 PARTS = ("forward", "input_grad", "weight_grad")
-FORMAT = 2
+# 3: the key names the gemm switch; choices timed with the earlier products are stale.
+FORMAT = 3
 # fastgan's kernels must beat torch's by this factor to be chosen: within it the two are level on
 # a busy machine, and torch's result is the one a user compares against.
 MARGIN = 0.97
@@ -71,7 +72,7 @@ def select(op, arguments, candidates, rule):
     if not switches.benchmark or torch.compiler.is_compiling():
         return rule()
     key = (f"{op} {_describe(arguments)} threads={torch.get_num_threads()} "
-           f"winograd={switches.allow_winograd}")
+           f"winograd={switches.allow_winograd} gemm={switches.gemm}")
     found = _chosen.get(key)
     if found is not None:
         return found
