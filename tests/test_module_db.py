@@ -1,11 +1,11 @@
 """PyTorch's own module test inputs through fastgan's modules: the ModuleInfo entries of
-torch.testing._internal.common_modules.module_db for nn.BatchNorm1d/2d/3d, nn.Conv2d and
-nn.ConvTranspose2d, and the Conv2d and ConvTranspose2d tests of common_nn (geometries, groups,
-string padding, padding modes). Each case builds torch's module and fastgan's from the same
-constructor arguments (BatchNorm with negative_slope=1 is plain BatchNorm; the convolutions
-have no activation), gives fastgan's module torch's parameters, and checks that the forward
-inputs give the same outputs, first- and second-order gradients (input and parameters) and
-buffers, in train and eval mode."""
+torch.testing._internal.common_modules.module_db for nn.BatchNorm1d/2d/3d,
+nn.InstanceNorm1d/2d/3d, nn.Conv2d and nn.ConvTranspose2d, and the Conv2d and ConvTranspose2d
+tests of common_nn (geometries, groups, string padding, padding modes). Each case builds torch's
+module and fastgan's from the same constructor arguments (the norms with negative_slope=1 are
+the plain ones; the convolutions have no activation), gives fastgan's module torch's
+parameters, and checks that the forward inputs give the same outputs, first- and second-order
+gradients (input and parameters) and buffers, in train and eval mode."""
 import functools
 import warnings
 
@@ -28,6 +28,9 @@ FASTGAN_MODULES = {
     nn.BatchNorm1d: functools.partial(fastgan.nn.BatchNormLeakyReLU1d, negative_slope=1.0),
     nn.BatchNorm2d: functools.partial(fastgan.nn.BatchNormLeakyReLU2d, negative_slope=1.0),
     nn.BatchNorm3d: functools.partial(fastgan.nn.BatchNormLeakyReLU3d, negative_slope=1.0),
+    nn.InstanceNorm1d: functools.partial(fastgan.nn.InstanceNormLeakyReLU1d, negative_slope=1.0),
+    nn.InstanceNorm2d: functools.partial(fastgan.nn.InstanceNormLeakyReLU2d, negative_slope=1.0),
+    nn.InstanceNorm3d: functools.partial(fastgan.nn.InstanceNormLeakyReLU3d, negative_slope=1.0),
     nn.Conv2d: fastgan.nn.Conv2d,
     nn.ConvTranspose2d: functools.partial(fastgan.nn.ConvTranspose2d, activation=None),
 }

@@ -15,7 +15,8 @@ from fastgan.nn import (BatchNormLeakyReLU1d, BatchNormLeakyReLU2d, BatchNormLea
 BATCH_NORM_OPTIONS = [{}, {"affine": False}, {"bias": False}, {"track_running_stats": False},
                       {"momentum": None, "eps": 1e-3}]
 # nn.InstanceNorm's defaults are affine=False, track_running_stats=False.
-INSTANCE_NORM_OPTIONS = [{}, {"affine": True}, {"track_running_stats": True},
+INSTANCE_NORM_OPTIONS = [{}, {"affine": True}, {"affine": True, "bias": False},
+                         {"track_running_stats": True},
                          {"affine": True, "track_running_stats": True, "momentum": None}]
 SLOPES = [0.0, 0.2, 1.0, -0.5]
 

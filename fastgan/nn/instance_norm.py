@@ -9,13 +9,18 @@ from fastgan.ops import instance_norm_leaky_relu
 class _InstanceNormLeakyReLU:
     """Mixed into nn.InstanceNorm1d/2d/3d: their arguments, defaults (affine=False,
     track_running_stats=False), parameters, buffers, state_dict keys, input checks and
-    unbatched input, followed by leaky_relu(negative_slope)."""
+    unbatched input, followed by leaky_relu(negative_slope). As torch's, affine=True with
+    bias=False learns a weight and no bias."""
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=False,
-                 track_running_stats=False, negative_slope=0.2, device=None, dtype=None):
+                 track_running_stats=False, negative_slope=0.2, device=None, dtype=None, *,
+                 bias=True):
         check_number("negative_slope", negative_slope)
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device=device,
                          dtype=dtype)
+        if affine and not bias:
+            # What torch's own bias=False does, here also for the torch releases without it.
+            self.register_parameter("bias", None)
         self.negative_slope = float(negative_slope)
 
     def _apply_instance_norm(self, input):

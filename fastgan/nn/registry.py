@@ -72,22 +72,17 @@ class FusedLayer:
         return layer.train(fused.training), activation
 
 
-def _batch_norm_options(layer):
+def _norm_options(layer):
     options = {"num_features": layer.num_features, "eps": layer.eps, "momentum": layer.momentum,
                "affine": layer.affine, "track_running_stats": layer.track_running_stats}
     if layer.affine and layer.bias is None:
-        # Only then: torch releases whose nn.BatchNorm*d lack `bias` still build the others.
+        # Only then: torch releases whose norm layers lack `bias` still build the others.
         options["bias"] = False
     return options
 
 
-def _instance_norm_options(layer):
-    return {"num_features": layer.num_features, "eps": layer.eps, "momentum": layer.momentum,
-            "affine": layer.affine, "track_running_stats": layer.track_running_stats}
-
-
 def _sync_batch_norm_options(layer):
-    return {**_batch_norm_options(layer),
+    return {**_norm_options(layer),
             "process_group": getattr(layer, "process_group", None)}
 
 
@@ -133,13 +128,13 @@ SYNC_BATCH_NORM = FusedLayer(SyncBatchNormLeakyReLU, nn.SyncBatchNorm, _sync_bat
                              _LEAKY_RELU_ACTIVATIONS, _leaky_relu_of, NEVER)
 
 FUSED_LAYERS = (
-    *(FusedLayer(fused, torch_layer, _batch_norm_options, _LEAKY_RELU_ACTIVATIONS,
+    *(FusedLayer(fused, torch_layer, _norm_options, _LEAKY_RELU_ACTIVATIONS,
                  _leaky_relu_of, WITH_ACTIVATION)
       for fused, torch_layer in ((BatchNormLeakyReLU1d, nn.BatchNorm1d),
                                  (BatchNormLeakyReLU2d, nn.BatchNorm2d),
                                  (BatchNormLeakyReLU3d, nn.BatchNorm3d))),
     SYNC_BATCH_NORM,
-    *(FusedLayer(fused, torch_layer, _instance_norm_options, _LEAKY_RELU_ACTIVATIONS,
+    *(FusedLayer(fused, torch_layer, _norm_options, _LEAKY_RELU_ACTIVATIONS,
                  _leaky_relu_of, WITH_ACTIVATION)
       for fused, torch_layer in ((InstanceNormLeakyReLU1d, nn.InstanceNorm1d),
                                  (InstanceNormLeakyReLU2d, nn.InstanceNorm2d),
