@@ -218,13 +218,20 @@ def test_winograd_gradcheck_and_gradgradcheck(layout, activation):
     assert gradgradcheck(fn, leaves, fast_mode=True)
 
 
-@pytest.mark.parametrize("batch, expected", [(3, True), (1, False)])
-def test_winograd_path_is_taken_where_it_pays(batch, expected):
+# The Winograd geometry with 256 channels on each side: its transformed weight U (256 x 256 per
+# product) outweighs the operands of 64 tiles (64 x 512).
+WIDE_WINOGRAD = (256, 256, *CASES["winograd"][2:8], (16, 16))
+
+
+@pytest.mark.parametrize("case, batch, expected", [
+    (CASES["winograd"], 3, True), (CASES["winograd"], 1, False), (WIDE_WINOGRAD, 4, False),
+    (WIDE_WINOGRAD, 16, True)], ids=["75-tiles", "25-tiles", "wide-64-tiles", "wide-256-tiles"])
+def test_winograd_path_is_taken_where_it_pays(case, batch, expected):
     """The Winograd path is the only one that runs batched GEMMs (seen as ATen's with the gemm
     switch on "torch"): taken for enough tiles (3 images of 17 x 18: 75 tiles), not for fewer (1
-    image: 25 tiles)."""
-    x, weight, b = make_operands(CASES["winograd"], batch, torch.float32)
-    kwargs = hyper(CASES["winograd"], None)
+    image: 25 tiles), nor where U outweighs the tiles (256 channels: 64 tiles, not 256)."""
+    x, weight, b = make_operands(case, batch, torch.float32)
+    kwargs = hyper(case, None)
     leaves = [t.requires_grad_() for t in (x, weight, b)]
     with fastgan.backends.cpu.flags(gemm="torch"), torch.profiler.profile() as profile:
         conv_t(*leaves, **kwargs).sum().backward()

@@ -80,8 +80,13 @@ struct Tiling {
   Tiling(int64_t h, int64_t w)
       : height(h), width(w), tiles_h((h + kTile - 1) / kTile), tiles_w((w + kTile - 1) / kTile),
         per_image(tiles_h * tiles_w) {}
-  int64_t images_per_block(int64_t channels, int64_t batch) const {
-    return std::clamp<int64_t>(kBlockEntries / (kProducts * per_image * channels), 1, batch);
+  // Images per block of V, M or dM: about as many entries as U has (every block's GEMMs read
+  // all of U), within [kWinogradLeastBlockEntries, kBlockEntries].
+  int64_t images_per_block(int64_t C_in, int64_t C_out, int64_t batch) const {
+    const int64_t entries =
+        std::clamp<int64_t>(kProducts * C_in * C_out, kWinogradLeastBlockEntries, kBlockEntries);
+    return std::clamp<int64_t>(entries / (kProducts * per_image * std::max(C_in, C_out)), 1,
+                               batch);
   }
 };
 
@@ -307,7 +312,7 @@ void forward(const Geometry& g, const Dense& x, const at::Tensor& weight, const 
   const Tiling tiling(g.in_h, g.in_w);
   const int64_t C_in = g.in_channels, C_out = g.out_channels;
   const int64_t in_image = g.in_h * g.in_w * C_in, out_image = g.out_h * g.out_w * C_out;
-  const int64_t most = tiling.images_per_block(std::max(C_in, C_out), g.batch);
+  const int64_t most = tiling.images_per_block(C_in, C_out, g.batch);
   const at::TensorOptions options = out.options();
   const at::Tensor u = transformed_weight<scalar_t>(weight);
   const at::Tensor x_buffer = scratch(Scratch::kInputRows, {x.channels_last ? 0 : most * in_image},
@@ -346,7 +351,7 @@ void backward(const Geometry& g, const Dense& grad_output, const Dense* result, 
   const int64_t C_in = g.in_channels, C_out = g.out_channels;
   const int64_t in_image = g.in_h * g.in_w * C_in, out_image = g.out_h * g.out_w * C_out;
   const bool want_input = grad_input.defined(), want_weight = grad_weight != nullptr;
-  const int64_t most = tiling.images_per_block(std::max(C_in, C_out), g.batch);
+  const int64_t most = tiling.images_per_block(C_in, C_out, g.batch);
   const at::TensorOptions options = grad_output.tensor.options();
   const Vec<scalar_t> slope(negative_slope);
   const bool g_in_place = grad_output.channels_last && result == nullptr;
@@ -414,7 +419,9 @@ bool winograd(const Geometry& g) {
          g.padding_h == 1 && g.padding_w == 1 && g.out_h == 2 * g.in_h &&
          g.out_w == 2 * g.in_w && g.dilation_h == 1 && g.dilation_w == 1 && g.groups == 1 &&
          std::min(g.in_channels, g.out_channels) >= kWinogradMinChannels &&
-         tiles >= kWinogradMinTiles;
+         tiles >= kWinogradMinTiles &&
+         tiles * (g.in_channels + g.out_channels) * kWinogradTilesOverU.den >=
+             kWinogradTilesOverU.num * g.in_channels * g.out_channels;
 }
 
 void winograd_forward(const Geometry& g, const Dense& x, const at::Tensor& weight,

@@ -22,6 +22,14 @@ constexpr int64_t kImagePixels = 256;
 //   python benchmarks/run.py --only convt
 constexpr int64_t kBlockEntries = 1 << 22;
 
+// The Winograd path's blocks shrink to as many entries as U has, down to this many (4 MiB of
+// float32): a block's V and M then stay in L3 between the transforms and the GEMMs, while a
+// large U (512 x 256 channels: 13 M entries) is still read once per 4 M entries of operands.
+// From 4 M entries for every layer: the 128 -> 64 generator layer and the 64 -> 128
+// discriminator layer 1.15-1.3x faster, the others level.
+//   python benchmarks/run.py --only convt r1
+constexpr int64_t kWinogradLeastBlockEntries = 1 << 20;
+
 // NCHW operands with fewer output channels per group take the planar path: the row orientation's
 // epilogue vectorizes over the channels, and fewer than one float32 vector of them waste it.
 //   python benchmarks/run.py --only convt   (the 64 -> 3 layer)
@@ -33,6 +41,16 @@ constexpr int64_t kPlanarChannels = 16;
 //   python benchmarks/run.py --only convt r1   (generator layers; discriminator convolutions)
 constexpr int64_t kWinogradMinChannels = 64;
 constexpr int64_t kWinogradMinTiles = 64;
+
+// Nor with operands (tiles x (C_in + C_out) entries per product) smaller than this ratio times U
+// (C_in x C_out per product), which the GEMMs read from memory: there the exact sub-pixel GEMM
+// path is the faster (64 4x4 tiles at 512 -> 256 channels: 21.8 against 23.0 ms forward, 46
+// against 53 backward; at 128 -> 64 channels the Winograd path still wins, 0.66 against 0.83).
+//   python benchmarks/run.py --only convt r1   (the 512 -> 256 layer; the 256 -> 512 one)
+struct Ratio {
+  int64_t num, den;
+};
+constexpr Ratio kWinogradTilesOverU{3, 2};
 
 // ------------------------------------------------------------------------------------------------
 // Matrix products (gemm.cpp)
