@@ -4,9 +4,10 @@ Adam), with three builds of the same networks: the ResNet generator and the 70x7
 of torch.nn layers (fastgan._reference.torch_modules of fastgan's models), those torch.nn models
 passed through `fastgan.nn.convert`, and fastgan.models' own.
 
-    python benchmarks/bench_cyclegan.py [--threads 2] [--min-run-time 2]
+    python benchmarks/bench_cyclegan.py [--threads 2] [--dtype bfloat16] [--min-run-time 2]
 """
 import argparse
+import contextlib
 
 import torch
 
@@ -19,57 +20,72 @@ CASES = [(128, 6), (256, 9)]
 CYCLE_WEIGHT, IDENTITY_WEIGHT = 10.0, 0.5
 
 
-def training_step(g_ab, g_ba, d_a, d_b, size):
-    """One iteration on a batch of 1 from each domain, with its optimizers."""
+def training_step(g_ab, g_ba, d_a, d_b, size, device, autocast_dtype):
+    """One iteration on a batch of 1 from each domain, with its optimizers; the networks run
+    under autocast for a dtype other than float32, the losses in float32."""
     generators = list(g_ab.parameters()) + list(g_ba.parameters())
     discriminators = list(d_a.parameters()) + list(d_b.parameters())
     optimizer_g = torch.optim.Adam(generators, lr=2e-4, betas=(0.5, 0.999))
     optimizer_d = torch.optim.Adam(discriminators, lr=2e-4, betas=(0.5, 0.999))
-    real_a = torch.rand(1, 3, size, size) * 2 - 1
-    real_b = torch.rand(1, 3, size, size) * 2 - 1
+    real_a = torch.rand(1, 3, size, size, device=device) * 2 - 1
+    real_b = torch.rand(1, 3, size, size, device=device) * 2 - 1
+
+    def run(network, images):
+        with (contextlib.nullcontext() if autocast_dtype == torch.float32
+              else torch.autocast(device.type, dtype=autocast_dtype)):
+            return network(images).float()
 
     def step():
-        fake_b, fake_a = g_ab(real_a), g_ba(real_b)
-        adversarial = (losses.g_loss(d_b(fake_b), "least_squares")
-                       + losses.g_loss(d_a(fake_a), "least_squares"))
-        cycle = (g_ba(fake_b) - real_a).abs().mean() + (g_ab(fake_a) - real_b).abs().mean()
-        identity = (g_ab(real_b) - real_b).abs().mean() + (g_ba(real_a) - real_a).abs().mean()
+        fake_b, fake_a = run(g_ab, real_a), run(g_ba, real_b)
+        adversarial = (losses.g_loss(run(d_b, fake_b), "least_squares")
+                       + losses.g_loss(run(d_a, fake_a), "least_squares"))
+        cycle = ((run(g_ba, fake_b) - real_a).abs().mean()
+                 + (run(g_ab, fake_a) - real_b).abs().mean())
+        identity = ((run(g_ab, real_b) - real_b).abs().mean()
+                    + (run(g_ba, real_a) - real_a).abs().mean())
         total = adversarial + CYCLE_WEIGHT * (cycle + IDENTITY_WEIGHT * identity)
         optimizer_g.zero_grad(set_to_none=True)
         total.backward(inputs=generators)
         optimizer_g.step()
-        total = 0.5 * (losses.d_loss(d_a(real_a), d_a(fake_a.detach()), "least_squares")
-                       + losses.d_loss(d_b(real_b), d_b(fake_b.detach()), "least_squares"))
+        total = 0.5 * (losses.d_loss(run(d_a, real_a), run(d_a, fake_a.detach()),
+                                     "least_squares")
+                       + losses.d_loss(run(d_b, real_b), run(d_b, fake_b.detach()),
+                                       "least_squares"))
         optimizer_d.zero_grad(set_to_none=True)
         total.backward(inputs=discriminators)
         optimizer_d.step()
     return step
 
 
-def _networks(blocks):
+def _networks(blocks, device):
     torch.manual_seed(0)
-    return [fastgan.models.ResnetGenerator(blocks=blocks), fastgan.models.ResnetGenerator(
-        blocks=blocks), fastgan.models.PatchDiscriminator(), fastgan.models.PatchDiscriminator()]
+    networks = [fastgan.models.ResnetGenerator(blocks=blocks),
+                fastgan.models.ResnetGenerator(blocks=blocks),
+                fastgan.models.PatchDiscriminator(), fastgan.models.PatchDiscriminator()]
+    return [network.to(device) for network in networks]
 
 
-def run(min_run_time=1.0, cases=CASES):
-    """SuiteResult; figures: per case, the torch.nn build's time over the converted one's
-    ("converted") and over fastgan's models' ("fastgan")."""
+def run(device="cpu", dtype=torch.float32, min_run_time=1.0, cases=CASES):
+    """SuiteResult; figures: "rows", per case the torch.nn build's time over the converted
+    one's ("converted") and over fastgan's models' ("fastgan")."""
+    device = torch.device(device)
     rows, figures = [], {"rows": []}
     for size, blocks in cases:
-        networks = _networks(blocks)
+        networks = _networks(blocks, device)
         builds = {"torch": [_reference.torch_modules(n) for n in networks]}
         builds["converted"] = [fastgan.nn.convert(n, copy=True) for n in builds["torch"]]
         builds["fastgan"] = networks
-        steps = {name: training_step(*models, size) for name, models in builds.items()}
-        seconds = compare(steps, torch.device("cpu"), min_run_time)
+        steps = {name: training_step(*models, size, device, dtype)
+                 for name, models in builds.items()}
+        seconds = compare(steps, device, min_run_time)
         ratios = {name: seconds["torch"] / seconds[name] for name in ("converted", "fastgan")}
         rows.append([f"{size}x{size}, {blocks} blocks"]
                     + [f"{seconds[name] * 1e3:.0f}" for name in ("torch", "converted", "fastgan")]
                     + [f"**{ratios['converted']:.2f}x**", f"{ratios['fastgan']:.2f}x"])
         figures["rows"].append({"size": size, "blocks": blocks, **ratios})
+    precision = "float32" if dtype == torch.float32 else f"autocast {dtype}"
     markdown = ("### CycleGAN training iteration (batch 1, both generators then both "
-                "discriminators), float32\n\n"
+                f"discriminators), {device.type} {precision}\n\n"
                 + table(["images, generator", "torch.nn ms", "converted ms", "fastgan.models ms",
                          "converted speedup", "fastgan.models speedup"], rows))
     return SuiteResult(markdown, figures)
@@ -78,11 +94,13 @@ def run(min_run_time=1.0, cases=CASES):
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--min-run-time", type=float, default=2.0)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(run(args.min_run_time).markdown)
+    print(run(args.device, getattr(torch, args.dtype), args.min_run_time).markdown)
 
 
 if __name__ == "__main__":

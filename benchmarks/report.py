@@ -181,6 +181,14 @@ def summary_rows(figures):
         rows.append(["InstanceNorm+ReLU double backward (the R1 pattern), the same shapes",
                      f"{_times(geometric_mean(instance_norm['r1_vs_eager']))} geometric mean",
                      NO_DOUBLE_BACKWARD, ""])
+    cyclegan = figures.get("cyclegan")
+    if cyclegan and cyclegan["rows"]:
+        cases = " and ".join(f"{row['size']}x{row['size']} ({row['blocks']} blocks)"
+                             for row in cyclegan["rows"])
+        for key, what in (("converted", "torch.nn models passed through `fastgan.nn.convert`"),
+                          ("fastgan", "fastgan.models")):
+            rows.append([f"CycleGAN training iteration at {cases}, {what}",
+                         ", ".join(_times(row[key]) for row in cyclegan["rows"]), "", ""])
     memory = figures.get("memory")
     if memory:
         rows.append(["peak memory a DCGAN-64 step adds (D with R1, then G)",

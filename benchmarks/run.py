@@ -17,6 +17,7 @@ import torch  # noqa: E402
 import fastgan  # noqa: E402
 import bench_batch_norm_leaky_relu  # noqa: E402
 import bench_convert  # noqa: E402
+import bench_cyclegan  # noqa: E402
 import bench_conv_transpose2d  # noqa: E402
 import bench_instance_norm  # noqa: E402
 import bench_memory  # noqa: E402
@@ -26,7 +27,7 @@ from common import copy_bandwidth, matmul_rate  # noqa: E402
 
 SUITES = {"bn": bench_batch_norm_leaky_relu, "in": bench_instance_norm,
           "convt": bench_conv_transpose2d, "r1": bench_r1, "convert": bench_convert,
-          "memory": bench_memory}
+          "cyclegan": bench_cyclegan, "memory": bench_memory}
 
 
 def commit():

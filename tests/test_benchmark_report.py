@@ -27,6 +27,8 @@ FIGURES = {
     "convt": {"vs_eager": [2.0, 8.0, 1.0, 4.0, 1.0], "vs_compile": [1.0, 1.0, 1.0, 1.0, 32.0]},
     "bn": {"vs_eager": [4.0, 2.0], "vs_compile": [1.5, 3.0], "over_floor": [1.25, 2.5],
            "r1_vs_eager": [5.0, 17.0]},
+    "cyclegan": {"rows": [{"size": 128, "blocks": 6, "converted": 1.25, "fastgan": 1.3},
+                          {"size": 256, "blocks": 9, "converted": 1.5, "fastgan": 2.0}]},
     "memory": {"eager_mib": 512.4, "fastgan_mib": 300.0},
 }
 
@@ -112,7 +114,7 @@ def test_the_summary_replaces_the_text_between_the_markers(documents):
 
 def test_summary_rows_carry_the_suites_figures():
     rows = {row[0]: row[1:] for row in report.summary_rows(FIGURES)}
-    assert len(rows) == 7
+    assert len(rows) == 9
     convert = next(cells for what, cells in rows.items() if "fastgan.nn.convert" in what)
     assert convert[0] == "1.10x"
     d_step = next(cells for what, cells in rows.items() if "discriminator step with R1" in what)
@@ -127,10 +129,16 @@ def test_summary_rows_carry_the_suites_figures():
     assert r1[0] == "5.00x - 17.00x"
     memory = next(cells for what, cells in rows.items() if "memory" in what)
     assert memory[0] == "300 MiB against eager's 512 MiB"
+    cyclegan = {what: cells for what, cells in rows.items() if what.startswith("CycleGAN")}
+    assert cyclegan == {
+        "CycleGAN training iteration at 128x128 (6 blocks) and 256x256 (9 blocks), torch.nn "
+        "models passed through `fastgan.nn.convert`": ["1.25x, 1.50x", "", ""],
+        "CycleGAN training iteration at 128x128 (6 blocks) and 256x256 (9 blocks), "
+        "fastgan.models": ["1.30x, 2.00x", "", ""]}
 
 
 def test_a_suite_that_measured_nothing_gives_no_row():
-    figures = {"convert": {"iteration": 1.1}, "memory": {}}
+    figures = {"convert": {"iteration": 1.1}, "memory": {}, "cyclegan": {"rows": []}}
     assert [row[0] for row in report.summary_rows(figures)] == [
         "pytorch/examples DCGAN-64 training iteration, models passed through "
         "`fastgan.nn.convert`"]
