@@ -2,7 +2,8 @@
 writes the models (tests/pytorch_examples_dcgan.py): unconverted (PyTorch eager) against passed
 through `fastgan.nn.convert`.
 
-Each runs in a fresh process; the number is its peak resident memory (ru_maxrss) minus its
+Each runs in a fresh process; the number is its peak resident memory (VmHWM: ru_maxrss would
+start from the peak of the process that started it, which Linux carries across exec) minus its
 resident memory once the models, optimizers and data exist, so it counts what the steps
 allocate: activations, gradients, optimizer state and allocator slack. A first converted process
 fills the dispatch's cache file beforehand, as a machine's first training run does once (its
@@ -23,7 +24,7 @@ from common import SuiteResult, table
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 _CHILD = """
-import json, os, resource, sys
+import json, os, sys
 import torch
 import fastgan
 sys.path.append("tests")
@@ -61,7 +62,8 @@ for _ in range(steps):
     optimizer_g.zero_grad(set_to_none=True)
     torch.nn.functional.softplus(-fake_logits).mean().backward()
     optimizer_g.step()
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+with open("/proc/self/status") as status:
+    peak = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) * 1024
 print(json.dumps({"baseline": baseline, "peak": peak,
                   "extension": fastgan.backend_info()["extension"]}))
 """

@@ -73,8 +73,8 @@ def _train(args):
         trainer = fastgan.CycleGANTrainer(
             *generators, *discriminators, loss=args.loss,
             cycle_weight=args.cycle_weight, identity_weight=identity_weight,
-            r1_gamma=args.r1_gamma, device=args.device, out_dir=out, seed=args.seed,
-            keep_checkpoints=args.keep_checkpoints)
+            r1_gamma=args.r1_gamma, device=args.device, amp=args.amp, out_dir=out,
+            seed=args.seed, keep_checkpoints=args.keep_checkpoints)
     print(f"training CycleGAN on {args.data or f'{args.data_a} <-> {args.data_b}'} for {steps} "
           f"steps (batch {batch_size}) on {trainer.device}; writing to {out}", flush=True)
     stopped = cli.run_fit(trainer, lambda: trainer.fit(
@@ -159,6 +159,7 @@ def add_commands(commands):
                                         "runs/cyclegan)")
     cyclegan.add_argument("--seed", type=int, default=0)
     cyclegan.add_argument("--device", default="auto")
+    cyclegan.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA)")
     cyclegan.add_argument("--resume", nargs="?", const="", metavar="CHECKPOINT",
                           help="continue from CHECKPOINT (default: OUT/checkpoint.pt)")
     cyclegan.add_argument("--keep-checkpoints", type=int, default=1, metavar="K")

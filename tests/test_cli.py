@@ -141,6 +141,7 @@ def test_cyclegan_on_digits_resume_and_translate(tmp_path, capsys):
     (["--data", "digits", "--data-a", "x"], "not both"),
     (["--data", "horses"], "the bundled task is 'digits'"),
     (["--data-a", "x"], "both --data-a and --data-b"),
+    (["--data", "digits", "--amp", "--device", "cpu"], "amp=True needs a CUDA device"),
 ])
 def test_cyclegan_argument_errors(arguments, message, capsys):
     with pytest.raises(SystemExit):

@@ -160,6 +160,10 @@ def test_bad_arguments_name_themselves(task):
         _trainer(loss="l2")
     with pytest.raises(ValueError, match="cycle_weight"):
         _trainer(cycle_weight=-1.0)
+    with pytest.raises(ValueError, match="amp=True needs a CUDA device"):
+        _trainer(amp=True)
+    with pytest.raises(TypeError, match="amp must be a bool"):
+        _trainer(amp=1)
     with pytest.raises(TypeError, match="d_b must be a torch.nn.Module"):
         CycleGANTrainer(*_models()[:3], "not a model", device="cpu")
     with pytest.raises(ValueError, match="batch_size"):
@@ -170,3 +174,17 @@ def test_bad_arguments_name_themselves(task):
     with pytest.raises(ValueError, match="identity loss needs as many channels"):
         CycleGANTrainer(*_models(channels=(3, 1)), device="cpu").fit(
             colour, domain_b, 1, batch_size=2, progress=False)
+
+
+@pytest.mark.cuda
+def test_amp_trains_and_resumes_on_cuda(task, tmp_path):
+    """bfloat16 autocast on CUDA: finite losses, the setting kept by the checkpoint, and
+    translations in float32."""
+    domain_a, domain_b, test = task
+    trainer = CycleGANTrainer(*_models(), device="cuda", amp=True, out_dir=tmp_path, seed=3)
+    trainer.fit(domain_a, domain_b, 2, batch_size=2, sample_every=0, progress=False)
+    assert all(torch.isfinite(torch.tensor(value)) for row in trainer.history
+               for value in row.values())
+    loaded = CycleGANTrainer.load(tmp_path / "checkpoint.pt", device="cuda")
+    assert loaded.config.amp
+    assert loaded.translate(test.tensors[0][:3]).dtype == torch.float32

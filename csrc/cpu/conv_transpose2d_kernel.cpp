@@ -42,6 +42,7 @@ at::Tensor conv_transpose2d(const at::Tensor& input, const at::Tensor& weight,
                             int64_t groups, at::IntArrayRef dilation,
                             c10::string_view activation_name, double negative_slope) {
   constexpr const char* op = "fastgan::conv_transpose2d";
+  const ScratchScope scratch_scope;
   const at::Tensor bias = bias_opt.value_or(at::Tensor());
   const Geometry g = describe(op, input, weight, bias, stride, padding, output_padding, groups,
                               dilation);
@@ -81,6 +82,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose2d_backward(
     at::IntArrayRef output_padding, int64_t groups, at::IntArrayRef dilation,
     c10::string_view activation_name, double negative_slope, std::array<bool, 3> output_mask) {
   constexpr const char* op = "fastgan::conv_transpose2d_backward";
+  const ScratchScope scratch_scope;
   const Geometry g = describe(op, input, weight, at::Tensor(), stride, padding, output_padding,
                               groups, dilation);
   const Activation activation = checked_activation(op, activation_name, negative_slope);

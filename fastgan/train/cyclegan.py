@@ -48,6 +48,7 @@ class CycleGANConfig:
     betas: tuple = (0.5, 0.999)
     decay_start: int = None
     r1_gamma: float = 0.0
+    amp: bool = False
     out_dir: str = None
     seed: int = 0
     keep_checkpoints: int = 1
@@ -66,6 +67,8 @@ class CycleGANConfig:
         if self.decay_start is not None:
             check_int("decay_start", self.decay_start, minimum=0)
         check_number("r1_gamma", self.r1_gamma, minimum=0.0)
+        if not isinstance(self.amp, bool):
+            raise TypeError(f"amp must be a bool, got {type(self.amp).__name__}")
         if self.out_dir is not None:
             object.__setattr__(self, "out_dir", str(self.out_dir))
         check_int("seed", self.seed)
@@ -86,12 +89,13 @@ class CycleGANTrainer(TrainingLoop):
     each discriminator sees (ImagePool; 0: only the newest). lr, betas: Adam's, for both
     generators together and both discriminators together. decay_start: the step from which the
     learning rate falls linearly to 0 at the last step of fit (default: half of fit's steps).
-    r1_gamma > 0 adds an R1 penalty on real images to both discriminators. device, out_dir,
-    seed, keep_checkpoints: as fastgan.Trainer's."""
+    r1_gamma > 0 adds an R1 penalty on real images to both discriminators. amp: the networks run
+    under bfloat16 autocast (CUDA only), the losses in float32. device, out_dir, seed,
+    keep_checkpoints: as fastgan.Trainer's."""
 
     def __init__(self, g_ab, g_ba, d_a, d_b, *, loss="least_squares", cycle_weight=10.0,
                  identity_weight=0.5, pool_size=50, lr=2e-4, betas=(0.5, 0.999),
-                 decay_start=None, r1_gamma=0.0, device="auto", out_dir=None, seed=0,
+                 decay_start=None, r1_gamma=0.0, device="auto", amp=False, out_dir=None, seed=0,
                  keep_checkpoints=1):
         models = dict(zip(MODEL_NAMES, (g_ab, g_ba, d_a, d_b)))
         for name, model in models.items():
@@ -100,8 +104,11 @@ class CycleGANTrainer(TrainingLoop):
         self.config = CycleGANConfig(
             loss=loss, cycle_weight=cycle_weight, identity_weight=identity_weight,
             pool_size=pool_size, lr=lr, betas=betas, decay_start=decay_start,
-            r1_gamma=r1_gamma, out_dir=out_dir, seed=seed, keep_checkpoints=keep_checkpoints)
+            r1_gamma=r1_gamma, amp=amp, out_dir=out_dir, seed=seed,
+            keep_checkpoints=keep_checkpoints)
         self.device, self.rank, self.world_size = distributed.setup(resolve_device(device))
+        if self.config.amp and self.device.type != "cuda":
+            raise ValueError(f"amp=True needs a CUDA device, got device {str(self.device)!r}")
         if self.world_size > 1:
             raise NotImplementedError("CycleGANTrainer trains in one process; it does not run "
                                       "under torchrun yet")
@@ -139,14 +146,18 @@ class CycleGANTrainer(TrainingLoop):
             return self.config.lr
         return self.config.lr * max(0.0, (self._steps - self.step) / max(1, self._steps - start))
 
+    def _autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.config.amp)
+
     def _discriminator_loss(self, discriminator, real, fake):
         """Half the loss on a real and a generated batch (as published: D learns at half G's
         rate), plus R1 on the real one."""
         gamma = self.config.r1_gamma
         real = real.requires_grad_(gamma > 0)
-        real_logits = discriminator(real)
-        loss = 0.5 * losses.d_loss(real_logits.float(), discriminator(fake).float(),
-                                   self.config.loss)
+        with self._autocast():
+            real_logits = discriminator(real)
+            fake_logits = discriminator(fake)
+        loss = 0.5 * losses.d_loss(real_logits.float(), fake_logits.float(), self.config.loss)
         penalty = r1_penalty(real_logits, real, gamma) if gamma > 0 else None
         return loss, penalty
 
@@ -158,17 +169,21 @@ class CycleGANTrainer(TrainingLoop):
         real_a, real_b = real_a.to(self.device), real_b.to(self.device)
         config = self.config
 
-        fake_b = self.g_ab(real_a)
-        fake_a = self.g_ba(real_b)
-        adversarial = (losses.g_loss(self.d_b(fake_b).float(), config.loss)
-                       + losses.g_loss(self.d_a(fake_a).float(), config.loss))
-        cycle = ((self.g_ba(fake_b) - real_a).abs().mean()
-                 + (self.g_ab(fake_a) - real_b).abs().mean())
+        def run(network, images):  # the losses in float32 under autocast
+            with self._autocast():
+                return network(images).float()
+
+        fake_b = run(self.g_ab, real_a)
+        fake_a = run(self.g_ba, real_b)
+        adversarial = (losses.g_loss(run(self.d_b, fake_b), config.loss)
+                       + losses.g_loss(run(self.d_a, fake_a), config.loss))
+        cycle = ((run(self.g_ba, fake_b) - real_a).abs().mean()
+                 + (run(self.g_ab, fake_a) - real_b).abs().mean())
         total = adversarial + config.cycle_weight * cycle
         metrics = {"g_adversarial": adversarial.item(), "cycle": cycle.item()}
         if config.identity_weight > 0:
-            identity = ((self.g_ab(real_b) - real_b).abs().mean()
-                        + (self.g_ba(real_a) - real_a).abs().mean())
+            identity = ((run(self.g_ab, real_b) - real_b).abs().mean()
+                        + (run(self.g_ba, real_a) - real_a).abs().mean())
             total = total + config.cycle_weight * config.identity_weight * identity
             metrics["identity"] = identity.item()
         self._check_finite("the generators' loss", total)
@@ -268,7 +283,8 @@ class CycleGANTrainer(TrainingLoop):
         was_training = generator.training
         generator.eval()
         try:
-            return generator(images.to(self.device)).float().cpu()
+            with self._autocast():
+                return generator(images.to(self.device)).float().cpu()
         finally:
             generator.train(was_training)
 
