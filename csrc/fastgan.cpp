@@ -5,6 +5,7 @@
 #include <torch/extension.h>
 
 #include "cpu/gemm.h"
+#include "cpu/scratch.h"
 #include "cpu/switches.h"
 
 #ifndef FASTGAN_VERSION
@@ -91,6 +92,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.def("_set_cpu_own_gemm", [](bool enabled) { fastgan::cpu::own_gemm().store(enabled); });
   // Whether this build has fastgan's float32 matrix product (its AVX2 and AVX-512 builds).
   module.attr("own_gemm_built") = fastgan::cpu::own_gemm_built();
+  // Bytes of scratch the calling thread holds (none between op calls), for the tests.
+  module.def("_cpu_scratch_bytes_held", &fastgan::cpu::scratch_bytes_held);
   // The CPU kernels' matrix product, for its tests and the benchmarks' GEMM table.
   module.def("_cpu_matmul", &fastgan::cpu::matrix_product, pybind11::arg("out"), pybind11::arg("a"),
              pybind11::arg("b"), pybind11::arg("accumulate") = false);

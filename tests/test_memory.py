@@ -1,10 +1,12 @@
 """fastgan.train.keep_freed_memory: glibc's malloc keeps a freed large block instead of unmapping
-it (checked with mallinfo2, in a fresh interpreter: the setting is process-wide)."""
+it (checked with mallinfo2, in a fresh interpreter: the setting is process-wide); and the CPU
+convolution kernels hold no scratch memory between calls."""
 import ctypes
 import subprocess
 import sys
 
 import pytest
+import torch
 
 import fastgan
 
@@ -46,3 +48,19 @@ def test_bad_thresholds_are_rejected(kwargs):
     name = next(iter(kwargs))
     with pytest.raises(ValueError, match=name):
         fastgan.train.keep_freed_memory(**kwargs)
+
+
+@pytest.mark.skipif(fastgan._backend.extension is None, reason="fastgan's kernels are not built")
+def test_the_convolution_kernels_keep_no_scratch_between_calls():
+    """The Winograd path's operands and the other paths' buffers (tens of MiB at DCGAN sizes) are
+    freed when each op returns, so they never add to a training step's peak memory."""
+    extension = fastgan._backend.extension
+    x = torch.randn(4, 64, 16, 16, requires_grad=True)
+    weight = (torch.randn(64, 64, 4, 4) * 0.05).requires_grad_()
+    with fastgan.backends.cpu.flags(engine="fastgan"):
+        for allow_winograd in (True, False):
+            with fastgan.backends.cpu.flags(allow_winograd=allow_winograd):
+                out = fastgan.ops.conv_transpose2d(x, weight, stride=2, padding=1)
+                assert extension._cpu_scratch_bytes_held() == 0
+                out.square().sum().backward()
+                assert extension._cpu_scratch_bytes_held() == 0

@@ -1,8 +1,8 @@
 // The shared pieces of the CPU transposed convolution. Its ops (conv_transpose2d_kernel.cpp) choose
 // among four paths, each in a file of its own: conv_transpose2d_single_pixel.cpp,
 // conv_transpose2d_planar.cpp, conv_transpose2d_winograd.cpp and conv_transpose2d_gemm.cpp. Here:
-// the operands' layout, scratch buffers kept from call to call, transposes, the epilogue's
-// activation on vectors, per-axis tap tables, weight packing, and the paths' entry points.
+// the operands' layout, transposes, the epilogue's activation on vectors, per-axis tap tables,
+// weight packing, and the paths' entry points; their scratch buffers are in scratch.h.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -21,6 +21,7 @@
 #include "../conv_transpose2d.h"
 #include "gemm.h"
 #include "parallel.h"
+#include "scratch.h"
 #include "tuning.h"
 
 namespace fastgan {
@@ -47,50 +48,6 @@ struct Dense {
       : tensor(stored_channels_last(t) ? t : t.contiguous()), channels_last(stored_channels_last(t)) {}
   int64_t channels() const { return tensor.size(1); }
   int64_t pixels() const { return tensor.size(2) * tensor.size(3); }
-};
-
-// Scratch memory reused within one op call, per calling thread and use: one set of buffers
-// serves every path and every step of a call (an inline function's thread_local is one object in
-// the whole program). The op entry points hold a ScratchScope, which frees the buffers when the
-// call returns: kept from call to call, they would add the largest of each (tens of MiB) to
-// every training step's peak memory, above what PyTorch's own convolutions use.
-// Uses: the weight as a GEMM operand; the GEMMs' big operands (G_col or Z; Winograd's V and M);
-// image rows of the input, the output (or grad_output), the result and grad_input; a weight
-// gradient; the weight's taps as rows.
-enum class Scratch : int { kWeight, kTiles, kProducts, kInputRows, kOutputRows, kResultRows,
-                           kInputGradientRows, kWeightGradient, kWeightTaps, kCount };
-
-inline std::array<at::Tensor, static_cast<int>(Scratch::kCount)>& scratch_buffers() {
-  thread_local std::array<at::Tensor, static_cast<int>(Scratch::kCount)> buffers;
-  return buffers;
-}
-
-inline at::Tensor scratch(Scratch use, at::IntArrayRef sizes, const at::TensorOptions& options) {
-  at::Tensor& buffer = scratch_buffers()[static_cast<int>(use)];
-  const int64_t bytes = c10::multiply_integers(sizes) * options.dtype().itemsize();
-  if (!buffer.defined() || buffer.numel() < bytes) {
-    buffer = at::empty({bytes}, options.dtype(at::kByte));
-  }
-  return at::from_blob(buffer.data_ptr(), sizes, options);
-}
-
-// Frees this thread's scratch buffers when the outermost scope of the thread ends.
-class ScratchScope {
- public:
-  ScratchScope() { ++depth(); }
-  ~ScratchScope() {
-    if (--depth() == 0) {
-      for (at::Tensor& buffer : scratch_buffers()) buffer.reset();
-    }
-  }
-  ScratchScope(const ScratchScope&) = delete;
-  ScratchScope& operator=(const ScratchScope&) = delete;
-
- private:
-  static int& depth() {
-    thread_local int open = 0;
-    return open;
-  }
 };
 
 // Per axis, for every (output position, tap) the input position that reaches it, and for every
