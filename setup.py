@@ -111,12 +111,14 @@ def extension(name, capability, arch_flags, with_cuda):
 
 class BuildEachInItsOwnDirectory(BuildExtension.with_options(use_ninja=True)):
     """The variants compile the same sources with different flags: each keeps its object files
-    (and ninja's record of them) in a directory of its own, so a rebuild recompiles only what
-    changed."""
+    (and ninja's record of them) in a directory of its own under build/objects, whoever builds
+    (`setup.py build_ext`, or pip, which would otherwise use a temporary directory), so a
+    rebuild recompiles only what changed: `make`'s pip install and its `build_ext --inplace`
+    compile once between them."""
 
     def build_extension(self, ext):
         shared = self.build_temp
-        self.build_temp = os.path.join(shared, ext.name.rpartition(".")[2])
+        self.build_temp = os.path.join(ROOT, "build", "objects", ext.name.rpartition(".")[2])
         try:
             super().build_extension(ext)
         finally:
