@@ -44,8 +44,8 @@ constexpr int64_t kWinogradMinTiles = 64;
 
 // Nor with operands (tiles x (C_in + C_out) entries per product) smaller than this ratio times U
 // (C_in x C_out per product), which the GEMMs read from memory: there the exact sub-pixel GEMM
-// path is the faster (64 4x4 tiles at 512 -> 256 channels: 21.8 against 23.0 ms forward, 46
-// against 53 backward; at 128 -> 64 channels the Winograd path still wins, 0.66 against 0.83).
+// path is the faster (128 4x4 tiles at 512 -> 256 channels: 21.8 against 23.0 ms forward, 46
+// against 53 backward; with 64 tiles at 128 -> 64 channels Winograd still wins, 0.66 against 0.83).
 //   python benchmarks/run.py --only convt r1   (the 512 -> 256 layer; the 256 -> 512 one)
 struct Ratio {
   int64_t num, den;
