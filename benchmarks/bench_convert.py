@@ -6,7 +6,6 @@ channels_last.
     python benchmarks/bench_convert.py [--batch 64] [--threads 2] [--dtype bfloat16]
 
 A dtype other than float32 runs the iteration under torch.autocast with that dtype."""
-import argparse
 import contextlib
 import os
 import sys
@@ -20,7 +19,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 import fastgan  # noqa: E402
-from common import SuiteResult, compare, table  # noqa: E402
+from common import SuiteResult, compare, suite_parser, table  # noqa: E402
 from pytorch_examples_dcgan import NC, NZ, Discriminator, Generator, weights_init  # noqa: E402
 
 
@@ -142,13 +141,8 @@ def run(device="cpu", dtype=torch.float32, min_run_time=1.0, batch=64, rows=EXTR
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = suite_parser(__doc__)
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--min-run-time", type=float, default=2.0)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(run(args.device, getattr(torch, args.dtype), args.min_run_time, args.batch).markdown)

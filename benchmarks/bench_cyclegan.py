@@ -6,14 +6,13 @@ passed through `fastgan.nn.convert`, and fastgan.models' own.
 
     python benchmarks/bench_cyclegan.py [--threads 2] [--dtype bfloat16] [--min-run-time 2]
 """
-import argparse
 import contextlib
 
 import torch
 
-from fastgan import _reference, losses
 import fastgan
-from common import SuiteResult, compare, table
+from fastgan import _reference, losses
+from common import SuiteResult, compare, suite_parser, table
 
 # (image size, residual blocks): the published 256x256 generator and a smaller 128x128 one.
 CASES = [(128, 6), (256, 9)]
@@ -92,13 +91,7 @@ def run(device="cpu", dtype=torch.float32, min_run_time=1.0, cases=CASES):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--min-run-time", type=float, default=2.0)
-    args = parser.parse_args()
+    args = suite_parser(__doc__).parse_args()
     torch.set_num_threads(args.threads)
     print(run(args.device, getattr(torch, args.dtype), args.min_run_time).markdown)
 

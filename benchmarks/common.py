@@ -1,5 +1,6 @@
 """Shared benchmark plumbing: interleaved timing, machine limits, Markdown tables, and the
 structured result every suite returns."""
+import argparse
 import dataclasses
 import gc
 import math
@@ -14,6 +15,18 @@ MIN_BLOCKS = 5
 # A block lasts about this fraction of the time given to a candidate: enough blocks for a stable
 # median, each long enough for the clock's resolution not to matter.
 BLOCK_FRACTION = 1 / 20
+
+
+def suite_parser(description):
+    """A suite's own command line: --device, --threads, --dtype (another than float32 runs under
+    autocast) and --min-run-time; the suite adds its own options."""
+    parser = argparse.ArgumentParser(description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--min-run-time", type=float, default=2.0)
+    return parser
 
 
 @dataclasses.dataclass

@@ -1,8 +1,8 @@
 // fastgan's float32 matrix product: B packed into panels of two vectors' width, A read in place
 // (broadcast one value at a time, any strides), and a tile of C accumulated in registers over a
 // block of the depth (the BLIS scheme without A's packing, which the kernels' short depths do
-// not repay). On the AMD EPYC of benchmarks/README.md it runs at 1.5-2.3x MKL's rate on the
-// Winograd path's products.
+// not repay). benchmarks/README.md's product table (the `convt` suite) compares its rate with
+// MKL's and oneDNN's.
 #include "gemm.h"
 
 #include <ATen/Parallel.h>
@@ -156,24 +156,24 @@ void block_product(const Matrix& a, const Matrix& b, float* c, int64_t ldc, int6
     const int64_t block_depth = std::min(kGemmDepthBlock, depth - p0);
     const bool add = accumulate || p0 > 0;
     pack_panels({b.at(p0, 0), b.row_stride, b.col_stride}, block_depth, cols, panels);
+    // The last rows, fewer than a tile: copied out once per depth block, zeros below them.
+    const int64_t whole_rows = rows / kTileRows * kTileRows;
+    const int last_rows = static_cast<int>(rows - whole_rows);
+    for (int64_t k = 0; k < block_depth && last_rows > 0; ++k) {
+      for (int i = 0; i < kTileRows; ++i) {
+        edge[k * kTileRows + i] = i < last_rows ? *a.at(whole_rows + i, p0 + k) : 0.f;
+      }
+    }
     for (int64_t j0 = 0; j0 < cols; j0 += kTileCols) {
       const float* panel = panels + j0 * block_depth;
       const int width = static_cast<int>(std::min<int64_t>(kTileCols, cols - j0));
-      for (int64_t i0 = 0; i0 < rows; i0 += kTileRows) {
-        const int height = static_cast<int>(std::min<int64_t>(kTileRows, rows - i0));
-        float* c_tile = c + i0 * ldc + j0;
-        if (height == kTileRows) {
-          tile_product(block_depth, a.at(i0, p0), a.row_stride, a.col_stride, panel, c_tile, ldc,
-                       add, height, width);
-          continue;
-        }
-        // The last rows, fewer than a tile: copied out with zeros below them.
-        for (int64_t k = 0; k < block_depth; ++k) {
-          for (int i = 0; i < kTileRows; ++i) {
-            edge[k * kTileRows + i] = i < height ? *a.at(i0 + i, p0 + k) : 0.f;
-          }
-        }
-        tile_product(block_depth, edge, 1, kTileRows, panel, c_tile, ldc, add, height, width);
+      for (int64_t i0 = 0; i0 < whole_rows; i0 += kTileRows) {
+        tile_product(block_depth, a.at(i0, p0), a.row_stride, a.col_stride, panel,
+                     c + i0 * ldc + j0, ldc, add, kTileRows, width);
+      }
+      if (last_rows > 0) {
+        tile_product(block_depth, edge, 1, kTileRows, panel, c + whole_rows * ldc + j0, ldc, add,
+                     last_rows, width);
       }
     }
   }

@@ -25,9 +25,9 @@ constexpr int64_t kBlockEntries = 1 << 22;
 // The Winograd path's blocks shrink to as many entries as U has, down to this many (4 MiB of
 // float32): a block's V and M then stay in L3 between the transforms and the GEMMs, while a
 // large U (512 x 256 channels: 13 M entries) is still read once per 4 M entries of operands.
-// From 4 M entries for every layer: the 128 -> 64 generator layer and the 64 -> 128
-// discriminator layer 1.15-1.3x faster, the others level.
-//   python benchmarks/run.py --only convt r1
+// Against 4 M entries for every layer, the 128 -> 64 generator layer and the 64 -> 128
+// discriminator layer gain most.
+//   python benchmarks/run.py --only convt r1   ("fastgan's kernels alone"; the r1 conv table)
 constexpr int64_t kWinogradLeastBlockEntries = 1 << 20;
 
 // NCHW operands with fewer output channels per group take the planar path: the row orientation's
@@ -44,8 +44,8 @@ constexpr int64_t kWinogradMinTiles = 64;
 
 // Nor with operands (tiles x (C_in + C_out) entries per product) smaller than this ratio times U
 // (C_in x C_out per product), which the GEMMs read from memory: there the exact sub-pixel GEMM
-// path is the faster (128 4x4 tiles at 512 -> 256 channels: 21.8 against 23.0 ms forward, 46
-// against 53 backward; with 64 tiles at 128 -> 64 channels Winograd still wins, 0.66 against 0.83).
+// path is the faster (the 512 -> 256 generator layer at batch 64, 64 tiles; at 128 -> 64
+// channels Winograd still wins with as few tiles).
 //   python benchmarks/run.py --only convt r1   (the 512 -> 256 layer; the 256 -> 512 one)
 struct Ratio {
   int64_t num, den;
@@ -57,11 +57,11 @@ constexpr Ratio kWinogradTilesOverU{3, 2};
 
 // The depth of B's packed panels per pass: 256 rows of a 32-wide AVX-512 panel are 32 KiB, which
 // stays in L1 while the tiles of A's rows stream past it.
-//   python benchmarks/run.py --only convt   (the GEMM table)
+//   python benchmarks/run.py --only convt   (the product table)
 constexpr int64_t kGemmDepthBlock = 256;
 
 // Columns of C per task: the panels of B one task packs (512 KiB at the depth above) fit in L2.
-//   python benchmarks/run.py --only convt   (the GEMM table)
+//   python benchmarks/run.py --only convt   (the product table)
 constexpr int64_t kGemmColumnBlock = 512;
 
 // ------------------------------------------------------------------------------------------------
