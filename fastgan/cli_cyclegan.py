@@ -2,6 +2,7 @@
 on the bundled digits task or on two folders of images, and translating images with a trained
 checkpoint."""
 import json
+import math
 import os
 
 import torch
@@ -55,7 +56,6 @@ def _train(args):
         if getattr(args, key) is not None:
             recipe[key] = getattr(args, key)
     steps = recipe["steps"] if args.steps is None else args.steps
-    batch_size = recipe["batch_size"] if args.batch_size is None else args.batch_size
     domain_a, domain_b, channels, evaluate = _data(args, recipe)
     out = args.out or os.path.join("runs", "cyclegan-digits" if args.data else "cyclegan")
     if args.resume is not None:
@@ -75,11 +75,18 @@ def _train(args):
             cycle_weight=args.cycle_weight, identity_weight=identity_weight,
             r1_gamma=args.r1_gamma, device=args.device, amp=args.amp, out_dir=out,
             seed=args.seed, keep_checkpoints=args.keep_checkpoints)
-    print(f"training CycleGAN on {args.data or f'{args.data_a} <-> {args.data_b}'} for {steps} "
-          f"steps (batch {batch_size}) on {trainer.device}; writing to {out}", flush=True)
+    processes = trainer.world_size
+    # The batch is split between torchrun's processes: the recipe's is rounded up to a multiple
+    # of their number (the published batch of 1 becomes one image per process).
+    batch_size = (math.ceil(recipe["batch_size"] / processes) * processes
+                  if args.batch_size is None else args.batch_size)
+    report = print if trainer.rank == 0 else lambda *args, **kwargs: None  # torchrun: once
+    report(f"training CycleGAN on {args.data or f'{args.data_a} <-> {args.data_b}'} for {steps} "
+           f"steps (batch {batch_size}{f' over {processes} processes' if processes > 1 else ''}"
+           f") on {trainer.device}; writing to {out}", flush=True)
     stopped = cli.run_fit(trainer, lambda: trainer.fit(
         domain_a, domain_b, steps, batch_size, sample_every=max(1, steps // 10),
-        evaluate=evaluate, progress=not args.quiet))
+        evaluate=evaluate, progress=not args.quiet), report)
     if stopped is not None:
         return stopped
     summary = {"step": trainer.step, "checkpoint": trainer.checkpoint_path,
@@ -88,7 +95,7 @@ def _train(args):
                "metrics": os.path.join(out, outputs.METRICS_NAME)}
     if trainer.last_evaluation is not None:
         summary["evaluation"] = trainer.last_evaluation
-    print(json.dumps(summary, indent=2))
+    report(json.dumps(summary, indent=2))
     return 0
 
 
@@ -137,13 +144,16 @@ def _translate(args):
 def add_commands(commands):
     cyclegan = commands.add_parser(
         "cyclegan", help="train CycleGAN (unpaired image-to-image translation) on the bundled "
-        "digits task or on two folders of images; writes OUT/checkpoint.pt, metrics.jsonl, "
-        "losses.png and samples/")
+        "digits task or on two folders of images, data-parallel under torchrun; writes "
+        "OUT/checkpoint.pt, metrics.jsonl, losses.png and samples/")
     cyclegan.add_argument("--data", help="digits: the bundled task (prints its scores)")
     cyclegan.add_argument("--data-a", help="a folder of domain A's images")
     cyclegan.add_argument("--data-b", help="a folder of domain B's images")
     cyclegan.add_argument("--steps", type=int, help="total steps (default: the recipe's)")
-    cyclegan.add_argument("--batch-size", type=int)
+    cyclegan.add_argument("--batch-size", type=int,
+                          help="images of each domain per step, split between torchrun's "
+                               "processes (default: the recipe's, 4 for digits, 1 for folders, "
+                               "rounded up to a multiple of the number of processes)")
     cyclegan.add_argument("--image-size", type=int,
                           help="the training crop (folders; default 256)")
     cyclegan.add_argument("--load-size", type=int,

@@ -3,7 +3,8 @@ G: A -> B and F: B -> A, each against a discriminator of its target domain, with
 cycle-consistency loss ||F(G(a)) - a||_1 + ||G(F(b)) - b||_1 and the identity loss, the
 discriminators trained on a pool of past generated images, and a learning rate constant, then
 falling linearly to 0. Checkpoints hold every state (models, optimizers, both pools, the random
-state and the data order), so a resumed run continues exactly as one that never stopped."""
+state and the data order; under torchrun every rank's pools and random state), so a resumed run
+continues exactly as one that never stopped."""
 import dataclasses
 import itertools
 import random
@@ -23,7 +24,7 @@ from fastgan.train.loop import (TrainingLoop, check_fit_arguments, model_spec,
 from fastgan.train.outputs import RunOutputs
 from fastgan.train.regularization import r1_penalty
 
-CHECKPOINT_FORMAT = "cyclegan-1"
+CHECKPOINT_FORMAT = "cyclegan-2"
 DIRECTIONS = ("a2b", "b2a")
 MODEL_NAMES = ("g_ab", "g_ba", "d_a", "d_b")
 # Each picture shows this many images of each domain, with their translation and its way back:
@@ -91,7 +92,15 @@ class CycleGANTrainer(TrainingLoop):
     learning rate falls linearly to 0 at the last step of fit (default: half of fit's steps).
     r1_gamma > 0 adds an R1 penalty on real images to both discriminators. amp: the networks run
     under bfloat16 autocast (CUDA only), the losses in float32. device, out_dir, seed,
-    keep_checkpoints: as fastgan.Trainer's."""
+    keep_checkpoints: as fastgan.Trainer's.
+
+    Under torchrun (or an initialized torch.distributed group) it trains data-parallel as
+    fastgan.Trainer does: the four networks in DDP (BatchNorm layers, if a user's models have
+    any, synced), each process on its shard of every batch of both domains (fit's batch_size is
+    the total over the processes), rank 0 alone writing the outputs. Each process keeps its own
+    pools (its discriminators see its own history) and random state; fit's checkpoints hold
+    every rank's, so a run resumes with as many processes as wrote them (fit raises ValueError
+    otherwise; `load` and `translate` work with any number)."""
 
     def __init__(self, g_ab, g_ba, d_a, d_b, *, loss="least_squares", cycle_weight=10.0,
                  identity_weight=0.5, pool_size=50, lr=2e-4, betas=(0.5, 0.999),
@@ -109,14 +118,15 @@ class CycleGANTrainer(TrainingLoop):
         self.device, self.rank, self.world_size = distributed.setup(resolve_device(device))
         if self.config.amp and self.device.type != "cuda":
             raise ValueError(f"amp=True needs a CUDA device, got device {str(self.device)!r}")
-        if self.world_size > 1:
-            raise NotImplementedError("CycleGANTrainer trains in one process; it does not run "
-                                      "under torchrun yet")
-        self.outputs = RunOutputs(self.config.out_dir, self.config.keep_checkpoints, LOSSES)
-        random.seed(seed)
-        np.random.seed(seed)
-        torch.manual_seed(seed)
+        self.outputs = RunOutputs(self.config.out_dir if self.rank == 0 else None,  # rank 0 writes
+                                  self.config.keep_checkpoints, LOSSES)
+        random.seed(seed + self.rank)
+        np.random.seed(seed + self.rank)
+        torch.manual_seed(seed + self.rank)
         self.g_ab, self.g_ba, self.d_a, self.d_b = (m.to(self.device) for m in models.values())
+        # What trains with gradients shared across processes (the modules themselves when alone).
+        self._ddp = {name: distributed.wrap(getattr(self, name), self.device)
+                     for name in MODEL_NAMES}
         config = self.config
         self.optimizer_g = torch.optim.Adam(
             itertools.chain(self.g_ab.parameters(), self.g_ba.parameters()), lr=config.lr,
@@ -124,13 +134,15 @@ class CycleGANTrainer(TrainingLoop):
         self.optimizer_d = torch.optim.Adam(
             itertools.chain(self.d_a.parameters(), self.d_b.parameters()), lr=config.lr,
             betas=config.betas)
-        # Their own random streams: the pools' draws never change the models' noise.
-        self.pool_a = ImagePool(config.pool_size, seed=seed + 1)
-        self.pool_b = ImagePool(config.pool_size, seed=seed + 2)
+        # Their own random streams (each rank's own): the pools' draws never change the models'
+        # noise.
+        self.pool_a = ImagePool(config.pool_size, seed=seed + 1 + 2 * self.rank)
+        self.pool_b = ImagePool(config.pool_size, seed=seed + 2 + 2 * self.rank)
         self.step = 0
         self.history = []
         self._batches = None  # (domain A's, domain B's) while fitting
         self._data_state = None
+        self._saved_world_size = None  # of the checkpoint loaded, if any
         self._steps = None  # fit's steps: where the learning rate reaches 0
         self._picture_images = None
         self.latest_samples_path = None
@@ -168,22 +180,24 @@ class CycleGANTrainer(TrainingLoop):
         (real_a, _), (real_b, _) = (next(batches) for batches in self._batches)
         real_a, real_b = real_a.to(self.device), real_b.to(self.device)
         config = self.config
+        g_ab, g_ba = self._ddp["g_ab"], self._ddp["g_ba"]
 
         def run(network, images):  # the losses in float32 under autocast
             with self._autocast():
                 return network(images).float()
 
-        fake_b = run(self.g_ab, real_a)
-        fake_a = run(self.g_ba, real_b)
+        fake_b = run(g_ab, real_a)
+        fake_a = run(g_ba, real_b)
+        # The discriminators' gradients here are dropped: no need to share them.
         adversarial = (losses.g_loss(run(self.d_b, fake_b), config.loss)
                        + losses.g_loss(run(self.d_a, fake_a), config.loss))
-        cycle = ((run(self.g_ba, fake_b) - real_a).abs().mean()
-                 + (run(self.g_ab, fake_a) - real_b).abs().mean())
+        cycle = ((run(g_ba, fake_b) - real_a).abs().mean()
+                 + (run(g_ab, fake_a) - real_b).abs().mean())
         total = adversarial + config.cycle_weight * cycle
         metrics = {"g_adversarial": adversarial.item(), "cycle": cycle.item()}
         if config.identity_weight > 0:
-            identity = ((run(self.g_ab, real_b) - real_b).abs().mean()
-                        + (run(self.g_ba, real_a) - real_a).abs().mean())
+            identity = ((run(g_ab, real_b) - real_b).abs().mean()
+                        + (run(g_ba, real_a) - real_a).abs().mean())
             total = total + config.cycle_weight * config.identity_weight * identity
             metrics["identity"] = identity.item()
         self._check_finite("the generators' loss", total)
@@ -192,9 +206,9 @@ class CycleGANTrainer(TrainingLoop):
         total.backward(inputs=trainable(self.g_ab) + trainable(self.g_ba))
         self.optimizer_g.step()
 
-        loss_a, penalty_a = self._discriminator_loss(self.d_a, real_a,
+        loss_a, penalty_a = self._discriminator_loss(self._ddp["d_a"], real_a,
                                                      self.pool_a.query(fake_a.detach()))
-        loss_b, penalty_b = self._discriminator_loss(self.d_b, real_b,
+        loss_b, penalty_b = self._discriminator_loss(self._ddp["d_b"], real_b,
                                                      self.pool_b.query(fake_b.detach()))
         total = loss_a + loss_b
         metrics.update(d_a=loss_a.item(), d_b=loss_b.item())
@@ -230,20 +244,29 @@ class CycleGANTrainer(TrainingLoop):
             checkpoint_every=1000, evaluate=None, progress=True):
         """Trains until `steps` steps in all (a trainer from `load` continues where it
         stopped). domain_a, domain_b: Tensors of images, Datasets of images or of (image,
-        label) pairs (labels are ignored), or DataLoaders. The outputs are Trainer.fit's:
-        metrics every log_every steps, every sample_every steps a picture
+        label) pairs (labels are ignored), or DataLoaders. batch_size: images of each domain per
+        step, in all: under torchrun each of the processes trains on batch_size / their number
+        of them (so batch_size must be a multiple of it), as with fastgan.Trainer. The outputs
+        are Trainer.fit's: metrics every log_every steps, every sample_every steps a picture
         (out_dir/samples/step_N.png: rows of a, g_ab(a), g_ba(g_ab(a)) and of b, g_ba(b),
-        g_ab(g_ba(b)) for fixed images) and evaluate(trainer)'s metrics, checkpoints every
-        checkpoint_every steps and at the end; Ctrl-C and SIGTERM save and stop."""
+        g_ab(g_ba(b)) for fixed images) and evaluate(trainer)'s metrics (on rank 0 alone),
+        checkpoints every checkpoint_every steps and at the end; Ctrl-C and SIGTERM save and
+        stop."""
         check_fit_arguments(steps, batch_size, 1, log_every, sample_every, checkpoint_every,
                             evaluate)
-        seed = self.config.seed
-        first_a, _ = next(make_batches(domain_a, batch_size, seed))
-        first_b, _ = next(make_batches(domain_b, batch_size, seed + 1))
+        saved = self._saved_world_size
+        if saved not in (None, self.world_size):
+            raise ValueError(f"the checkpoint was written with world size {saved} and holds "
+                             f"each rank's image pools and random state: resume it with world "
+                             f"size {saved} (torchrun's processes in all), not "
+                             f"{self.world_size}")
+        seed, shard = self.config.seed, (self.rank, self.world_size)
+        first_a, _ = next(make_batches(domain_a, batch_size, seed, *shard))
+        first_b, _ = next(make_batches(domain_b, batch_size, seed + 1, *shard))
         self._check_data(first_a.to(self.device), first_b.to(self.device))
         self._picture_images = (_first_images(domain_a), _first_images(domain_b))
-        self._batches = (make_batches(domain_a, batch_size, seed),
-                         make_batches(domain_b, batch_size, seed + 1))
+        self._batches = (make_batches(domain_a, batch_size, seed, *shard),
+                         make_batches(domain_b, batch_size, seed + 1, *shard))
         if self._data_state is not None:
             for batches, state in zip(self._batches, self._data_state):
                 batches.load_state_dict(state)
@@ -257,7 +280,7 @@ class CycleGANTrainer(TrainingLoop):
 
     def _at_sample_step(self, evaluate):
         self._write_pictures()
-        if evaluate is not None:
+        if evaluate is not None and self.rank == 0:
             self.last_evaluation = evaluate(self)
             self._log({"step": self.step, **self.last_evaluation}, history=False)
 
@@ -305,7 +328,16 @@ class CycleGANTrainer(TrainingLoop):
     # --- checkpoints ------------------------------------------------------------------------
 
     def state_dict(self):
-        """Everything `load` needs, as tensors and plain Python values."""
+        """Everything `load` needs, as tensors and plain Python values. Its "ranks" list holds
+        what each process has its own of (random state and both pools): here this process's
+        alone; in a checkpoint that fit writes under torchrun, every rank's, rank 0's first."""
+        return self._checkpoint([self._rank_state()])
+
+    def _rank_state(self):
+        return {"rng": rng_state(), "pool_a": self.pool_a.state_dict(),
+                "pool_b": self.pool_b.state_dict()}
+
+    def _checkpoint(self, rank_states):
         models = dict(zip(MODEL_NAMES, (self.g_ab, self.g_ba, self.d_a, self.d_b)))
         data = ([batches.state_dict() for batches in self._batches] if self._batches is not None
                 else self._data_state)
@@ -315,17 +347,24 @@ class CycleGANTrainer(TrainingLoop):
                 **{name: model.state_dict() for name, model in models.items()},
                 "optimizer_g": self.optimizer_g.state_dict(),
                 "optimizer_d": self.optimizer_d.state_dict(),
-                "pool_a": self.pool_a.state_dict(), "pool_b": self.pool_b.state_dict(),
-                "rng": rng_state(), "data": data, "history": list(self.history)}
+                "ranks": rank_states, "data": data, "history": list(self.history)}
 
     def load_state_dict(self, state):
+        """Restores a state_dict() or checkpoint. With another number of processes than wrote
+        it, the models, optimizers and schedule are restored, but not the ranks' pools and
+        random state, which do not map onto another number of processes: fit then refuses to
+        continue (translate works)."""
         for name in MODEL_NAMES:
             getattr(self, name).load_state_dict(state[name])
         self.optimizer_g.load_state_dict(state["optimizer_g"])
         self.optimizer_d.load_state_dict(state["optimizer_d"])
-        self.pool_a.load_state_dict(state["pool_a"], self.device)
-        self.pool_b.load_state_dict(state["pool_b"], self.device)
-        set_rng_state(state["rng"])
+        rank_states = state["ranks"]
+        self._saved_world_size = len(rank_states)
+        if self._saved_world_size == self.world_size:
+            own = rank_states[self.rank]
+            self.pool_a.load_state_dict(own["pool_a"], self.device)
+            self.pool_b.load_state_dict(own["pool_b"], self.device)
+            set_rng_state(own["rng"])
         self.step, self._steps = state["step"], state["steps"]
         self.history = list(state["history"])
         self._data_state = state["data"]

@@ -98,6 +98,17 @@ def gather(obj):
     return gathered
 
 
+def gather_on_rank_0(obj):
+    """[obj of rank 0, obj of rank 1, ...] on rank 0 and None on the others (picklable
+    objects): for what rank 0 alone needs, as every rank's part of a checkpoint, without a copy
+    of everything on every rank."""
+    if not _active():
+        return [obj]
+    gathered = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(obj, gathered, dst=0)
+    return gathered
+
+
 def barrier():
     if _active():
         dist.barrier()

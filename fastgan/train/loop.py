@@ -86,7 +86,8 @@ def check_fit_arguments(steps, batch_size, min_batch_size, log_every, sample_eve
 class TrainingLoop:
     """Mixed into a trainer, which provides: `step`, `history` (the logged metrics), `outputs`
     (a RunOutputs), `rank` and `world_size`, `_train_step()` (one step; returns its metrics),
-    `state_dict()` and `_end_of_fit()` (called however fit ends)."""
+    `state_dict()` and `_end_of_fit()` (called however fit ends); it may override
+    `_rank_state()` and `_checkpoint()`, what a checkpoint keeps of each rank and how."""
 
     _interrupted = None  # the stop signal received during fit, if any
 
@@ -174,13 +175,23 @@ class TrainingLoop:
     def checkpoint_path(self):
         return self.outputs.checkpoint_path
 
+    def _rank_state(self):
+        """What each process has its own of, which a checkpoint written under torchrun keeps
+        for every rank: by default the random state."""
+        return rng_state()
+
+    def _checkpoint(self, rank_states):
+        """What _save_checkpoint writes on rank 0: state_dict(), with every rank's
+        _rank_state() (`rank_states`, rank 0's first) under torchrun."""
+        state = self.state_dict()
+        if self.world_size > 1:
+            state["rng_per_rank"] = rank_states
+        return state
+
     def _save_checkpoint(self):
-        rng_per_rank = distributed.gather(rng_state())  # every rank takes part
+        rank_states = distributed.gather_on_rank_0(self._rank_state())  # every rank takes part
         if self.out_dir:
-            state = self.state_dict()
-            if self.world_size > 1:
-                state["rng_per_rank"] = rng_per_rank
-            self.outputs.save_checkpoint(state, self.step, self.history)
+            self.outputs.save_checkpoint(self._checkpoint(rank_states), self.step, self.history)
         distributed.barrier()
 
     def _log(self, entry, history=True):
