@@ -131,13 +131,19 @@ def test_rule_chooses_the_engine():
 
 
 @pytest.mark.skipif(fastgan._backend.extension is None, reason="fastgan's kernels are not built")
-def test_winograd_path_in_every_part():
-    """On a stride-2 4x4 layer with enough channels and tiles, fastgan's kernels take their
-    Winograd path (the only path with batched GEMMs) in each of the three parts, with torch's
-    results."""
-    x, w, _ = _leaves("cpu", (64, 128, 16, 16), (256, 128, 4, 4), "channels_last", bias=False)
-    geometry = ([2, 2], [1, 1], [1, 1], 1)
-    g = torch.randn(64, 256, 8, 8, dtype=x.dtype).to(memory_format=torch.channels_last)
+@pytest.mark.parametrize("input_shape, weight_shape, stride, padding", [
+    ((64, 128, 16, 16), (256, 128, 4, 4), 2, 1), ((1, 64, 34, 34), (72, 64, 3, 3), 1, 0),
+    ((1, 64, 32, 32), (72, 64, 3, 3), 1, 1)], ids=["4x4-stride-2", "3x3-unpadded", "3x3-padded"])
+def test_winograd_path_in_every_part(input_shape, weight_shape, stride, padding):
+    """On a stride-2 4x4 layer, or a 3x3 stride-1 one without padding (a ResNet generator's,
+    after its reflection padding) or with, with enough channels and tiles, fastgan's kernels take
+    their Winograd path (the only path with batched GEMMs) in each of the three parts, with
+    torch's results."""
+    x, w, _ = _leaves("cpu", input_shape, weight_shape, "channels_last", bias=False)
+    geometry = ([stride, stride], [padding, padding], [1, 1], 1)
+    g = torch.randn(input_shape[0], weight_shape[0],
+                    *conv2d_module._out_size(x, w, geometry), dtype=x.dtype).to(
+        memory_format=torch.channels_last)
     parts = {"forward": lambda own: conv2d_module._forward(x, w, None, geometry, own),
              "input gradient": lambda own: conv2d_module._input_grad(g, x, w, geometry, own),
              "weight gradient": lambda own: conv2d_module._weight_grad(g, x, w, geometry, own)}

@@ -37,6 +37,12 @@ CASES = {
     # The DCGAN geometry with >= 64 channels and >= 64 4 x 4 tiles in the batch of 3: the CPU's
     # Winograd path (partial tiles: 17 x 18 is not a multiple of 4).
     "winograd": (64, 72, 4, 2, 1, 0, 1, 1, (17, 18)),
+    # 3 x 3, stride 1, the same channels and tiles: the Winograd path's stride-1 scheme, with
+    # padding 1 (the output of the input's size), 0 (larger) and 2 (smaller: the convolution of
+    # a padded input, as fastgan.ops.conv2d runs it).
+    "winograd_3x3": (64, 72, 3, 1, 1, 0, 1, 1, (17, 18)),
+    "winograd_3x3_padding_0": (64, 72, 3, 1, 0, 0, 1, 1, (17, 18)),
+    "winograd_3x3_padding_2": (72, 64, 3, 1, 2, 0, 1, 1, (19, 20)),
 }
 
 # Few channels: the numerical Jacobians cost one evaluation per input and parameter element.
@@ -204,10 +210,11 @@ def test_gradcheck_and_gradgradcheck(device, activation, case_name, layout):
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("activation", [None, "tanh"])
-def test_winograd_gradcheck_and_gradgradcheck(layout, activation):
+@pytest.mark.parametrize("case_name", ["winograd", "winograd_3x3_padding_0"])
+def test_winograd_gradcheck_and_gradgradcheck(layout, activation, case_name):
     """The CPU's Winograd path to second order (fast_mode: its Jacobians are too large to build
     entry by entry)."""
-    case = CASES["winograd"]
+    case = CASES[case_name]
     x, weight, b = make_operands(case, 3, torch.float64, "cpu", layout)
     leaves = [t.requires_grad_() for t in (x, weight, b)]
 
@@ -223,13 +230,23 @@ def test_winograd_gradcheck_and_gradgradcheck(layout, activation):
 WIDE_WINOGRAD = (256, 256, *CASES["winograd"][2:8], (16, 16))
 
 
+# 3 x 3, stride 1, with 256 channels: U is 4 times the weight, not 6.25, and the path pays
+# from 64 tiles on (a ResNet generator's residual blocks at 32 x 32 pixels).
+WIDE_WINOGRAD_3X3 = (256, 256, *CASES["winograd_3x3"][2:8], (32, 32))
+
+
 @pytest.mark.parametrize("case, batch, expected", [
     (CASES["winograd"], 3, True), (CASES["winograd"], 1, False), (WIDE_WINOGRAD, 4, False),
-    (WIDE_WINOGRAD, 16, True)], ids=["75-tiles", "25-tiles", "wide-64-tiles", "wide-256-tiles"])
+    (WIDE_WINOGRAD, 16, True), (CASES["winograd_3x3"], 3, True),
+    (CASES["winograd_3x3"], 2, False), (CASES["winograd_3x3_padding_2"], 3, True),
+    (WIDE_WINOGRAD_3X3, 1, True)],
+    ids=["75-tiles", "25-tiles", "wide-64-tiles", "wide-256-tiles", "3x3-75-tiles",
+         "3x3-50-tiles", "3x3-padding-2", "3x3-wide-64-tiles"])
 def test_winograd_path_is_taken_where_it_pays(case, batch, expected):
     """The Winograd path is the only one that runs batched GEMMs (seen as ATen's with the gemm
     switch on "torch"): taken for enough tiles (3 images of 17 x 18: 75 tiles), not for fewer (1
-    image: 25 tiles), nor where U outweighs the tiles (256 channels: 64 tiles, not 256)."""
+    image: 25 tiles), nor, at stride 2, where U outweighs the tiles (256 channels: 64 tiles, not
+    256)."""
     x, weight, b = make_operands(case, batch, torch.float32)
     kwargs = hyper(case, None)
     leaves = [t.requires_grad_() for t in (x, weight, b)]
@@ -238,6 +255,21 @@ def test_winograd_path_is_taken_where_it_pays(case, batch, expected):
     batched_gemms = [e.key for e in profile.key_averages()
                      if e.key in ("aten::bmm", "aten::baddbmm_")]
     assert bool(batched_gemms) == expected, batched_gemms
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("padding", [0, 1])
+def test_winograd_blocks_of_tiles_within_an_image(layout, padding):
+    """A large image's tiles run in several blocks (at most 512 K entries of V or M: 113 tiles
+    of 64 channels), which split its rows of tiles, and its input gradient is overlap-added
+    across them: outputs and gradients as torch's in float64."""
+    case = (64, 64, 3, 1, padding, 0, 1, 1, (97, 101))
+    x, weight, b = make_operands(case, 1, torch.float64, "cpu", layout)
+    out, grads = output_and_grads(conv_t, x, weight, b, hyper(case, "relu"))
+    expected, expected_grads = output_and_grads(_reference.conv_transpose2d, x, weight, b,
+                                                hyper(case, "relu"))
+    for actual, reference in zip((out, *grads), (expected, *expected_grads)):
+        assert_close(actual, reference, torch.float64, scale=10 * reference.abs().max().item())
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -104,6 +104,11 @@ template <typename scalar_t>
 const scalar_t* rows_of(const Dense& t, int64_t first, int64_t last, scalar_t* buffer) {
   if (t.channels_last) return image_rows(t, first, buffer);
   const int64_t size = t.channels() * t.pixels();
+  if (last - first == 1) {  // one image: in parallel strips
+    transpose_matrix(t.tensor.const_data_ptr<scalar_t>() + first * size, buffer, t.channels(),
+                     t.pixels());
+    return buffer;
+  }
   parallel_tasks(last - first, size, [&](int64_t n) {
     image_rows(t, first + n, buffer + n * size);
   });
@@ -271,8 +276,9 @@ void planar_backward(const Geometry& g, const at::Tensor& grad_output, const at:
                      double negative_slope, const at::Tensor& grad_input,
                      const at::Tensor& grad_weight_rows, std::vector<double>* grad_bias);
 
-// Stride 2, a 4 x 4 kernel and padding 1 (conv_transpose2d_winograd.cpp). The backward writes
-// grad_input (when defined), grad_weight (when given; (C_in, C_out, 4, 4)) and the bias sums.
+// Stride 2, a 4 x 4 kernel and padding 1, or stride 1, a 3 x 3 kernel and padding 0 - 2
+// (conv_transpose2d_winograd.cpp). The backward writes grad_input (when defined), grad_weight
+// (when given; (C_in, C_out, K, K)) and the bias sums.
 bool winograd(const Geometry& g);
 void winograd_forward(const Geometry& g, const Dense& x, const at::Tensor& weight,
                       const at::Tensor& bias, Activation activation, double negative_slope,

@@ -1,18 +1,22 @@
-// The Winograd path of the CPU transposed convolution, chosen for stride 2, a 4 x 4 kernel,
-// padding 1, no output padding, dilation or groups (the output is twice the input's size) with
-// enough channels and tiles (see winograd()): the DCGAN generator's layers, and through
-// fastgan.ops.conv2d the discriminator's (their transposes). Sub-pixel phase (a, b) of the output
-// is a 2 x 2 correlation of the input (x is 0 outside the image; x @ w: a pixel's C_in values
-// times that tap's (C_in, C_out) matrix):
-//   out[2i + a][2j + b] = sum over t, u in {0, 1} of
-//                         x[i + a - 1 + t][j + b - 1 + u] @ w[3 - a - 2t][3 - b - 2u].
-// Winograd's minimal filtering F(4 x 4, 2 x 2) computes a 4 x 4 tile of a phase from the 5 x 5
-// input tile d under it with 25 tap-matrix products instead of 64:
-//   Y = A^T [U (*) V] A,  V = B^T d B,  U = G g G^T  (g: the phase's 2 x 2 taps),
+// The Winograd paths of the CPU transposed convolution, for padding 1, no output padding, dilation
+// or groups, with enough channels and tiles (see winograd()), in two schemes:
+// - stride 2 and a 4 x 4 kernel (the output is twice the input's size): the DCGAN generator's
+//   layers, and through fastgan.ops.conv2d the discriminator's (their transposes);
+// - stride 1 and a 3 x 3 kernel (the output has the input's size): through fastgan.ops.conv2d, the
+//   3 x 3 convolutions of a ResNet generator's residual blocks.
+// With stride S, output phase (a, b) (the pixels (S i + a, S j + b); one phase for stride 1) is a
+// T x T correlation of the input, T = K / S taps per axis (x is 0 outside the image; x @ w: a
+// pixel's C_in values times that tap's (C_in, C_out) matrix):
+//   out[S i + a][S j + b] = sum over t, u < T of
+//                           x[i + a - 1 + t][j + b - 1 + u] @ w[K - 1 - a - S t][K - 1 - b - S u].
+// Winograd's minimal filtering F(4 x 4, T x T) computes a 4 x 4 tile of a phase from the
+// (3 + T) x (3 + T) input tile d under it with (3 + T)^2 tap-matrix products instead of 16 T^2:
+//   Y = A^T [U (*) V] A,  V = B^T d B,  U = G g G^T  (g: the phase's T x T taps),
 // where (*) multiplies entry by entry, each entry's product being a (C_in, C_out) matrix product:
-// for each of the 4 phases x 25 entries one GEMM of the tiles' V (tiles, C_in) by U (C_in, C_out),
-// batched. So the GEMMs do 25/64 of the direct method's multiply-adds; the transforms are
-// elementwise passes over channel vectors. The backward is the adjoint, with the same GEMMs:
+// for each phase and entry one GEMM of the tiles' V (tiles, C_in) by U (C_in, C_out), batched. So
+// the GEMMs do 25/64 (S = 2) or 36/144 (S = 1) of the direct method's multiply-adds; the
+// transforms are elementwise passes over channel vectors. The backward is the adjoint, with the
+// same GEMMs:
 //   dM = A dY A^T;  grad_d = B [dM @ U^T] B^T (overlap-added into grad_input);
 //   dU = sum over tiles of V^T @ dM;  grad_g = G^T dU G.
 #include "conv_transpose2d_common.h"
@@ -23,24 +27,61 @@ namespace cpu {
 namespace conv_transpose2d_detail {
 namespace {
 
-constexpr int kTile = 4;                   // outputs of a phase per tile and axis
-constexpr int kSpan = kTile + 1;           // inputs per tile and axis (the 2-tap filter's overlap)
-constexpr int kEntries = kSpan * kSpan;    // products per tile and phase
-constexpr int kPhases = 4;
-constexpr int kProducts = kPhases * kEntries;  // GEMMs in the batch
-
-// Points 0, -1, 1/2, 2 and infinity (Toom-Cook): with its mirror (0, 1, -2, -1/2) the set of
-// powers of two whose float32 result lies closest to the exact one, about half the error of the
-// usual 0, 1, -1, 2 (64 - 512 channels; sets with 3/2 or 2/3 gain a little more but multiply
-// inexactly), for two more nonzero coefficients in B^T. B^T's rows are scaled to integers and
-// G's rows divided by the same factors, so the fractions stay in the weight's transform.
+// The transforms of F(4 x 4, T x T) (B^T, G, A^T), from Toom-Cook's interpolation points. B^T's
+// rows are scaled to integers and G's rows divided by the same factors, so the fractions stay in
+// the weight's transform. The points are those whose float32 results lie closest to the exact
+// ones among sets of 0, +-1, +-2, +-1/2 (64 - 512 channels): about half the error of the usual
+// ones, for a few more nonzero coefficients.
 //   python benchmarks/run.py --only convt   (its float32 accuracy table)
-constexpr double kInputTransform[kSpan][kSpan] = {  // B^T
-    {2, -3, -3, 2, 0}, {0, 2, -5, 2, 0}, {0, -2, -1, 1, 0}, {0, -1, 1, 2, 0}, {0, 2, -3, -3, 2}};
-constexpr double kFilterTransform[kSpan][2] = {  // G
-    {1.0 / 2, 0}, {-1.0 / 9, 1.0 / 9}, {-8.0 / 9, -4.0 / 9}, {1.0 / 18, 1.0 / 9}, {0, 1.0 / 2}};
-constexpr double kOutputTransform[kTile][kSpan] = {  // A^T
-    {1, 1, 1, 1, 0}, {0, -1, 1.0 / 2, 2, 0}, {0, 1, 1.0 / 4, 4, 0}, {0, -1, 1.0 / 8, 8, 1}};
+template <int Taps>
+struct Transforms;
+
+// T = 2: points 0, -1, 1/2, 2 and infinity.
+template <>
+struct Transforms<2> {
+  static constexpr double kInput[5][5] = {
+      {2, -3, -3, 2, 0}, {0, 2, -5, 2, 0}, {0, -2, -1, 1, 0}, {0, -1, 1, 2, 0}, {0, 2, -3, -3, 2}};
+  static constexpr double kFilter[5][2] = {
+      {1.0 / 2, 0}, {-1.0 / 9, 1.0 / 9}, {-8.0 / 9, -4.0 / 9}, {1.0 / 18, 1.0 / 9}, {0, 1.0 / 2}};
+  static constexpr double kOutput[4][5] = {
+      {1, 1, 1, 1, 0}, {0, -1, 1.0 / 2, 2, 0}, {0, 1, 1.0 / 4, 4, 0}, {0, -1, 1.0 / 8, 8, 1}};
+};
+
+// T = 3: points 0, 1, -1, 1/2, -2 and infinity (the usual 0, +-1, +-2: about 2.3 times the error).
+template <>
+struct Transforms<3> {
+  static constexpr double kInput[6][6] = {
+      {2, -3, -4, 3, 2, 0},  {0, -2, 1, 5, 2, 0},  {0, 2, -5, 1, 2, 0},
+      {0, -2, -1, 2, 1, 0},  {0, 1, -2, -1, 2, 0}, {0, 2, -3, -4, 3, 2}};
+  static constexpr double kFilter[6][3] = {{1.0 / 2, 0, 0},
+                                           {1.0 / 6, 1.0 / 6, 1.0 / 6},
+                                           {-1.0 / 6, 1.0 / 6, -1.0 / 6},
+                                           {-16.0 / 15, -8.0 / 15, -4.0 / 15},
+                                           {1.0 / 30, -1.0 / 15, 2.0 / 15},
+                                           {0, 0, 1.0 / 2}};
+  static constexpr double kOutput[4][6] = {
+      {1, 1, 1, 1, 1, 0}, {0, 1, -1, 1.0 / 2, -2, 0}, {0, 1, 1, 1.0 / 4, 4, 0},
+      {0, 1, -1, 1.0 / 8, -8, 1}};
+};
+
+// One scheme: stride S and a K x K kernel, its phases and their F(4 x 4, T x T).
+template <int Stride, int Kernel>
+struct Scheme : Transforms<Kernel / Stride> {
+  static constexpr int kStride = Stride, kKernel = Kernel, kTaps = Kernel / Stride;
+  static constexpr int kTile = 4;                   // outputs of a phase per tile and axis
+  static constexpr int kSpan = kTile + kTaps - 1;   // inputs per tile and axis
+  static constexpr int kEntries = kSpan * kSpan;    // products per tile and phase
+  static constexpr int kPhases = Stride * Stride;
+  static constexpr int kProducts = kPhases * kEntries;  // GEMMs in the batch
+  // The kernel tap of tap t of a phase's row (or column) a.
+  static constexpr int tap(int a, int t) { return Kernel - 1 - a - Stride * t; }
+  // The input row of phase row 0's first tap at output row 0, for a padding.
+  static constexpr int input_offset(int64_t padding) {
+    return static_cast<int>((padding - Kernel + 1) / Stride);
+  }
+};
+using Stride2Kernel4 = Scheme<2, 4>;
+using Stride1Kernel3 = Scheme<1, 3>;
 
 // out = m in m^T for a coefficient table m of R x S (Adjoint: out = m^T in m, m of S x R). The
 // loops unroll fully, so the coefficients are constants and the zeros and +-1 cost nothing.
@@ -73,21 +114,44 @@ inline __attribute__((always_inline)) void transform(const Table& m, const V (&i
   }
 }
 
-// Tiles of a block of images: `images` images of `height` x `width` pixels, ceil(size / 4) tiles
-// per axis, tile t of image n at row n * per_image + t of the GEMM operands.
+// Tiles of a block of images: each output phase is a grid of `height` x `width` pixels (the
+// output's size over the stride), with ceil(size / 4) tiles per axis, tile t of image n at row
+// n * per_image + t of the GEMM operands. Phase a's tile at row tile_h reads input rows from
+// tile_h + a + offset on, of in_height (zeros outside).
+template <typename S>
 struct Tiling {
-  int64_t height, width, tiles_h, tiles_w, per_image;
-  Tiling(int64_t h, int64_t w)
-      : height(h), width(w), tiles_h((h + kTile - 1) / kTile), tiles_w((w + kTile - 1) / kTile),
+  int64_t height, width, in_height, in_width, offset, tiles_h, tiles_w, per_image;
+  explicit Tiling(const Geometry& g)
+      : height(g.out_h / S::kStride), width(g.out_w / S::kStride), in_height(g.in_h),
+        in_width(g.in_w), offset(S::input_offset(g.padding_h)),
+        tiles_h((height + S::kTile - 1) / S::kTile), tiles_w((width + S::kTile - 1) / S::kTile),
         per_image(tiles_h * tiles_w) {}
-  // Images per block of V, M or dM: about as many entries as U has (every block's GEMMs read
-  // all of U), within [kWinogradLeastBlockEntries, kBlockEntries].
-  int64_t images_per_block(int64_t C_in, int64_t C_out, int64_t batch) const {
-    const int64_t entries =
-        std::clamp<int64_t>(kProducts * C_in * C_out, kWinogradLeastBlockEntries, kBlockEntries);
-    return std::clamp<int64_t>(entries / (kProducts * per_image * std::max(C_in, C_out)), 1,
-                               batch);
+  // Blocks of the work: `images` images at a time are read (and written) as dense rows, their
+  // tiles `tiles` at a time through V, M or dM, about as many entries as U has (every block's
+  // GEMMs read all of U), within the scheme's bounds. Large images take several blocks of tiles
+  // each, so their operands stay in cache too.
+  struct Blocks {
+    int64_t images, tiles;
+    // Tiles per block for `count` tiles: at most `tiles`, in blocks of equal size (a last block
+    // of a few tiles would run its GEMMs on too few rows).
+    int64_t balanced(int64_t count) const {
+      const int64_t blocks = (count + tiles - 1) / tiles;
+      return (count + blocks - 1) / blocks;
+    }
+  };
+  Blocks blocks(int64_t C_in, int64_t C_out, int64_t batch) const {
+    const bool stride_1 = S::kStride == 1;
+    const int64_t entries = std::clamp<int64_t>(
+        S::kProducts * C_in * C_out,
+        stride_1 ? kWinograd3x3LeastBlockEntries : kWinogradLeastBlockEntries,
+        stride_1 ? kWinograd3x3MostBlockEntries : kBlockEntries);
+    const int64_t tiles = std::max<int64_t>(entries / (S::kProducts * std::max(C_in, C_out)), 1);
+    const int64_t images = std::clamp<int64_t>(tiles / per_image, 1, batch);
+    return {images, std::min(tiles, images * per_image)};
   }
+  // The top-left output of tile `tile` in its phase's grid.
+  int64_t row_of(int64_t tile) const { return tile / tiles_w * S::kTile; }
+  int64_t column_of(int64_t tile) const { return tile % tiles_w * S::kTile; }
 };
 
 // A (kProducts, rows, C) GEMM operand whose rows are a block's tiles; `stride` is its allocated
@@ -101,170 +165,212 @@ struct Operand {
   }
 };
 
-// (kProducts, 16): row (phase a, b, entry xi, nu) holds U's coefficients of the weight's 16 taps
-// (kh, kw): G[xi][t] * G[nu][u] for the phase's taps kh = 3 - a - 2t, kw = 3 - b - 2u, else 0.
+// (kProducts, K^2): row (phase a, b, entry xi, nu) holds U's coefficients of the weight's taps
+// (kh, kw): G[xi][t] * G[nu][u] for the phase's taps kh = tap(a, t), kw = tap(b, u), else 0.
+template <typename S>
 at::Tensor filter_transform(const at::TensorOptions& options) {
-  std::vector<double> table(kProducts * 16, 0.0);
-  for (int phase = 0; phase < kPhases; ++phase) {
-    for (int e = 0; e < kEntries; ++e) {
-      for (int t = 0; t < 2; ++t) {
-        for (int u = 0; u < 2; ++u) {
-          const int tap = (3 - phase / 2 - 2 * t) * 4 + (3 - phase % 2 - 2 * u);
-          table[(phase * kEntries + e) * 16 + tap] =
-              kFilterTransform[e / kSpan][t] * kFilterTransform[e % kSpan][u];
+  constexpr int kTaps = S::kKernel * S::kKernel;
+  std::vector<double> table(S::kProducts * kTaps, 0.0);
+  for (int phase = 0; phase < S::kPhases; ++phase) {
+    const int a = phase / S::kStride, b = phase % S::kStride;
+    for (int e = 0; e < S::kEntries; ++e) {
+      for (int t = 0; t < S::kTaps; ++t) {
+        for (int u = 0; u < S::kTaps; ++u) {
+          table[(phase * S::kEntries + e) * kTaps + S::tap(a, t) * S::kKernel + S::tap(b, u)] =
+              S::kFilter[e / S::kSpan][t] * S::kFilter[e % S::kSpan][u];
         }
       }
     }
   }
-  return at::tensor(table, options.dtype(at::kDouble)).view({kProducts, 16}).to(options.dtype());
+  return at::tensor(table, options.dtype(at::kDouble))
+      .view({S::kProducts, kTaps})
+      .to(options.dtype());
 }
 
-// U of every phase and entry: (kProducts, C_in, C_out) GEMM operands, the filter transform
-// times the weight's taps as (16, C_in * C_out) rows, both GEMM operands read in order. The rows
-// come from a transposition of an NCHW weight, or from copies of a channels-last one's stretches
-// of C_out (it is stored (C_in, taps, C_out)).
-template <typename scalar_t>
+// The weight's taps as (K^2, C_in, C_out) rows, or (K^2, C_out, C_in) when Transposed. A weight
+// stored (outer, taps, inner) with the channels innermost, channels-last (outer C_in) or the
+// transposed view of a channels-last one (outer C_out: fastgan.ops.conv2d's turned kernels), gives
+// them by copies of its stretches of `inner` values or by a transposition per tap; an NCHW one by
+// one transposition; any other by a permuting copy.
+template <typename scalar_t, bool Transposed>
+void weight_taps(const at::Tensor& weight, int64_t K, const at::Tensor& taps) {
+  const int64_t C_in = weight.size(0), C_out = weight.size(1), count = K * K;
+  const int64_t pairs = C_in * C_out;
+  const at::IntArrayRef st = weight.strides();
+  const bool in_outer = st[1] == 1 && st[3] == C_out && st[2] == K * C_out && st[0] == count * C_out;
+  const bool out_outer = st[0] == 1 && st[3] == C_in && st[2] == K * C_in && st[1] == count * C_in;
+  const scalar_t* w = weight.const_data_ptr<scalar_t>();
+  scalar_t* rows = taps.mutable_data_ptr<scalar_t>();
+  if (in_outer || out_outer) {
+    const int64_t outer = in_outer ? C_in : C_out, inner = in_outer ? C_out : C_in;
+    if (in_outer != Transposed) {  // the rows wanted are (tap, outer, inner): copies
+      parallel_tasks(outer, count * inner, [&](int64_t o) {
+        for (int64_t tap = 0; tap < count; ++tap) {
+          std::copy_n(w + (o * count + tap) * inner, inner, rows + tap * pairs + o * inner);
+        }
+      });
+    } else {
+      parallel_tasks(count, pairs, [&](int64_t tap) {
+        at::vec::transpose_mxn<scalar_t>(w + tap * inner, count * inner, rows + tap * pairs,
+                                         outer, static_cast<int>(outer),
+                                         static_cast<int>(inner));
+      });
+    }
+  } else if (!Transposed) {
+    const at::Tensor dense = weight.contiguous();
+    transpose_matrix(dense.const_data_ptr<scalar_t>(), rows, pairs, count);
+  } else {
+    taps.view({K, K, C_out, C_in}).copy_(weight.permute({2, 3, 1, 0}));
+  }
+}
+
+// U of every phase and entry: (kProducts, C_in, C_out) GEMM operands (Transposed: U^T,
+// (kProducts, C_out, C_in), for the input gradient's products), the filter transform times the
+// weight's taps, both GEMM operands read in order.
+template <typename S, typename scalar_t, bool Transposed>
 at::Tensor transformed_weight(const at::Tensor& weight) {
   const int64_t C_in = weight.size(0), C_out = weight.size(1), pairs = C_in * C_out;
   const at::TensorOptions options = weight.options();
-  const at::Tensor taps = scratch(Scratch::kWeightTaps, {16, pairs}, options);
-  scalar_t* taps_data = taps.mutable_data_ptr<scalar_t>();
-  if (stored_channels_last(weight)) {
-    const scalar_t* w = weight.const_data_ptr<scalar_t>();
-    parallel_tasks(C_in, 16 * C_out, [&](int64_t ci) {
-      for (int64_t tap = 0; tap < 16; ++tap) {
-        std::copy_n(w + (ci * 16 + tap) * C_out, C_out, taps_data + tap * pairs + ci * C_out);
-      }
-    });
-  } else {
-    const at::Tensor w = weight.contiguous();
-    transpose_matrix(w.const_data_ptr<scalar_t>(), taps_data, pairs, 16);
-  }
-  at::Tensor u = scratch(Scratch::kWeight, {kProducts, pairs}, options);
-  matrix_product(u, filter_transform(options), taps);
-  return u.view({kProducts, C_in, C_out});
+  const at::Tensor taps = scratch(Scratch::kWeightTaps, {S::kKernel * S::kKernel, pairs}, options);
+  weight_taps<scalar_t, Transposed>(weight, S::kKernel, taps);
+  at::Tensor u = scratch(Scratch::kWeight, {S::kProducts, pairs}, options);
+  matrix_product(u, filter_transform<S>(options), taps);
+  return Transposed ? u.view({S::kProducts, C_out, C_in}) : u.view({S::kProducts, C_in, C_out});
 }
 
 // grad_weight = G^T dU G for the weight's taps: the adjoint of transformed_weight, a
-// (16, C_in * C_out) product reading dU in order, transposed to (C_in, C_out, 4, 4).
-template <typename scalar_t>
+// (K^2, C_in * C_out) product reading dU in order, transposed to (C_in, C_out, K, K).
+template <typename S, typename scalar_t>
 at::Tensor weight_gradient(const at::Tensor& transformed_gradient, int64_t C_in, int64_t C_out) {
+  constexpr int kTaps = S::kKernel * S::kKernel;
   const at::TensorOptions options = transformed_gradient.options();
-  at::Tensor taps = scratch(Scratch::kWeightTaps, {16, C_in * C_out}, options);
-  matrix_product(taps, filter_transform(options).t(),
-             transformed_gradient.view({kProducts, C_in * C_out}));
-  const at::Tensor grad = at::empty({C_in, C_out, 4, 4}, options);
-  transpose_matrix(taps.const_data_ptr<scalar_t>(), grad.mutable_data_ptr<scalar_t>(), 16,
+  at::Tensor taps = scratch(Scratch::kWeightTaps, {kTaps, C_in * C_out}, options);
+  matrix_product(taps, filter_transform<S>(options).t(),
+                 transformed_gradient.view({S::kProducts, C_in * C_out}));
+  const at::Tensor grad = at::empty({C_in, C_out, S::kKernel, S::kKernel}, options);
+  transpose_matrix(taps.const_data_ptr<scalar_t>(), grad.mutable_data_ptr<scalar_t>(), kTaps,
                    C_in * C_out);
   return grad;
 }
 
 // A block's (kProducts, rows, channels) GEMM operand in scratch memory, both as a tensor and as
 // the transforms' Operand.
-template <typename scalar_t>
+template <typename S, typename scalar_t>
 std::pair<at::Tensor, Operand<scalar_t>> block_operand(Scratch use, int64_t rows, int64_t channels,
                                                        const at::TensorOptions& options) {
-  const at::Tensor operand = scratch(use, {kProducts, rows, channels}, options);
+  const at::Tensor operand = scratch(use, {S::kProducts, rows, channels}, options);
   return {operand, Operand<scalar_t>{operand.mutable_data_ptr<scalar_t>(), rows, channels}};
 }
 
-// Fills a GEMM operand: for every tile and phase of `images` images and every vector of channels,
-// transformed(n, tile_h, tile_w, phase, c, count, out) computes the kSpan x kSpan entries of
-// image n's tile whose top-left output of the phase is at (tile_h, tile_w) in the phase's grid.
-template <typename scalar_t, typename Transformed>
-void fill_operand(const Tiling& tiling, int64_t images, const Operand<scalar_t>& operand,
-                  const Transformed& transformed) {
+// Fills a GEMM operand: for the tiles [first, last) of a block of images (row r - first of the
+// operand holds tile r), every phase and every vector of channels, transformed(n, tile_h, tile_w,
+// phase, c, count, out) computes the kSpan x kSpan entries of image n's tile whose top-left output
+// of the phase is at (tile_h, tile_w) in the phase's grid.
+template <typename S, typename scalar_t, typename Transformed>
+void fill_operand(const Tiling<S>& tiling, int64_t first, int64_t last,
+                  const Operand<scalar_t>& operand, const Transformed& transformed) {
   using Vector = Vec<scalar_t>;
   const int64_t C = operand.channels;
-  parallel_tasks(images * tiling.per_image, kProducts * C, [&](int64_t row) {
-    const int64_t n = row / tiling.per_image, tile = row % tiling.per_image;
-    const int64_t tile_h = tile / tiling.tiles_w * kTile, tile_w = tile % tiling.tiles_w * kTile;
-    for (int phase = 0; phase < kPhases; ++phase) {
+  parallel_tasks(last - first, S::kProducts * C, [&](int64_t row) {
+    const int64_t n = (first + row) / tiling.per_image, tile = (first + row) % tiling.per_image;
+    const int64_t tile_h = tiling.row_of(tile), tile_w = tiling.column_of(tile);
+    for (int phase = 0; phase < S::kPhases; ++phase) {
       for (int64_t c = 0; c < C; c += Vector::size()) {
         const int64_t count = std::min<int64_t>(Vector::size(), C - c);
-        Vector entries[kSpan][kSpan];
+        Vector entries[S::kSpan][S::kSpan];
         transformed(n, tile_h, tile_w, phase, c, count, entries);
-        for (int e = 0; e < kEntries; ++e) {
-          entries[e / kSpan][e % kSpan].store(operand.at(phase * kEntries + e, row) + c, count);
+        for (int e = 0; e < S::kEntries; ++e) {
+          entries[e / S::kSpan][e % S::kSpan].store(operand.at(phase * S::kEntries + e, row) + c,
+                                                    count);
         }
       }
     }
   });
 }
 
-// V = B^T d B of every tile and phase of `images` images given as dense rows (n, h, w) of C values
-// (the tile d of phase (a, b) starts at input pixel (tile_h + a - 1, tile_w + b - 1)).
-template <typename scalar_t>
-void transform_inputs(const Tiling& tiling, int64_t images, const scalar_t* rows,
+// V = B^T d B of every phase of tiles [first, last) of images given as dense rows (n, h, w) of C
+// values (the tile d of phase (a, b) starts at input pixel (tile_h + a, tile_w + b) + offset).
+template <typename S, typename scalar_t>
+void transform_inputs(const Tiling<S>& tiling, int64_t first, int64_t last, const scalar_t* rows,
                       const Operand<scalar_t>& v) {
   using Vector = Vec<scalar_t>;
-  const int64_t C = v.channels, H = tiling.height, W = tiling.width;
-  fill_operand(tiling, images, v, [&](int64_t n, int64_t tile_h, int64_t tile_w, int phase,
-                                      int64_t c, int64_t count, Vector (&entries)[kSpan][kSpan]) {
+  const int64_t C = v.channels, H = tiling.in_height, W = tiling.in_width;
+  fill_operand(tiling, first, last, v, [&](int64_t n, int64_t tile_h, int64_t tile_w, int phase,
+                                      int64_t c, int64_t count,
+                                      Vector (&entries)[S::kSpan][S::kSpan]) {
     const scalar_t* image = rows + n * H * W * C;
-    Vector d[kSpan][kSpan];
-    for (int p = 0; p < kSpan; ++p) {
-      for (int q = 0; q < kSpan; ++q) {
-        const int64_t h = tile_h + phase / 2 - 1 + p, w = tile_w + phase % 2 - 1 + q;
+    Vector d[S::kSpan][S::kSpan];
+    for (int p = 0; p < S::kSpan; ++p) {
+      for (int q = 0; q < S::kSpan; ++q) {
+        const int64_t h = tile_h + phase / S::kStride + tiling.offset + p;
+        const int64_t w = tile_w + phase % S::kStride + tiling.offset + q;
         d[p][q] = h >= 0 && h < H && w >= 0 && w < W
                       ? Vector::loadu(image + (h * W + w) * C + c, count)
                       : Vector(0);
       }
     }
-    transform<kSpan, kSpan, false>(kInputTransform, d, entries);
+    transform<S::kSpan, S::kSpan, false>(S::kInput, d, entries);
   });
 }
 
-// dM = A dY A^T of every tile and phase from the output gradient g, dense rows (n, oh, ow) of C.
-template <typename scalar_t>
-void transform_output_gradients(const Tiling& tiling, int64_t images, const scalar_t* g,
-                                const Operand<scalar_t>& dm) {
+// dM = A dY A^T of every phase of tiles [first, last) from the output gradient g, dense rows
+// (n, oh, ow) of C values.
+template <typename S, typename scalar_t>
+void transform_output_gradients(const Tiling<S>& tiling, int64_t first, int64_t last,
+                                const scalar_t* g, const Operand<scalar_t>& dm) {
   using Vector = Vec<scalar_t>;
   const int64_t C = dm.channels, H = tiling.height, W = tiling.width;
-  fill_operand(tiling, images, dm, [&](int64_t n, int64_t tile_h, int64_t tile_w, int phase,
-                                       int64_t c, int64_t count, Vector (&entries)[kSpan][kSpan]) {
-    const scalar_t* image = g + n * 4 * H * W * C;
-    Vector dy[kTile][kTile];
-    for (int i = 0; i < kTile; ++i) {
-      for (int j = 0; j < kTile; ++j) {
+  fill_operand(tiling, first, last, dm, [&](int64_t n, int64_t tile_h, int64_t tile_w, int phase,
+                                       int64_t c, int64_t count,
+                                       Vector (&entries)[S::kSpan][S::kSpan]) {
+    const scalar_t* image = g + n * S::kPhases * H * W * C;
+    Vector dy[S::kTile][S::kTile];
+    for (int i = 0; i < S::kTile; ++i) {
+      for (int j = 0; j < S::kTile; ++j) {
         const int64_t h = tile_h + i, w = tile_w + j;
-        const int64_t oh = 2 * h + phase / 2, ow = 2 * w + phase % 2;
-        dy[i][j] = h < H && w < W ? Vector::loadu(image + (oh * 2 * W + ow) * C + c, count)
-                                  : Vector(0);
+        const int64_t oh = S::kStride * h + phase / S::kStride;
+        const int64_t ow = S::kStride * w + phase % S::kStride;
+        dy[i][j] = h < H && w < W
+                       ? Vector::loadu(image + (oh * S::kStride * W + ow) * C + c, count)
+                       : Vector(0);
       }
     }
-    transform<kSpan, kTile, true>(kOutputTransform, dy, entries);
+    transform<S::kSpan, S::kTile, true>(S::kOutput, dy, entries);
   });
 }
 
-// The forward's epilogue: out = activation(A^T M A + bias) of every tile and phase, written as dense
-// rows (n, oh, ow) of C values.
-template <typename scalar_t>
-void transform_outputs(const Tiling& tiling, int64_t images, const Operand<scalar_t>& m,
+// The forward's epilogue: out = activation(A^T M A + bias) of every phase of tiles [first, last),
+// written as dense rows (n, oh, ow) of C values.
+template <typename S, typename scalar_t>
+void transform_outputs(const Tiling<S>& tiling, int64_t first, int64_t last,
+                       const Operand<scalar_t>& m,
                        const scalar_t* bias, Activation activation, scalar_t negative_slope,
                        scalar_t* out) {
   using Vector = Vec<scalar_t>;
   const int64_t C = m.channels, H = tiling.height, W = tiling.width;
   const Vector slope(negative_slope);
-  parallel_tasks(images * tiling.per_image, kProducts * C, [&](int64_t row) {
-    const int64_t n = row / tiling.per_image, tile = row % tiling.per_image;
-    scalar_t* image = out + n * 4 * H * W * C;
-    const int64_t h0 = tile / tiling.tiles_w * kTile, w0 = tile % tiling.tiles_w * kTile;
-    for (int phase = 0; phase < kPhases; ++phase) {
+  parallel_tasks(last - first, S::kProducts * C, [&](int64_t row) {
+    const int64_t n = (first + row) / tiling.per_image, tile = (first + row) % tiling.per_image;
+    scalar_t* image = out + n * S::kPhases * H * W * C;
+    const int64_t h0 = tiling.row_of(tile), w0 = tiling.column_of(tile);
+    for (int phase = 0; phase < S::kPhases; ++phase) {
       for (int64_t c = 0; c < C; c += Vector::size()) {
         const int64_t count = std::min<int64_t>(Vector::size(), C - c);
         const Vector b = bias != nullptr ? Vector::loadu(bias + c, count) : Vector(0);
-        Vector products[kSpan][kSpan], y[kTile][kTile];
-        for (int e = 0; e < kEntries; ++e) {
-          products[e / kSpan][e % kSpan] = Vector::loadu(m.at(phase * kEntries + e, row) + c, count);
+        Vector products[S::kSpan][S::kSpan], y[S::kTile][S::kTile];
+        for (int e = 0; e < S::kEntries; ++e) {
+          products[e / S::kSpan][e % S::kSpan] =
+              Vector::loadu(m.at(phase * S::kEntries + e, row) + c, count);
         }
-        transform<kTile, kSpan, false>(kOutputTransform, products, y);
-        for (int i = 0; i < kTile; ++i) {
-          for (int j = 0; j < kTile; ++j) {
+        transform<S::kTile, S::kSpan, false>(S::kOutput, products, y);
+        for (int i = 0; i < S::kTile; ++i) {
+          for (int j = 0; j < S::kTile; ++j) {
             const int64_t h = h0 + i, w = w0 + j;
             if (h >= H || w >= W) continue;
-            const int64_t oh = 2 * h + phase / 2, ow = 2 * w + phase % 2;
-            activate(activation, y[i][j] + b, slope).store(image + (oh * 2 * W + ow) * C + c, count);
+            const int64_t oh = S::kStride * h + phase / S::kStride;
+            const int64_t ow = S::kStride * w + phase % S::kStride;
+            activate(activation, y[i][j] + b, slope)
+                .store(image + (oh * S::kStride * W + ow) * C + c, count);
           }
         }
       }
@@ -272,106 +378,128 @@ void transform_outputs(const Tiling& tiling, int64_t images, const Operand<scala
   });
 }
 
-// grad_d = B dV B^T of every tile and phase of image n (row `first` of dv onwards), overlap-added
-// into `rows`, its dense rows (h, w) of C values (zeroed here).
-template <typename scalar_t>
-void add_input_gradients(const Tiling& tiling, const Operand<scalar_t>& dv, int64_t first,
-                         scalar_t* rows) {
+// grad_d = B dV B^T of every phase of tiles [first, last), overlap-added into `rows`, the images'
+// dense rows (n, h, w) of C values. The tasks split the channels: tiles overlap, channels do not.
+template <typename S, typename scalar_t>
+void add_input_gradients(const Tiling<S>& tiling, const Operand<scalar_t>& dv, int64_t first,
+                         int64_t last, scalar_t* rows) {
   using Vector = Vec<scalar_t>;
-  const int64_t C = dv.channels, H = tiling.height, W = tiling.width;
-  std::fill_n(rows, H * W * C, scalar_t(0));
-  for (int64_t tile = 0; tile < tiling.per_image; ++tile) {
-    for (int phase = 0; phase < kPhases; ++phase) {
-      const int64_t h0 = tile / tiling.tiles_w * kTile + phase / 2 - 1;
-      const int64_t w0 = tile % tiling.tiles_w * kTile + phase % 2 - 1;
-      for (int64_t c = 0; c < C; c += Vector::size()) {
-        const int64_t count = std::min<int64_t>(Vector::size(), C - c);
-        Vector products[kSpan][kSpan], dd[kSpan][kSpan];
-        for (int e = 0; e < kEntries; ++e) {
-          products[e / kSpan][e % kSpan] =
-              Vector::loadu(dv.at(phase * kEntries + e, first + tile) + c, count);
+  const int64_t C = dv.channels, H = tiling.in_height, W = tiling.in_width;
+  const int64_t vectors = (C + Vector::size() - 1) / Vector::size();
+  parallel_tasks(vectors, (last - first) * S::kProducts * Vector::size(), [&](int64_t vector) {
+    const int64_t c = vector * Vector::size();
+    const int64_t count = std::min<int64_t>(Vector::size(), C - c);
+    for (int64_t row = first; row < last; ++row) {
+      const int64_t n = row / tiling.per_image, tile = row % tiling.per_image;
+      scalar_t* image = rows + n * H * W * C;
+      for (int phase = 0; phase < S::kPhases; ++phase) {
+        const int64_t h0 = tiling.row_of(tile) + phase / S::kStride + tiling.offset;
+        const int64_t w0 = tiling.column_of(tile) + phase % S::kStride + tiling.offset;
+        Vector products[S::kSpan][S::kSpan], dd[S::kSpan][S::kSpan];
+        for (int e = 0; e < S::kEntries; ++e) {
+          products[e / S::kSpan][e % S::kSpan] =
+              Vector::loadu(dv.at(phase * S::kEntries + e, row - first) + c, count);
         }
-        transform<kSpan, kSpan, true>(kInputTransform, products, dd);
-        for (int p = 0; p < kSpan; ++p) {
-          for (int q = 0; q < kSpan; ++q) {
+        transform<S::kSpan, S::kSpan, true>(S::kInput, products, dd);
+        for (int p = 0; p < S::kSpan; ++p) {
+          for (int q = 0; q < S::kSpan; ++q) {
             const int64_t h = h0 + p, w = w0 + q;
             if (h < 0 || h >= H || w < 0 || w >= W) continue;
-            scalar_t* pixel = rows + (h * W + w) * C + c;
+            scalar_t* pixel = image + (h * W + w) * C + c;
             (Vector::loadu(pixel, count) + dd[p][q]).store(pixel, count);
           }
         }
       }
     }
-  }
+  });
 }
 
+// Images [0, images) of `pixels` x C dense rows each at `rows`, transposed into NCHW planes at
+// `planes`: in parallel over the images, or over strips of a single one.
 template <typename scalar_t>
+void rows_to_planes(const scalar_t* rows, scalar_t* planes, int64_t images, int64_t pixels,
+                    int64_t C) {
+  if (images == 1) return transpose_matrix(rows, planes, pixels, C);
+  parallel_tasks(images, pixels * C, [&](int64_t i) {
+    transpose_plane(rows + i * pixels * C, planes + i * pixels * C, pixels, C);
+  });
+}
+
+template <typename S, typename scalar_t>
 void forward(const Geometry& g, const Dense& x, const at::Tensor& weight, const at::Tensor& bias,
              Activation activation, scalar_t negative_slope, const at::Tensor& out,
              bool out_channels_last) {
-  const Tiling tiling(g.in_h, g.in_w);
+  const Tiling<S> tiling(g);
   const int64_t C_in = g.in_channels, C_out = g.out_channels;
   const int64_t in_image = g.in_h * g.in_w * C_in, out_image = g.out_h * g.out_w * C_out;
-  const int64_t most = tiling.images_per_block(C_in, C_out, g.batch);
+  const auto blocks = tiling.blocks(C_in, C_out, g.batch);
   const at::TensorOptions options = out.options();
-  const at::Tensor u = transformed_weight<scalar_t>(weight);
-  const at::Tensor x_buffer = scratch(Scratch::kInputRows, {x.channels_last ? 0 : most * in_image},
-                                      options);
-  const at::Tensor out_buffer =
-      scratch(Scratch::kOutputRows, {out_channels_last ? 0 : most * out_image}, options);
+  const at::Tensor u = transformed_weight<S, scalar_t, false>(weight);
+  const at::Tensor x_buffer =
+      scratch(Scratch::kInputRows, {x.channels_last ? 0 : blocks.images * in_image}, options);
+  const at::Tensor out_buffer = scratch(
+      Scratch::kOutputRows, {out_channels_last ? 0 : blocks.images * out_image}, options);
   scalar_t* out_data = out.mutable_data_ptr<scalar_t>();
-  for (int64_t first = 0; first < g.batch; first += most) {
-    const int64_t last = std::min(g.batch, first + most), images = last - first;
-    const int64_t rows = images * tiling.per_image;
-    const auto [v, v_operand] = block_operand<scalar_t>(Scratch::kTiles, rows, C_in, options);
-    auto [m, m_operand] = block_operand<scalar_t>(Scratch::kProducts, rows, C_out, options);
-    transform_inputs(tiling, images,
-                     rows_of(x, first, last, x_buffer.mutable_data_ptr<scalar_t>()), v_operand);
-    matrix_product(m, v, u);
+  for (int64_t first = 0; first < g.batch; first += blocks.images) {
+    const int64_t images = std::min(g.batch - first, blocks.images);
+    const scalar_t* x_rows =
+        rows_of(x, first, first + images, x_buffer.mutable_data_ptr<scalar_t>());
     scalar_t* out_rows = out_channels_last ? out_data + first * out_image
                                            : out_buffer.mutable_data_ptr<scalar_t>();
-    transform_outputs(tiling, images, m_operand,
-                      bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr, activation,
-                      negative_slope, out_rows);
+    const int64_t tiles = images * tiling.per_image;
+    const int64_t per_block = blocks.balanced(tiles);
+    for (int64_t tile = 0; tile < tiles; tile += per_block) {
+      const int64_t end = std::min(tiles, tile + per_block);
+      const auto [v, v_operand] =
+          block_operand<S, scalar_t>(Scratch::kTiles, end - tile, C_in, options);
+      auto [m, m_operand] =
+          block_operand<S, scalar_t>(Scratch::kProducts, end - tile, C_out, options);
+      transform_inputs(tiling, tile, end, x_rows, v_operand);
+      matrix_product(m, v, u);
+      transform_outputs(tiling, tile, end, m_operand,
+                        bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr, activation,
+                        negative_slope, out_rows);
+    }
     if (!out_channels_last) {
-      parallel_tasks(images, out_image, [&](int64_t i) {
-        transpose_plane(out_rows + i * out_image, out_data + (first + i) * out_image,
-                        g.out_h * g.out_w, C_out);
-      });
+      rows_to_planes(out_rows, out_data + first * out_image, images, g.out_h * g.out_w, C_out);
     }
   }
 }
 
-template <typename scalar_t>
+template <typename S, typename scalar_t>
 void backward(const Geometry& g, const Dense& grad_output, const Dense* result, const Dense& x,
               const at::Tensor& weight, Activation activation, scalar_t negative_slope,
               const at::Tensor& grad_input, at::Tensor* grad_weight,
               std::vector<double>* grad_bias) {
-  const Tiling tiling(g.in_h, g.in_w);
+  const Tiling<S> tiling(g);
   const int64_t C_in = g.in_channels, C_out = g.out_channels;
   const int64_t in_image = g.in_h * g.in_w * C_in, out_image = g.out_h * g.out_w * C_out;
   const bool want_input = grad_input.defined(), want_weight = grad_weight != nullptr;
-  const int64_t most = tiling.images_per_block(C_in, C_out, g.batch);
+  const auto blocks = tiling.blocks(C_in, C_out, g.batch);
   const at::TensorOptions options = grad_output.tensor.options();
   const Vec<scalar_t> slope(negative_slope);
   const bool g_in_place = grad_output.channels_last && result == nullptr;
-  const at::Tensor u = want_input ? transformed_weight<scalar_t>(weight) : at::Tensor();
+  const bool grad_input_channels_last = want_input && stored_channels_last(grad_input);
+  const at::Tensor u_t = want_input ? transformed_weight<S, scalar_t, true>(weight) : at::Tensor();
   // Written by the first block's products, then accumulated: no zero fill of up to 50 MiB (the
   // path's batch is never empty).
   at::Tensor du =
-      scratch(Scratch::kWeightGradient, {want_weight ? kProducts : 0, C_in, C_out}, options);
+      scratch(Scratch::kWeightGradient, {want_weight ? S::kProducts : 0, C_in, C_out}, options);
   const at::Tensor g_buffer =
-      scratch(Scratch::kOutputRows, {g_in_place ? 0 : most * out_image}, options);
-  const at::Tensor result_buffer =
-      scratch(Scratch::kResultRows, {result != nullptr ? most * out_image : 0}, options);
+      scratch(Scratch::kOutputRows, {g_in_place ? 0 : blocks.images * out_image}, options);
+  const at::Tensor result_buffer = scratch(
+      Scratch::kResultRows, {result != nullptr ? blocks.images * out_image : 0}, options);
   const at::Tensor x_buffer = scratch(
-      Scratch::kInputRows, {want_weight && !x.channels_last ? most * in_image : 0}, options);
+      Scratch::kInputRows, {want_weight && !x.channels_last ? blocks.images * in_image : 0},
+      options);
+  const at::Tensor grad_input_buffer = scratch(
+      Scratch::kInputGradientRows,
+      {want_input && !grad_input_channels_last ? blocks.images * in_image : 0}, options);
   std::vector<double> image_sums(grad_bias != nullptr ? g.batch * C_out : 0);
   scalar_t* grad_input_data = want_input ? grad_input.mutable_data_ptr<scalar_t>() : nullptr;
-  const bool grad_input_channels_last = want_input && stored_channels_last(grad_input);
-  for (int64_t first = 0; first < g.batch; first += most) {
-    const int64_t last = std::min(g.batch, first + most), images = last - first;
-    const int64_t rows = images * tiling.per_image;
+  bool accumulate = false;
+  for (int64_t first = 0; first < g.batch; first += blocks.images) {
+    const int64_t images = std::min(g.batch - first, blocks.images);
     parallel_tasks(images, out_image, [&](int64_t i) {
       image_gradient(grad_output, result, activation, slope, first + i,
                      g_in_place ? nullptr : g_buffer.mutable_data_ptr<scalar_t>() + i * out_image,
@@ -383,53 +511,92 @@ void backward(const Geometry& g, const Dense& grad_output, const Dense* result, 
     const scalar_t* g_rows = g_in_place
         ? grad_output.tensor.const_data_ptr<scalar_t>() + first * out_image
         : g_buffer.const_data_ptr<scalar_t>();
-    const auto [dm, dm_operand] = block_operand<scalar_t>(Scratch::kProducts, rows, C_out, options);
-    // V for grad_weight, then dV for grad_input.
-    auto [v, v_operand] = block_operand<scalar_t>(Scratch::kTiles, rows, C_in, options);
-    transform_output_gradients(tiling, images, g_rows, dm_operand);
-    if (want_weight) {
-      transform_inputs(tiling, images,
-                       rows_of(x, first, last, x_buffer.mutable_data_ptr<scalar_t>()), v_operand);
-      matrix_product(du, v.transpose(1, 2), dm, /*accumulate=*/first > 0);
+    const scalar_t* x_rows = want_weight
+        ? rows_of(x, first, first + images, x_buffer.mutable_data_ptr<scalar_t>())
+        : nullptr;
+    scalar_t* grad_input_rows = !want_input ? nullptr
+        : grad_input_channels_last ? grad_input_data + first * in_image
+                                   : grad_input_buffer.mutable_data_ptr<scalar_t>();
+    if (want_input) std::fill_n(grad_input_rows, images * in_image, scalar_t(0));
+    const int64_t tiles = images * tiling.per_image;
+    const int64_t per_block = blocks.balanced(tiles);
+    for (int64_t tile = 0; tile < tiles; tile += per_block) {
+      const int64_t end = std::min(tiles, tile + per_block);
+      const auto [dm, dm_operand] =
+          block_operand<S, scalar_t>(Scratch::kProducts, end - tile, C_out, options);
+      auto [v, v_operand] = block_operand<S, scalar_t>(Scratch::kTiles, end - tile, C_in, options);
+      transform_output_gradients(tiling, tile, end, g_rows, dm_operand);
+      if (want_weight) {
+        transform_inputs(tiling, tile, end, x_rows, v_operand);
+        matrix_product(du, v.transpose(1, 2), dm, accumulate);
+        accumulate = true;
+      }
+      if (want_input) {  // dV, in V's place
+        matrix_product(v, dm, u_t);
+        add_input_gradients(tiling, v_operand, tile, end, grad_input_rows);
+      }
     }
-    if (want_input) {
-      matrix_product(v, dm, u.transpose(1, 2));
-      parallel_tasks(images, kProducts * tiling.per_image * C_in, [&](int64_t i) {
-        scalar_t* image = grad_input_data + (first + i) * in_image;
-        thread_local std::vector<scalar_t> rows_buffer;
-        rows_buffer.resize(grad_input_channels_last ? 0 : in_image);
-        scalar_t* image_rows = grad_input_channels_last ? image : rows_buffer.data();
-        add_input_gradients(tiling, v_operand, i * tiling.per_image, image_rows);
-        if (!grad_input_channels_last) transpose_plane(image_rows, image, g.in_h * g.in_w, C_in);
-      });
+    if (want_input && !grad_input_channels_last) {
+      rows_to_planes(grad_input_rows, grad_input_data + first * in_image, images,
+                     g.in_h * g.in_w, C_in);
     }
   }
-  if (want_weight) *grad_weight = weight_gradient<scalar_t>(du, C_in, C_out);
+  if (want_weight) *grad_weight = weight_gradient<S, scalar_t>(du, C_in, C_out);
   if (grad_bias != nullptr) {
     for (int64_t i = 0; i < g.batch * C_out; ++i) (*grad_bias)[i % C_out] += image_sums[i];
   }
+}
+
+// fn(scheme) for the scheme of a geometry that winograd() accepts: a value of type S, to pick the
+// template.
+template <typename Fn>
+void with_scheme(const Geometry& g, const Fn& fn) {
+  if (g.stride_h == 2) {
+    fn(Stride2Kernel4());
+  } else {
+    fn(Stride1Kernel3());
+  }
+}
+
+// Whether g is one of the schemes' geometries: stride S, a K x K kernel, no output padding,
+// dilation or groups, and padding 1 (stride 2) or up to 2 (stride 1: 2 maps a padded input to
+// the size before padding, as a 3x3 nn.Conv2d after nn.ReflectionPad2d(1); fastgan.ops.conv2d
+// runs such a convolution so).
+template <typename S>
+bool fits(const Geometry& g) {
+  const bool padding = g.padding_h == g.padding_w &&
+                       (g.padding_h == 1 || (S::kStride == 1 && g.padding_h <= 2));
+  return padding && g.stride_h == S::kStride && g.stride_w == S::kStride &&
+         g.kernel_h == S::kKernel && g.kernel_w == S::kKernel &&
+         g.out_h == (g.in_h - 1) * S::kStride - 2 * g.padding_h + S::kKernel &&
+         g.out_w == (g.in_w - 1) * S::kStride - 2 * g.padding_w + S::kKernel &&
+         g.dilation_h == 1 && g.dilation_w == 1 && g.groups == 1;
 }
 
 }  // namespace
 
 bool winograd(const Geometry& g) {
   if (!allow_winograd().load(std::memory_order_relaxed)) return false;
-  const int64_t tiles = g.batch * ((g.in_h + kTile - 1) / kTile) * ((g.in_w + kTile - 1) / kTile);
-  return g.stride_h == 2 && g.stride_w == 2 && g.kernel_h == 4 && g.kernel_w == 4 &&
-         g.padding_h == 1 && g.padding_w == 1 && g.out_h == 2 * g.in_h &&
-         g.out_w == 2 * g.in_w && g.dilation_h == 1 && g.dilation_w == 1 && g.groups == 1 &&
-         std::min(g.in_channels, g.out_channels) >= kWinogradMinChannels &&
-         tiles >= kWinogradMinTiles &&
-         tiles * (g.in_channels + g.out_channels) * kWinogradTilesOverU.den >=
-             kWinogradTilesOverU.num * g.in_channels * g.out_channels;
+  if (!fits<Stride2Kernel4>(g) && !fits<Stride1Kernel3>(g)) return false;
+  const int64_t stride = g.stride_h;  // the tiles cover each phase's out / stride pixels
+  const int64_t tiles = g.batch * ((g.out_h / stride + 3) / 4) * ((g.out_w / stride + 3) / 4);
+  // The stride-1 scheme's U is 4 times the weight, not 6.25: it wins from kWinogradMinTiles on.
+  const bool operands_outweigh_u =
+      stride == 1 || tiles * (g.in_channels + g.out_channels) * kWinogradTilesOverU.den >=
+                         kWinogradTilesOverU.num * g.in_channels * g.out_channels;
+  return std::min(g.in_channels, g.out_channels) >= kWinogradMinChannels &&
+         tiles >= kWinogradMinTiles && operands_outweigh_u;
 }
 
 void winograd_forward(const Geometry& g, const Dense& x, const at::Tensor& weight,
                       const at::Tensor& bias, Activation activation, double negative_slope,
                       const at::Tensor& out, bool out_channels_last) {
   AT_DISPATCH_FLOATING_TYPES(x.tensor.scalar_type(), "conv_transpose2d", [&] {
-    forward<scalar_t>(g, x, weight, bias, activation, static_cast<scalar_t>(negative_slope), out,
-                      out_channels_last);
+    with_scheme(g, [&](auto scheme) {
+      forward<decltype(scheme), scalar_t>(g, x, weight, bias, activation,
+                                          static_cast<scalar_t>(negative_slope), out,
+                                          out_channels_last);
+    });
   });
 }
 
@@ -438,8 +605,11 @@ void winograd_backward(const Geometry& g, const Dense& grad_output, const Dense*
                        double negative_slope, const at::Tensor& grad_input,
                        at::Tensor* grad_weight, std::vector<double>* grad_bias) {
   AT_DISPATCH_FLOATING_TYPES(x.tensor.scalar_type(), "conv_transpose2d_backward", [&] {
-    backward<scalar_t>(g, grad_output, result, x, weight, activation,
-                       static_cast<scalar_t>(negative_slope), grad_input, grad_weight, grad_bias);
+    with_scheme(g, [&](auto scheme) {
+      backward<decltype(scheme), scalar_t>(g, grad_output, result, x, weight, activation,
+                                           static_cast<scalar_t>(negative_slope), grad_input,
+                                           grad_weight, grad_bias);
+    });
   });
 }
 

@@ -30,6 +30,14 @@ constexpr int64_t kBlockEntries = 1 << 22;
 //   python benchmarks/run.py --only convt r1   ("fastgan's kernels alone"; the r1 conv table)
 constexpr int64_t kWinogradLeastBlockEntries = 1 << 20;
 
+// The stride-1 (3x3) Winograd path's blocks are smaller: its transforms of wide images are
+// memory-bound. Blocks of 256 K - 512 K entries run up to 1.5 times faster than of 1 M or more;
+// fewer leave the GEMMs too few rows (the ResNet generator's 64 - 256 channel layers at 32 - 128
+// pixels, timed side by side in one process).
+//   python benchmarks/run.py --only cyclegan   (its convolution table)
+constexpr int64_t kWinograd3x3LeastBlockEntries = 1 << 18;
+constexpr int64_t kWinograd3x3MostBlockEntries = 1 << 19;
+
 // NCHW operands with fewer output channels per group take the planar path: the row orientation's
 // epilogue vectorizes over the channels, and fewer than one float32 vector of them waste it.
 //   python benchmarks/run.py --only convt   (the 64 -> 3 layer)

@@ -107,18 +107,44 @@ def _candidates(input, weight, geometry):
 _ENGINE_IS_OWN = {"torch": False, "fastgan": True}
 
 
+def _unpadded_3x3(weight, geometry):
+    """Whether the convolution is 3x3, stride 1, without padding (its input padded beforehand,
+    as by a ResNet generator's nn.ReflectionPad2d(1)). fastgan's kernels then run it as the
+    transposed convolution of the turned kernel (_turned) with padding 2, which maps input's
+    size to the output's: the Winograd path's tiles then cover the output rather than the
+    larger input (64 rather than 81 of them at 32 x 32 pixels)."""
+    stride, padding, dilation, groups = geometry
+    return (tuple(weight.shape[2:]) == (3, 3) and list(stride) == [1, 1]
+            and list(padding) == [0, 0] and list(dilation) == [1, 1] and groups == 1)
+
+
+_TURNED_PADDING = [2, 2]  # of the transposed convolution that computes an _unpadded_3x3 one
+
+
+def _turned(weight):
+    """The weight (C_in, C_out, 3, 3) of the transposed convolution that computes the convolution
+    by `weight` (C_out, C_in, 3, 3): its kernel turned by half a turn. A transposed view of the
+    turned copy, which the kernels read as it is stored (a transposing copy would cost more)."""
+    return weight.flip((2, 3)).transpose(0, 1)
+
+
 def _forward(input, weight, bias, geometry, own):
     """F.conv2d(input, weight, bias, *geometry), by fastgan's kernels when `own`: as the input
-    gradient of the transposed convolution whose output has input's shape."""
+    gradient of the transposed convolution whose output has input's shape (or, _unpadded_3x3,
+    as a transposed convolution of input)."""
     if not own:
         return F.conv2d(input, weight, bias, *geometry)
     stride, padding, dilation, groups = geometry
-    shape_of_out = _empty_in_layout_of(input, (input.shape[0], weight.shape[0],
-                                               *_out_size(input, weight, geometry)))
-    out = _ops.conv_transpose2d_backward(
-        input, shape_of_out, weight, None, stride, padding,
-        _output_padding(input, shape_of_out, weight, geometry), groups, dilation, "none", 0.0,
-        [True, False, False])[0]
+    if _unpadded_3x3(weight, geometry):
+        out = _ops.conv_transpose2d(input, _turned(weight), None, stride, _TURNED_PADDING,
+                                    [0, 0], groups, dilation, "none", 0.0)
+    else:
+        shape_of_out = _empty_in_layout_of(input, (input.shape[0], weight.shape[0],
+                                                   *_out_size(input, weight, geometry)))
+        out = _ops.conv_transpose2d_backward(
+            input, shape_of_out, weight, None, stride, padding,
+            _output_padding(input, shape_of_out, weight, geometry), groups, dilation, "none",
+            0.0, [True, False, False])[0]
     if (_suggests_channels_last(input) or _suggests_channels_last(weight)) and \
             not out.is_contiguous(memory_format=torch.channels_last):
         # torch's layout for the result: with one channel, channels-last strides are also NCHW
@@ -142,6 +168,10 @@ def _input_grad(grad_output, input, weight, geometry, own):
     if not own:
         return _convolution_backward(grad_output, input, weight, None, stride, padding, dilation,
                                      False, [0, 0], groups, [True, False, False])[0]
+    if _unpadded_3x3(weight, geometry):
+        return _ops.conv_transpose2d_backward(
+            grad_output, input, _turned(weight), None, stride, _TURNED_PADDING, [0, 0], groups,
+            dilation, "none", 0.0, [True, False, False])[0]
     return _ops.conv_transpose2d(grad_output, weight, None, stride, padding,
                                  _output_padding(input, grad_output, weight, geometry), groups,
                                  dilation, "none", 0.0)
@@ -158,6 +188,10 @@ def _weight_grad(grad_output, input, weight, geometry, own):
             weight = weight.contiguous()
         return _convolution_backward(grad_output, input, weight, None, stride, padding, dilation,
                                      False, [0, 0], groups, [False, True, False])[1]
+    if _unpadded_3x3(weight, geometry):  # the turned kernel's gradient, turned back
+        return _ops.conv_transpose2d_backward(
+            grad_output, input, weight.transpose(0, 1), None, stride, _TURNED_PADDING, [0, 0],
+            groups, dilation, "none", 0.0, [False, True, False])[1].transpose(0, 1).flip((2, 3))
     return _ops.conv_transpose2d_backward(
         input, grad_output, weight, None, stride, padding,
         _output_padding(input, grad_output, weight, geometry), groups, dilation, "none", 0.0,
