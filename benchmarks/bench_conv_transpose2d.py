@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import fastgan
 from fastgan import _backend
-from common import SuiteResult, compare, geometric_mean, matmul_rate, table
+from common import SuiteResult, compare, geometric_mean, matmul_rate, relative_error, table
 
 conv_transpose2d_module = importlib.import_module("fastgan.ops.conv_transpose2d")
 
@@ -114,11 +114,6 @@ def _run(device, dtype, min_run_time, precision):
     return SuiteResult(markdown, {"vs_eager": vs_eager, "vs_compile": vs_compile})
 
 
-def _relative_error(actual, exact):
-    """The largest deviation from the float64 result, over the result's largest magnitude."""
-    return ((actual.double() - exact).abs().max() / exact.abs().max()).item()
-
-
 def accuracy_table():
     """Each layer's float32 forward against the float64 result from the same inputs: torch's,
     fastgan's kernels with their default paths, and with fastgan.backends.cpu.allow_winograd
@@ -129,11 +124,11 @@ def accuracy_table():
         x = torch.randn(BATCH, c_in, size, size, generator=generator)
         weight = torch.randn(c_in, c_out, KERNEL, KERNEL, generator=generator) * 0.02
         exact = eager(x.double(), weight.double(), stride, padding, activation)
-        torch_error = _relative_error(eager(x, weight, stride, padding, activation), exact)
-        default_error = _relative_error(kernels_only(x, weight, stride, padding, activation),
+        torch_error = relative_error(eager(x, weight, stride, padding, activation), exact)
+        default_error = relative_error(kernels_only(x, weight, stride, padding, activation),
                                         exact)
         with fastgan.backends.cpu.flags(allow_winograd=False):
-            exact_error = _relative_error(kernels_only(x, weight, stride, padding, activation),
+            exact_error = relative_error(kernels_only(x, weight, stride, padding, activation),
                                           exact)
         rows.append([f"{c_in}->{c_out} ({size}->{exact.shape[-1]})", f"{torch_error:.1e}",
                      f"{default_error:.1e} ({default_error / torch_error:.1f}x)",

@@ -13,7 +13,7 @@ from torch.profiler import ProfilerActivity, profile
 
 import fastgan
 from fastgan import _reference, losses
-from common import SuiteResult, compare, matmul_rate, table
+from common import SuiteResult, compare, conv2d_part_rows, matmul_rate, table
 
 BATCH, IMAGE_SIZE, Z_DIM, GAMMA = 64, 64, 100, 10.0
 PROFILE_ROWS = 12
@@ -127,27 +127,14 @@ def conv2d_parts(device, dtype, min_run_time):
         discriminator(torch.zeros(BATCH, 3, IMAGE_SIZE, IMAGE_SIZE, device=device, dtype=dtype))
     for hook in hooks:
         hook.remove()
-    parts = (("forward", lambda x, w, g, geometry, own:
-              conv2d_module._forward(x, w, None, geometry, own)),
-             ("input gradient", lambda x, w, g, geometry, own:
-              conv2d_module._input_grad(g, x, w, geometry, own)),
-             ("weight gradient", lambda x, w, g, geometry, own:
-              conv2d_module._weight_grad(g, x, w, geometry, own)))
     rows = []
     for module, shape in shapes:
         layout = torch.channels_last
         x = torch.randn(shape, device=device, dtype=dtype).to(memory_format=layout)
         w = module.weight.detach().to(memory_format=layout)
         geometry = (module.stride, module.padding, module.dilation, module.groups)
-        g = torch.randn_like(conv2d_module._forward(x, w, None, geometry, False))
-        chosen = conv2d_module._own_kernels(x, w, None, geometry)
-        for (part, fn), own in zip(parts, chosen):
-            t = compare({own_kernels: lambda own=own_kernels: fn(x, w, g, geometry, own)
-                         for own_kernels in (False, True)}, device, min_run_time / 4)
-            rows.append([f"{module.in_channels} -> {module.out_channels}, "
-                         f"{shape[2]}x{shape[3]}", part, f"{t[False] * 1e3:.2f}",
-                         f"{t[True] * 1e3:.2f}", f"{t[False] / t[True]:.2f}x",
-                         "fastgan" if own else "torch"])
+        rows += conv2d_part_rows(f"{module.in_channels} -> {module.out_channels}, "
+                                 f"{shape[2]}x{shape[3]}", x, w, geometry, device, min_run_time)
     return rows
 
 

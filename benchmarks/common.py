@@ -3,6 +3,7 @@ structured result every suite returns."""
 import argparse
 import dataclasses
 import gc
+import importlib
 import math
 import statistics
 import time
@@ -107,3 +108,28 @@ def table(header, rows):
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def relative_error(actual, exact):
+    """The largest deviation from the float64 result, over the result's largest magnitude."""
+    return ((actual.double() - exact).abs().max() / exact.abs().max()).item()
+
+
+def conv2d_part_rows(label, x, w, geometry, device, min_run_time):
+    """Rows [label, part, torch ms, fastgan ms, ratio, the dispatch's choice] for each part of
+    fastgan.ops.conv2d(x, w, None, *geometry) on the CPU: torch's kernels (oneDNN) against
+    fastgan's, interleaved (min_run_time / 4 each)."""
+    conv2d_module = importlib.import_module("fastgan.ops.conv2d")
+    parts = (("forward", lambda g, own: conv2d_module._forward(x, w, None, geometry, own)),
+             ("input gradient", lambda g, own: conv2d_module._input_grad(g, x, w, geometry, own)),
+             ("weight gradient",
+              lambda g, own: conv2d_module._weight_grad(g, x, w, geometry, own)))
+    g = torch.randn_like(conv2d_module._forward(x, w, None, geometry, False))
+    chosen = conv2d_module._own_kernels(x, w, None, geometry)
+    rows = []
+    for (part, fn), own in zip(parts, chosen):
+        t = compare({own_kernels: lambda own_kernels=own_kernels: fn(g, own_kernels)
+                     for own_kernels in (False, True)}, device, min_run_time / 4)
+        rows.append([label, part, f"{t[False] * 1e3:.2f}", f"{t[True] * 1e3:.2f}",
+                     f"{t[False] / t[True]:.2f}x", "fastgan" if own else "torch"])
+    return rows

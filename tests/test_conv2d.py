@@ -130,6 +130,24 @@ def test_rule_chooses_the_engine():
         assert (recorder.fastgan_calls == 0) == (fastgan_calls == 0), (input_shape, weight_shape)
 
 
+@pytest.mark.parametrize("input_shape, padding, allow_winograd, expected", [
+    ((1, 64, 66, 66), 0, True, ("fastgan", "fastgan", "fastgan")),
+    ((1, 64, 64, 64), 1, True, ("fastgan", "fastgan", "fastgan")),
+    ((1, 64, 32, 32), 1, True, ("torch", "torch", "fastgan")),
+    ((1, 64, 16, 16), 1, True, ("torch", "torch", "torch")),
+    ((1, 64, 66, 66), 0, False, ("torch", "torch", "torch"))],
+    ids=["256-tiles-unpadded", "256-tiles", "64-tiles", "16-tiles", "winograd-off"])
+def test_rule_takes_winograd_3x3_where_it_pays(input_shape, padding, allow_winograd, expected):
+    """Without the benchmark, 3x3 stride-1 convolutions of 64 channels run by fastgan's Winograd
+    path in every part from 256 output tiles (64 x 64 pixels), in the weight gradient alone from
+    64 (32 x 32), and by torch's below or with allow_winograd off."""
+    geometry = ([1, 1], [padding, padding], [1, 1], 1)
+    with fastgan.backends.cpu.flags(allow_winograd=allow_winograd):
+        engines = conv2d_module._rule(torch.empty(input_shape), torch.empty(64, 64, 3, 3),
+                                      geometry)
+    assert (engines.forward, engines.input_grad, engines.weight_grad) == expected
+
+
 @pytest.mark.skipif(fastgan._backend.extension is None, reason="fastgan's kernels are not built")
 @pytest.mark.parametrize("input_shape, weight_shape, stride, padding", [
     ((64, 128, 16, 16), (256, 128, 4, 4), 2, 1), ((1, 64, 34, 34), (72, 64, 3, 3), 1, 0),

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from fastgan._checks import check_int, check_int_pair, check_tensor
+from fastgan.backends import cpu as switches
 from fastgan.ops import _dispatch, _tuning
 from fastgan.ops.conv_transpose2d import _empty_in_layout_of, _ops
 
@@ -78,9 +79,26 @@ def _rule(input, weight, geometry):
     small_map = out_h * out_w <= _tuning.CONV2D_SMALL_MAP_PIXELS and (
         weight[0].numel() >= _tuning.CONV2D_LONG_REDUCTION or out_h * out_w == 1)
     few_channels = weight.shape[1] <= _tuning.CONV2D_FEW_INPUT_CHANNELS
+    tiles = _winograd_tiles(input, weight, geometry)
+    winograd = tiles >= _tuning.CONV2D_WINOGRAD_TILES
+    winograd_weight = tiles >= _tuning.CONV2D_WINOGRAD_WEIGHT_GRAD_TILES
     engine = {True: "fastgan", False: "torch"}
-    return _dispatch.Engines(engine[small_map], engine[small_map or few_channels],
-                             engine[small_map])
+    return _dispatch.Engines(engine[small_map or winograd],
+                             engine[small_map or few_channels or winograd],
+                             engine[small_map or winograd_weight])
+
+
+def _winograd_tiles(input, weight, geometry):
+    """The 4x4 output tiles in the batch of a convolution that fastgan's kernels run by their
+    3x3 Winograd path (stride 1, padding 0 or 1, enough channels, allow_winograd); else 0."""
+    stride, padding, dilation, groups = geometry
+    if not (tuple(weight.shape[2:]) == (3, 3) and list(stride) == [1, 1]
+            and list(padding) in ([0, 0], [1, 1]) and list(dilation) == [1, 1] and groups == 1
+            and min(weight.shape[:2]) >= _tuning.CONV2D_WINOGRAD_CHANNELS
+            and switches.allow_winograd):
+        return 0
+    out_h, out_w = _out_size(input, weight, geometry)
+    return input.shape[0] * -(-out_h // 4) * -(-out_w // 4)
 
 
 def _candidates(input, weight, geometry):
