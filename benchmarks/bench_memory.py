@@ -1,6 +1,6 @@
 """Peak memory of DCGAN-64 training steps (D step with R1, then G step) as pytorch/examples
-writes the models (tests/pytorch_examples_dcgan.py): unconverted (PyTorch eager) against passed
-through `fastgan.nn.convert`.
+writes the models (tests/pytorch_examples_dcgan.py), and of CycleGAN iterations at 128x128:
+unconverted (PyTorch eager) against passed through `fastgan.nn.convert`.
 
 Each runs in a fresh process; the number is its peak resident memory (VmHWM: ru_maxrss would
 start from the peak of the process that started it, which Linux carries across exec) minus its
@@ -69,13 +69,44 @@ print(json.dumps({"baseline": baseline, "peak": peak,
 """
 
 
-def measure(backend, batch_size, steps, threads):
+# CycleGAN iterations at 128x128 with 6 residual blocks (bench_cyclegan's step, batch 1): the
+# torch.nn models, or those passed through fastgan.nn.convert. Its printed line is _CHILD's.
+_CYCLEGAN_CHILD = """
+import json, os, sys
+import torch
+import fastgan
+sys.path.append("benchmarks")
+from bench_cyclegan import _networks, training_step
+from fastgan import _reference
+
+_, steps, convert = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
+size, blocks = 128, 6
+
+def resident():
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+networks = [_reference.torch_modules(n) for n in _networks(blocks, torch.device("cpu"))]
+if convert:
+    networks = [fastgan.nn.convert(n) for n in networks]
+step = training_step(*networks, size, torch.device("cpu"), torch.float32)
+baseline = resident()
+for _ in range(steps):
+    step()
+with open("/proc/self/status") as status:
+    peak = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) * 1024
+print(json.dumps({"baseline": baseline, "peak": peak,
+                  "extension": fastgan.backend_info()["extension"]}))
+"""
+
+
+def measure(backend, batch_size, steps, threads, script=_CHILD):
     environment = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
                    "OMP_NUM_THREADS": str(threads)}
     environment.pop("FASTGAN_BACKEND", None)
 
     def child(steps):
-        result = subprocess.run([sys.executable, "-c", _CHILD, str(batch_size), str(steps),
+        result = subprocess.run([sys.executable, "-c", script, str(batch_size), str(steps),
                                  "1" if backend == "fastgan" else "0"], env=environment,
                                 cwd=ROOT, check=True, capture_output=True, text=True)
         return json.loads(result.stdout.strip().splitlines()[-1])
@@ -89,7 +120,8 @@ def measure(backend, batch_size, steps, threads):
 
 def run(device="cpu", dtype=torch.float32, min_run_time=None, batch_size=64, steps=3,
         threads=None):
-    """SuiteResult; figures: "eager_mib" and "fastgan_mib" (peak - before). The child processes
+    """SuiteResult; figures: "eager_mib" and "fastgan_mib" (peak - before), and the same for
+    the CycleGAN iteration ("cyclegan_eager_mib", "cyclegan_fastgan_mib"). The child processes
     measure the CPU's resident memory in float32, whatever `device` and `dtype` say; nothing is
     timed (`min_run_time` is unused)."""
     title = (f"### Peak memory of pytorch/examples DCGAN-64 training steps (D with R1, then G), "
@@ -98,15 +130,22 @@ def run(device="cpu", dtype=torch.float32, min_run_time=None, batch_size=64, ste
         return SuiteResult(title + "Measured for the CPU in float32 only.")
     threads = threads or torch.get_num_threads()
     mib = 2 ** 20
-    rows, figures = [], {}
-    for backend in ("eager", "fastgan"):
-        numbers = measure(backend, batch_size, steps, threads)
-        grown = (numbers["peak"] - numbers["baseline"]) / mib
-        figures[f"{backend}_mib"] = grown
-        rows.append([backend, f"{numbers['baseline'] / mib:.0f}", f"{numbers['peak'] / mib:.0f}",
-                     f"{grown:.0f}"])
+    figures = {}
+
+    def rows(script, prefix):
+        measured = []
+        for backend in ("eager", "fastgan"):
+            numbers = measure(backend, batch_size, steps, threads, script)
+            grown = (numbers["peak"] - numbers["baseline"]) / mib
+            figures[f"{prefix}{backend}_mib"] = grown
+            measured.append([backend, f"{numbers['baseline'] / mib:.0f}",
+                             f"{numbers['peak'] / mib:.0f}", f"{grown:.0f}"])
+        return measured
     header = ["backend", "resident before the steps (MiB)", "peak (MiB)", "peak - before (MiB)"]
-    return SuiteResult(title + table(header, rows), figures)
+    markdown = (title + table(header, rows(_CHILD, "")) + f"\n\n#### The same for {steps} "
+                "CycleGAN iterations (128x128, 6 residual blocks, batch 1; torch.nn models "
+                "against converted)\n\n" + table(header, rows(_CYCLEGAN_CHILD, "cyclegan_")))
+    return SuiteResult(markdown, figures)
 
 
 def main():

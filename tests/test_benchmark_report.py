@@ -29,7 +29,8 @@ FIGURES = {
            "r1_vs_eager": [5.0, 17.0]},
     "cyclegan": {"rows": [{"size": 128, "blocks": 6, "converted": 1.25, "fastgan": 1.3},
                           {"size": 256, "blocks": 9, "converted": 1.5, "fastgan": 2.0}]},
-    "memory": {"eager_mib": 512.4, "fastgan_mib": 300.0},
+    "memory": {"eager_mib": 512.4, "fastgan_mib": 300.0, "cyclegan_eager_mib": 900.0,
+               "cyclegan_fastgan_mib": 800.4},
 }
 
 BENCHMARKS_README = """# Benchmarks
@@ -114,7 +115,7 @@ def test_the_summary_replaces_the_text_between_the_markers(documents):
 
 def test_summary_rows_carry_the_suites_figures():
     rows = {row[0]: row[1:] for row in report.summary_rows(FIGURES)}
-    assert len(rows) == 9
+    assert len(rows) == 10
     convert = next(cells for what, cells in rows.items() if "fastgan.nn.convert" in what)
     assert convert[0] == "1.10x"
     d_step = next(cells for what, cells in rows.items() if "discriminator step with R1" in what)
@@ -127,8 +128,10 @@ def test_summary_rows_carry_the_suites_figures():
     assert bn == ["2.00x - 4.00x", "1.50x - 3.00x", "1.25x - 2.50x the four-pass floor"]
     r1 = next(cells for what, cells in rows.items() if "double backward" in what)
     assert r1[0] == "5.00x - 17.00x"
-    memory = next(cells for what, cells in rows.items() if "memory" in what)
+    memory = next(cells for what, cells in rows.items() if "memory a DCGAN" in what)
     assert memory[0] == "300 MiB against eager's 512 MiB"
+    memory = next(cells for what, cells in rows.items() if "memory a CycleGAN" in what)
+    assert memory[0] == "800 MiB against eager's 900 MiB"
     cyclegan = {what: cells for what, cells in rows.items() if what.startswith("CycleGAN")}
     assert cyclegan == {
         "CycleGAN training iteration at 128x128 (6 blocks) and 256x256 (9 blocks), torch.nn "
