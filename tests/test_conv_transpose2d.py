@@ -260,9 +260,9 @@ def test_winograd_path_is_taken_where_it_pays(case, batch, expected):
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("padding", [0, 1])
 def test_winograd_blocks_of_tiles_within_an_image(layout, padding):
-    """A large image's tiles run in several blocks (at most 512 K entries of V or M: 113 tiles
-    of 64 channels), which split its rows of tiles, and its input gradient is overlap-added
-    across them: outputs and gradients as torch's in float64."""
+    """A large image's tiles run in several blocks (with 64 channels, 256 K entries of V or M:
+    113 tiles), which split its rows of tiles, and its input gradient is overlap-added across
+    them: outputs and gradients as torch's in float64."""
     case = (64, 64, 3, 1, padding, 0, 1, 1, (97, 101))
     x, weight, b = make_operands(case, 1, torch.float64, "cpu", layout)
     out, grads = output_and_grads(conv_t, x, weight, b, hyper(case, "relu"))

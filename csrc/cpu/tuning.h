@@ -31,12 +31,14 @@ constexpr int64_t kBlockEntries = 1 << 22;
 constexpr int64_t kWinogradLeastBlockEntries = 1 << 20;
 
 // The stride-1 (3x3) Winograd path's blocks are smaller: its transforms of wide images are
-// memory-bound. Blocks of 256 K - 512 K entries run up to 1.5 times faster than of 1 M or more;
-// fewer leave the GEMMs too few rows (the ResNet generator's 64 - 256 channel layers at 32 - 128
-// pixels, timed side by side in one process).
+// memory-bound. With 64 - 128 channels, blocks of 256 K - 512 K entries run up to 1.5 times
+// faster than of 1 M or more, and fewer leave the GEMMs too few rows; with 256 channels (a
+// ResNet generator's residual blocks), whose U has 2.4 M entries, blocks of 1 M - 2 M entries
+// read it less often and run 5-15% faster than of 512 K (timed side by side in one process, the
+// operands of a dozen layers taking turns so that none stays in cache).
 //   python benchmarks/run.py --only cyclegan   (its convolution table)
 constexpr int64_t kWinograd3x3LeastBlockEntries = 1 << 18;
-constexpr int64_t kWinograd3x3MostBlockEntries = 1 << 19;
+constexpr int64_t kWinograd3x3MostBlockEntries = 1 << 20;
 
 // NCHW operands with fewer output channels per group take the planar path: the row orientation's
 // epilogue vectorizes over the channels, and fewer than one float32 vector of them waste it.
