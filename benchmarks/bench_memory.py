@@ -23,18 +23,33 @@ from common import SuiteResult, table
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# A child process's script: _MODELS (one of the two below) builds the models, optimizers and data
+# and defines step(); the rest measures. argv: batch size, steps, "1" to convert.
 _CHILD = """
 import json, os, sys
 import torch
 import fastgan
-sys.path.append("tests")
-from pytorch_examples_dcgan import Discriminator, Generator, weights_init
 
 batch_size, steps, convert = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"
 
 def resident():
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+{models}
+baseline = resident()
+for _ in range(steps):
+    step()
+with open("/proc/self/status") as status:
+    peak = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) * 1024
+print(json.dumps({{"baseline": baseline, "peak": peak,
+                  "extension": fastgan.backend_info()["extension"]}}))
+"""
+
+# pytorch/examples' DCGAN-64: a D step with R1, then a G step.
+_DCGAN = """
+sys.path.append("tests")
+from pytorch_examples_dcgan import Discriminator, Generator, weights_init
 
 torch.manual_seed(0)
 generator, discriminator = Generator(), Discriminator()
@@ -45,8 +60,8 @@ if convert:
 optimizer_g = torch.optim.Adam(generator.parameters(), lr=2e-4, betas=(0.5, 0.999))
 optimizer_d = torch.optim.Adam(discriminator.parameters(), lr=2e-4, betas=(0.5, 0.999))
 real = torch.rand(batch_size, 3, 64, 64) * 2 - 1
-baseline = resident()
-for _ in range(steps):
+
+def step():
     with torch.no_grad():
         fake = generator(torch.randn(batch_size, 100, 1, 1))
     real.requires_grad_(True)
@@ -62,51 +77,30 @@ for _ in range(steps):
     optimizer_g.zero_grad(set_to_none=True)
     torch.nn.functional.softplus(-fake_logits).mean().backward()
     optimizer_g.step()
-with open("/proc/self/status") as status:
-    peak = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) * 1024
-print(json.dumps({"baseline": baseline, "peak": peak,
-                  "extension": fastgan.backend_info()["extension"]}))
 """
 
-
-# CycleGAN iterations at 128x128 with 6 residual blocks (bench_cyclegan's step, batch 1): the
-# torch.nn models, or those passed through fastgan.nn.convert. Its printed line is _CHILD's.
-_CYCLEGAN_CHILD = """
-import json, os, sys
-import torch
-import fastgan
+# A CycleGAN iteration at 128x128 with 6 residual blocks (bench_cyclegan's step, batch 1: the
+# batch size argument is ignored) with the torch.nn models.
+_CYCLEGAN = """
 sys.path.append("benchmarks")
 from bench_cyclegan import _networks, training_step
 from fastgan import _reference
 
-_, steps, convert = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
-size, blocks = 128, 6
-
-def resident():
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-networks = [_reference.torch_modules(n) for n in _networks(blocks, torch.device("cpu"))]
+networks = [_reference.torch_modules(n) for n in _networks(6, torch.device("cpu"))]
 if convert:
     networks = [fastgan.nn.convert(n) for n in networks]
-step = training_step(*networks, size, torch.device("cpu"), torch.float32)
-baseline = resident()
-for _ in range(steps):
-    step()
-with open("/proc/self/status") as status:
-    peak = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) * 1024
-print(json.dumps({"baseline": baseline, "peak": peak,
-                  "extension": fastgan.backend_info()["extension"]}))
+step = training_step(*networks, 128, torch.device("cpu"), torch.float32)
 """
 
 
-def measure(backend, batch_size, steps, threads, script=_CHILD):
+def measure(backend, batch_size, steps, threads, models=_DCGAN):
     environment = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
                    "OMP_NUM_THREADS": str(threads)}
     environment.pop("FASTGAN_BACKEND", None)
 
     def child(steps):
-        result = subprocess.run([sys.executable, "-c", script, str(batch_size), str(steps),
+        result = subprocess.run([sys.executable, "-c", _CHILD.format(models=models),
+                                 str(batch_size), str(steps),
                                  "1" if backend == "fastgan" else "0"], env=environment,
                                 cwd=ROOT, check=True, capture_output=True, text=True)
         return json.loads(result.stdout.strip().splitlines()[-1])
@@ -132,19 +126,19 @@ def run(device="cpu", dtype=torch.float32, min_run_time=None, batch_size=64, ste
     mib = 2 ** 20
     figures = {}
 
-    def rows(script, prefix):
+    def rows(models, prefix):
         measured = []
         for backend in ("eager", "fastgan"):
-            numbers = measure(backend, batch_size, steps, threads, script)
+            numbers = measure(backend, batch_size, steps, threads, models)
             grown = (numbers["peak"] - numbers["baseline"]) / mib
             figures[f"{prefix}{backend}_mib"] = grown
             measured.append([backend, f"{numbers['baseline'] / mib:.0f}",
                              f"{numbers['peak'] / mib:.0f}", f"{grown:.0f}"])
         return measured
     header = ["backend", "resident before the steps (MiB)", "peak (MiB)", "peak - before (MiB)"]
-    markdown = (title + table(header, rows(_CHILD, "")) + f"\n\n#### The same for {steps} "
+    markdown = (title + table(header, rows(_DCGAN, "")) + f"\n\n#### The same for {steps} "
                 "CycleGAN iterations (128x128, 6 residual blocks, batch 1; torch.nn models "
-                "against converted)\n\n" + table(header, rows(_CYCLEGAN_CHILD, "cyclegan_")))
+                "against converted)\n\n" + table(header, rows(_CYCLEGAN, "cyclegan_")))
     return SuiteResult(markdown, figures)
 
 

@@ -132,11 +132,13 @@ struct Tiling {
   // each, so their operands stay in cache too.
   struct Blocks {
     int64_t images, tiles;
-    // Tiles per block for `count` tiles: at most `tiles`, in blocks of equal size (a last block
-    // of a few tiles would run its GEMMs on too few rows).
-    int64_t balanced(int64_t count) const {
+    // fn(first, end) for the blocks of tiles [first, end) that cover [0, count): at most `tiles`
+    // each, of equal size (a last block of a few tiles would run its GEMMs on too few rows).
+    template <typename Fn>
+    void each(int64_t count, const Fn& fn) const {
       const int64_t blocks = (count + tiles - 1) / tiles;
-      return (count + blocks - 1) / blocks;
+      const int64_t size = (count + blocks - 1) / blocks;
+      for (int64_t first = 0; first < count; first += size) fn(first, std::min(count, first + size));
     }
   };
   Blocks blocks(int64_t C_in, int64_t C_out, int64_t batch) const {
@@ -446,10 +448,7 @@ void forward(const Geometry& g, const Dense& x, const at::Tensor& weight, const 
         rows_of(x, first, first + images, x_buffer.mutable_data_ptr<scalar_t>());
     scalar_t* out_rows = out_channels_last ? out_data + first * out_image
                                            : out_buffer.mutable_data_ptr<scalar_t>();
-    const int64_t tiles = images * tiling.per_image;
-    const int64_t per_block = blocks.balanced(tiles);
-    for (int64_t tile = 0; tile < tiles; tile += per_block) {
-      const int64_t end = std::min(tiles, tile + per_block);
+    blocks.each(images * tiling.per_image, [&](int64_t tile, int64_t end) {
       const auto [v, v_operand] =
           block_operand<S, scalar_t>(Scratch::kTiles, end - tile, C_in, options);
       auto [m, m_operand] =
@@ -459,7 +458,7 @@ void forward(const Geometry& g, const Dense& x, const at::Tensor& weight, const 
       transform_outputs(tiling, tile, end, m_operand,
                         bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr, activation,
                         negative_slope, out_rows);
-    }
+    });
     if (!out_channels_last) {
       rows_to_planes(out_rows, out_data + first * out_image, images, g.out_h * g.out_w, C_out);
     }
@@ -518,10 +517,7 @@ void backward(const Geometry& g, const Dense& grad_output, const Dense* result, 
         : grad_input_channels_last ? grad_input_data + first * in_image
                                    : grad_input_buffer.mutable_data_ptr<scalar_t>();
     if (want_input) std::fill_n(grad_input_rows, images * in_image, scalar_t(0));
-    const int64_t tiles = images * tiling.per_image;
-    const int64_t per_block = blocks.balanced(tiles);
-    for (int64_t tile = 0; tile < tiles; tile += per_block) {
-      const int64_t end = std::min(tiles, tile + per_block);
+    blocks.each(images * tiling.per_image, [&](int64_t tile, int64_t end) {
       const auto [dm, dm_operand] =
           block_operand<S, scalar_t>(Scratch::kProducts, end - tile, C_out, options);
       auto [v, v_operand] = block_operand<S, scalar_t>(Scratch::kTiles, end - tile, C_in, options);
@@ -535,7 +531,7 @@ void backward(const Geometry& g, const Dense& grad_output, const Dense* result, 
         matrix_product(v, dm, u_t);
         add_input_gradients(tiling, v_operand, tile, end, grad_input_rows);
       }
-    }
+    });
     if (want_input && !grad_input_channels_last) {
       rows_to_planes(grad_input_rows, grad_input_data + first * in_image, images,
                      g.in_h * g.in_w, C_in);

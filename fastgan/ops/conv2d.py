@@ -91,9 +91,7 @@ def _rule(input, weight, geometry):
 def _winograd_tiles(input, weight, geometry):
     """The 4x4 output tiles in the batch of a convolution that fastgan's kernels run by their
     3x3 Winograd path (stride 1, padding 0 or 1, enough channels, allow_winograd); else 0."""
-    stride, padding, dilation, groups = geometry
-    if not (tuple(weight.shape[2:]) == (3, 3) and list(stride) == [1, 1]
-            and list(padding) in ([0, 0], [1, 1]) and list(dilation) == [1, 1] and groups == 1
+    if not (_stride_1_3x3(weight, geometry) and list(geometry[1]) in ([0, 0], [1, 1])
             and min(weight.shape[:2]) >= _tuning.CONV2D_WINOGRAD_CHANNELS
             and switches.allow_winograd):
         return 0
@@ -125,15 +123,20 @@ def _candidates(input, weight, geometry):
 _ENGINE_IS_OWN = {"torch": False, "fastgan": True}
 
 
+def _stride_1_3x3(weight, geometry):
+    """Whether the convolution is 3x3 with stride 1, no dilation and no groups."""
+    stride, _, dilation, groups = geometry
+    return (tuple(weight.shape[2:]) == (3, 3) and list(stride) == [1, 1]
+            and list(dilation) == [1, 1] and groups == 1)
+
+
 def _unpadded_3x3(weight, geometry):
     """Whether the convolution is 3x3, stride 1, without padding (its input padded beforehand,
     as by a ResNet generator's nn.ReflectionPad2d(1)). fastgan's kernels then run it as the
     transposed convolution of the turned kernel (_turned) with padding 2, which maps input's
     size to the output's: the Winograd path's tiles then cover the output rather than the
     larger input (64 rather than 81 of them at 32 x 32 pixels)."""
-    stride, padding, dilation, groups = geometry
-    return (tuple(weight.shape[2:]) == (3, 3) and list(stride) == [1, 1]
-            and list(padding) == [0, 0] and list(dilation) == [1, 1] and groups == 1)
+    return _stride_1_3x3(weight, geometry) and list(geometry[1]) == [0, 0]
 
 
 _TURNED_PADDING = [2, 2]  # of the transposed convolution that computes an _unpadded_3x3 one
