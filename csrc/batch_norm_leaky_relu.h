@@ -206,16 +206,33 @@ inline void check_input_and_params(const char* op, const at::Tensor& input,
   check_channel_tensor(op, "bias", bias, input, param_dtype);
 }
 
-// The backward op: grad_output like input; mean and var, the statistics that normalized the input,
-// in the parameters' dtype.
+// The statistics that normalized the input, in the parameters' dtype: (C,), or (N * C,) when
+// `instance` (per sample and channel).
+inline void check_statistics_tensor(const char* op, const char* name, const at::Tensor& t,
+                                    const at::Tensor& input, bool instance) {
+  if (!instance) {
+    check_channel_tensor(op, name, t, input, at::toOpMathType(input.scalar_type()));
+    return;
+  }
+  const int64_t count = input.size(0) * input.size(1);
+  TORCH_CHECK(t.dim() == 1 && t.size(0) == count, op, ": ", name,
+              " must have shape (N * C,) = (", count, ",) with instance statistics for input of "
+              "shape ", input.sizes(), ", got ", t.sizes());
+  TORCH_CHECK(t.scalar_type() == at::toOpMathType(input.scalar_type()), op, ": ", name,
+              " must have dtype ", at::toOpMathType(input.scalar_type()), ", got ",
+              t.scalar_type());
+  TORCH_CHECK(t.device() == input.device(), op, ": ", name, " is on ", t.device(),
+              " but input is on ", input.device());
+}
+
+// The backward op: grad_output like input; mean and var, the statistics that normalized the input.
 inline void check_backward_inputs(const char* op, const at::Tensor& grad_output,
                                   const at::Tensor& input, const at::Tensor& mean,
                                   const at::Tensor& var, const at::Tensor& weight,
-                                  const at::Tensor& bias, double eps) {
+                                  const at::Tensor& bias, double eps, bool instance) {
   check_input_and_params(op, input, weight, bias, eps);
-  const auto stats_dtype = at::toOpMathType(input.scalar_type());
-  check_channel_tensor(op, "mean", mean, input, stats_dtype);
-  check_channel_tensor(op, "var", var, input, stats_dtype);
+  check_statistics_tensor(op, "mean", mean, input, instance);
+  check_statistics_tensor(op, "var", var, input, instance);
   check_like_input(op, "grad_output", grad_output, input);
 }
 
@@ -227,8 +244,8 @@ inline void check_double_backward_inputs(const char* op, const at::Tensor& grad_
                                          const at::Tensor& grad_output, const at::Tensor& input,
                                          const at::Tensor& mean, const at::Tensor& var,
                                          const at::Tensor& weight, const at::Tensor& bias,
-                                         double eps) {
-  check_backward_inputs(op, grad_output, input, mean, var, weight, bias, eps);
+                                         double eps, bool instance) {
+  check_backward_inputs(op, grad_output, input, mean, var, weight, bias, eps, instance);
   if (grad_grad_input.defined()) check_like_input(op, "grad_grad_input", grad_grad_input, input);
   const auto param_dtype = at::toOpMathType(input.scalar_type());
   check_channel_tensor(op, "grad_grad_weight", grad_grad_weight, input, param_dtype);
@@ -240,8 +257,11 @@ inline void check_double_backward_inputs(const char* op, const at::Tensor& grad_
 inline void check_forward_inputs(const char* op, const at::Tensor& input,
                                  const at::Tensor& running_mean, const at::Tensor& running_var,
                                  const at::Tensor& weight, const at::Tensor& bias, bool training,
-                                 double momentum, double eps) {
+                                 double momentum, double eps, bool instance) {
   check_input_and_params(op, input, weight, bias, eps);
+  // Instance statistics are always the input's own; their running averages are the caller's.
+  TORCH_CHECK(!instance || (training && !running_mean.defined()), op,
+              ": instance statistics need training=True and no running statistics");
   check_channel_tensor(op, "running_mean", running_mean, input, std::nullopt);
   check_channel_tensor(op, "running_var", running_var, input, std::nullopt);
   TORCH_CHECK(running_mean.defined() == running_var.defined(), op,
@@ -249,9 +269,9 @@ inline void check_forward_inputs(const char* op, const at::Tensor& input,
   TORCH_CHECK(training || running_mean.defined(), op,
               ": running_mean and running_var are required when not training");
   TORCH_CHECK(momentum >= 0 && momentum <= 1, op, ": momentum must be in [0, 1], got ", momentum);
-  int64_t per_channel = input.size(0);
-  for (int64_t d = 2; d < input.dim(); ++d) per_channel *= input.size(d);
-  TORCH_CHECK_VALUE(!training || per_channel != 1, op,
+  int64_t per_statistic = instance ? 1 : input.size(0);
+  for (int64_t d = 2; d < input.dim(); ++d) per_statistic *= input.size(d);
+  TORCH_CHECK_VALUE(!training || per_statistic != 1, op,
                     ": expected more than 1 value per channel when training, got input size ",
                     input.sizes());
 }

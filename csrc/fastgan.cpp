@@ -21,22 +21,25 @@ TORCH_LIBRARY(fastgan, m) {
   // are given, as torch's batch norm does (lerp by `momentum`, the variance unbiased; any floating
   // dtype). Otherwise it normalizes with running_mean and running_var and returns two empty
   // tensors. The backward ops take the statistics that were used, and when `training`
-  // differentiate through them.
+  // differentiate through them. With `instance`, the statistics are per sample and channel
+  // (instance normalization: N * C of them, sample-major; training only, without running
+  // statistics), while weight and bias stay per channel.
   m.def(
       "batch_norm_leaky_relu(Tensor input, Tensor(a!)? running_mean, Tensor(b!)? running_var, "
       "Tensor? weight, Tensor? bias, bool training, float momentum, float eps, "
-      "float negative_slope) -> (Tensor output, Tensor batch_mean, Tensor batch_var)");
+      "float negative_slope, bool instance=False) -> (Tensor output, Tensor batch_mean, "
+      "Tensor batch_var)");
   m.def(
       "batch_norm_leaky_relu_backward(Tensor grad_output, Tensor input, Tensor mean, "
       "Tensor var, Tensor? weight, Tensor? bias, bool training, float eps, "
-      "float negative_slope, bool[3] output_mask) -> (Tensor grad_input, Tensor grad_weight, "
-      "Tensor grad_bias)");
+      "float negative_slope, bool[3] output_mask, bool instance=False) -> (Tensor grad_input, "
+      "Tensor grad_weight, Tensor grad_bias)");
   m.def(
       "batch_norm_leaky_relu_double_backward(Tensor? grad_grad_input, "
       "Tensor? grad_grad_weight, Tensor? grad_grad_bias, Tensor grad_output, Tensor input, "
       "Tensor mean, Tensor var, Tensor? weight, Tensor? bias, bool training, float eps, "
-      "float negative_slope, bool[3] output_mask) -> (Tensor grad_grad_output, "
-      "Tensor grad_input, Tensor grad_weight)");
+      "float negative_slope, bool[3] output_mask, bool instance=False) -> "
+      "(Tensor grad_grad_output, Tensor grad_input, Tensor grad_weight)");
 
   // Transposed convolution with bias and activation ("none", "relu", "leaky_relu", "tanh") fused
   // into the epilogue. The backward receives the forward's `result` (needed unless the

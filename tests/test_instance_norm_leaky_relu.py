@@ -136,6 +136,69 @@ def test_errors_name_the_argument():
         in_lrelu(x, negative_slope="0.2")
 
 
+@pytest.mark.parametrize("shape, layout", shape_layouts([(2, 64, 32, 32), (3, 40, 17, 19)]))
+def test_matches_torch_on_larger_maps(shape, layout):
+    """Maps large enough for the CPU kernels' blocked, multi-threaded walks (64 channels: whole
+    vectors per row; 40: a partial last vector), each sample with its own statistics."""
+    results = []
+    for fn in (in_lrelu, _reference.instance_norm_leaky_relu):
+        x, weight, bias, _, _ = _operands(shape, torch.float64, "cpu", layout, True, False)
+        # Samples and channels far apart in mean and scale: mixing any two would show.
+        offsets = torch.arange(shape[0] * shape[1], dtype=torch.float64).view(*shape[:2], 1, 1)
+        with torch.no_grad():
+            x.mul_(1 + offsets / 7).add_(offsets)
+        out = fn(x, None, None, weight, bias, True, 0.1, 1e-5, 0.2)
+        results.append([out, *first_and_second_order_grads(out, [x, weight, bias], seed=7)])
+    for actual, expected in zip(*results, strict=True):
+        assert_close(actual, expected)
+
+
+# The CPU kernels' instance mode, on the registered ops (CUDA input runs per sample instead).
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "non_contiguous"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(3, 4, 5, 5), (2, 4, 3, 2, 3)], ids=str)
+def test_instance_mode_opcheck(layout, dtype, shape):
+    x = make_input(shape, dtype, layout=layout)
+    go = make_input(shape, dtype, layout=layout, seed=4)
+    param_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    weight = make_input((4,), param_dtype, seed=5)
+    bias = make_input((4,), param_dtype, seed=6)
+    ops = torch.ops.fastgan
+    grad_x, grad_weight = x.clone().requires_grad_(), weight.clone().requires_grad_()
+    _, mean, var = ops.batch_norm_leaky_relu(x, None, None, weight, bias, True, 0.1, 1e-5, 0.2,
+                                             instance=True)
+    assert mean.shape == var.shape == (shape[0] * 4,)
+    cases = [
+        (ops.batch_norm_leaky_relu, (grad_x, None, None, grad_weight, bias, True, 0.1, 1e-5,
+                                     0.2), {"instance": True}),
+        (ops.batch_norm_leaky_relu_backward, (go.clone().requires_grad_(), grad_x, mean, var,
+                                              grad_weight, bias, True, 1e-5, 0.2,
+                                              [True, True, True]), {"instance": True}),
+        (ops.batch_norm_leaky_relu_double_backward, (go, None, torch.ones_like(weight), go, x,
+                                                     mean, var, weight, bias, True, 1e-5, 0.2,
+                                                     [True, True, True]), {"instance": True}),
+    ]
+    for op, args, kwargs in cases:
+        torch.library.opcheck(op, args, kwargs)
+
+
+def test_instance_mode_errors_name_the_argument():
+    x = torch.randn(2, 4, 5, 5)
+    ops = torch.ops.fastgan
+    with pytest.raises(RuntimeError, match="instance statistics need training=True"):
+        ops.batch_norm_leaky_relu(x, torch.zeros(4), torch.ones(4), None, None, True, 0.1, 1e-5,
+                                  0.2, instance=True)
+    with pytest.raises(RuntimeError, match="instance statistics need training=True"):
+        ops.batch_norm_leaky_relu(x, torch.zeros(4), torch.ones(4), None, None, False, 0.1,
+                                  1e-5, 0.2, instance=True)
+    with pytest.raises(RuntimeError, match="mean must have shape \\(N \\* C,\\) = \\(8,\\)"):
+        ops.batch_norm_leaky_relu_backward(x, x, torch.zeros(4), torch.ones(8), None, None, True,
+                                           1e-5, 0.2, [True, True, True], instance=True)
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        ops.batch_norm_leaky_relu(torch.randn(2, 4, 1, 1), None, None, None, None, True, 0.1,
+                                  1e-5, 0.2, instance=True)
+
+
 # --- modules --------------------------------------------------------------------------------------
 
 MODULES = [(InstanceNormLeakyReLU1d, nn.InstanceNorm1d, (3, 4, 9)),

@@ -38,6 +38,28 @@ std::vector<double> channel_values(const at::Tensor& t, int64_t channels, double
   return values;
 }
 
+// Per-channel values for each statistics channel of `layout` (ChannelLayout::statistics): repeated
+// for every sample when the statistics are per sample.
+std::vector<double> per_statistic(const std::vector<double>& values, const ChannelLayout& layout) {
+  if (!layout.instance) return values;
+  std::vector<double> repeated;
+  repeated.reserve(layout.statistics());
+  for (int64_t n = 0; n < layout.batch; ++n) {
+    repeated.insert(repeated.end(), values.begin(), values.end());
+  }
+  return repeated;
+}
+
+// Per-statistic values summed per channel, over the samples when the statistics are per sample:
+// the gradients of the per-channel weight and bias.
+std::vector<double> per_channel_sums(const std::vector<double>& values,
+                                     const ChannelLayout& layout) {
+  if (!layout.instance) return values;
+  std::vector<double> sums(layout.channels, 0.0);
+  for (size_t j = 0; j < values.size(); ++j) sums[j % layout.channels] += values[j];
+  return sums;
+}
+
 // running += momentum * (factor * batch - running), in running's own dtype: torch's update of the
 // running statistics, done here because as tensor ops it cost more than a small layer's kernels.
 void update_running(const at::Tensor& running, const std::vector<double>& batch, double factor,
@@ -100,13 +122,18 @@ struct DoubleBackwardSlots : AffineSlots {
 // large x * scale (exact for constant channels, accurate when |mean| >> std).
 struct ChannelParams {
   std::vector<double> mean, invstd, weight, scale, shift;
-  ChannelParams(int64_t C, const at::Tensor& mean_t, const at::Tensor& var_t,
+  // Per statistics channel of `layout`: mean_t and var_t hold one value each, weight_t and
+  // bias_t one per channel.
+  ChannelParams(const ChannelLayout& layout, const at::Tensor& mean_t, const at::Tensor& var_t,
                 const at::Tensor& weight_t, const at::Tensor& bias_t, double eps)
-      : mean(channel_values(mean_t, C, 0.0)), invstd(C), weight(channel_values(weight_t, C, 1.0)),
-        scale(C), shift(C) {
-    const auto var = channel_values(var_t, C, 1.0);
-    const auto bias = channel_values(bias_t, C, 0.0);
-    for (int64_t c = 0; c < C; ++c) {
+      : mean(channel_values(mean_t, layout.statistics(), 0.0)),
+        invstd(layout.statistics()),
+        weight(per_statistic(channel_values(weight_t, layout.channels, 1.0), layout)),
+        scale(layout.statistics()),
+        shift(layout.statistics()) {
+    const auto var = channel_values(var_t, layout.statistics(), 1.0);
+    const auto bias = per_statistic(channel_values(bias_t, layout.channels, 0.0), layout);
+    for (int64_t c = 0; c < layout.statistics(); ++c) {
       invstd[c] = inverse_std(var[c], eps);
       const auto a = affine(mean[c], invstd[c], weight[c], bias[c]);
       scale[c] = a.scale;
@@ -135,11 +162,11 @@ struct SavedOperands {
   ChannelParams ch;
   SavedOperands(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& mean,
                 const at::Tensor& var, const at::Tensor& weight, const at::Tensor& bias,
-                double eps)
-      : layout(choose_layout(input)),
+                double eps, bool instance)
+      : layout(choose_layout(input, instance)),
         x(to_layout(input, layout)),
         go(to_layout(grad_output, layout)),
-        ch(layout.channels, mean, var, weight, bias, eps) {}
+        ch(layout, mean, var, weight, bias, eps) {}
 };
 
 // leaky_relu'(xc * scale + bias) for xc = x - mean, vectorized (the header's leaky_relu_grad).
@@ -154,19 +181,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu(
     const at::Tensor& input, const std::optional<at::Tensor>& running_mean,
     const std::optional<at::Tensor>& running_var, const std::optional<at::Tensor>& weight,
     const std::optional<at::Tensor>& bias, bool training, double momentum, double eps,
-    double negative_slope) {
+    double negative_slope, bool instance) {
   constexpr const char* op = "fastgan::batch_norm_leaky_relu";
   const at::Tensor w = weight.value_or(at::Tensor()), b = bias.value_or(at::Tensor());
   const at::Tensor m = running_mean.value_or(at::Tensor()), v = running_var.value_or(at::Tensor());
   check_cpu(op, input);
   const auto opmath = at::toOpMathType(input.scalar_type());
-  check_forward_inputs(op, input, m, v, w, b, training, momentum, eps);
-  const auto layout = choose_layout(input);
-  const int64_t C = layout.channels;
+  check_forward_inputs(op, input, m, v, w, b, training, momentum, eps, instance);
+  const auto layout = choose_layout(input, instance);
+  const int64_t C = layout.statistics();
   const at::Tensor x = to_layout(input, layout);
   at::Tensor out = at::empty_like(x);
-  const double count = static_cast<double>(layout.per_channel());
-  const auto weights = channel_values(w, C, 1.0), biases = channel_values(b, C, 0.0);
+  const double count = static_cast<double>(layout.per_statistic());
+  const auto weights = per_statistic(channel_values(w, layout.channels, 1.0), layout);
+  const auto biases = per_statistic(channel_values(b, layout.channels, 0.0), layout);
   // Training: the batch statistics; evaluation: the running ones.
   std::vector<double> batch_mean(C, 0.0), batch_var(C, 1.0);
   if (!training) {
@@ -180,10 +208,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu(
     const scalar_t* data = x.const_data_ptr<scalar_t>();
     Coefficients<T, Slot::kCount> coef(C);
     if (training && count > 0) {
-      // Sums are of x minus the channel's first element (see moments_from_shifted_sums).
+      // Sums are of x minus the channel's first element (see moments_from_shifted_sums); with
+      // instance statistics, statistics channel c is channel c % C of sample c / C.
+      const int64_t channels = layout.channels, sample = layout.spatial * channels;
       for (int64_t c = 0; c < C; ++c) {
-        coef.values[Slot::kShift][c] =
-            static_cast<T>(data[layout.stored_channels_last ? c : c * layout.spatial]);
+        coef.values[Slot::kShift][c] = static_cast<T>(
+            data[layout.stored_channels_last ? c / channels * sample + c % channels
+                                             : c * layout.spatial]);
       }
     }
     auto set_affine = [&](int64_t c) {
@@ -240,17 +271,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu_backward(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& mean,
     const at::Tensor& var, const std::optional<at::Tensor>& weight,
     const std::optional<at::Tensor>& bias, bool training, double eps, double negative_slope,
-    std::array<bool, 3> output_mask) {
+    std::array<bool, 3> output_mask, bool instance) {
   constexpr const char* op = "fastgan::batch_norm_leaky_relu_backward";
   const at::Tensor w = weight.value_or(at::Tensor()), b = bias.value_or(at::Tensor());
   check_cpu(op, input);
-  check_backward_inputs(op, grad_output, input, mean, var, w, b, eps);
-  const SavedOperands saved(grad_output, input, mean, var, w, b, eps);
+  check_backward_inputs(op, grad_output, input, mean, var, w, b, eps, instance);
+  const SavedOperands saved(grad_output, input, mean, var, w, b, eps, instance);
   const ChannelLayout& layout = saved.layout;
   const at::Tensor &x = saved.x, &go = saved.go;
   const ChannelParams& ch = saved.ch;
-  const int64_t C = layout.channels;
-  const double count = static_cast<double>(layout.per_channel());
+  const int64_t C = layout.statistics();
+  const double count = static_cast<double>(layout.per_statistic());
   at::Tensor grad_input = output_mask[0] ? at::empty_like(x) : at::Tensor();
   std::vector<double> grad_weight(C, 0.0), grad_bias(C, 0.0);
   const bool need_sums = output_mask[1] || output_mask[2] || (training && output_mask[0]);
@@ -262,8 +293,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu_backward(
     const V slope(static_cast<T>(negative_slope));
     Coefficients<T, P> coef(C);
     ch.store_affine(coef);
-    auto finish = [&](int64_t c, const double* sums) {
-      const double sum_g = need_sums ? sums[0] : 0.0, sum_g_xc = need_sums ? sums[1] : 0.0;
+    auto set_coefficients = [&](int64_t c, double sum_g, double sum_g_xc) {
       grad_weight[c] = ch.invstd[c] * sum_g_xc;
       grad_bias[c] = sum_g;
       const auto k = backward_coefficients<double>(training, count, ch.mean[c], ch.invstd[c],
@@ -274,6 +304,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu_backward(
       coef.values[Slot::kConstant][c] =
           static_cast<T>(k.constant + coef.values[Slot::kMean][c] * k.input);
     };
+    auto finish = [&](int64_t c, const double* sums) { set_coefficients(c, sums[0], sums[1]); };
     // Sums of g and g * (x - mean), g = grad_out * leaky_relu'(y).
     auto accumulate = [&](V* acc, const V* in, const V* k) {
       const V xc = in[0] - k[Slot::kMean];
@@ -297,16 +328,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu_backward(
       reduce_then_map<scalar_t, 2, 2, P, 0>(layout, data, coef.pointers(), {}, accumulate, finish,
                                             apply);
     } else if (output_mask[0]) {  // evaluation, grad_input only: no sums needed
-      reduce_then_map<scalar_t, 0, 2, P, 1>(layout, data, coef.pointers(),
-                                            {grad_input.mutable_data_ptr<scalar_t>()}, accumulate,
-                                            finish, apply);
+      reduce_then_map<scalar_t, 0, 2, P, 1>(
+          layout, data, coef.pointers(), {grad_input.mutable_data_ptr<scalar_t>()}, accumulate,
+          [&](int64_t c, const double*) { set_coefficients(c, 0.0, 0.0); }, apply);
     }
   });
   return {output_mask[0] ? grad_input : input.new_empty({0}),
-          output_mask[1] && w.defined() ? channel_tensor(grad_weight, w.options())
-                                        : input.new_empty({0}),
-          output_mask[2] && b.defined() ? channel_tensor(grad_bias, b.options())
-                                        : input.new_empty({0})};
+          output_mask[1] && w.defined()
+              ? channel_tensor(per_channel_sums(grad_weight, layout), w.options())
+              : input.new_empty({0}),
+          output_mask[2] && b.defined()
+              ? channel_tensor(per_channel_sums(grad_bias, layout), b.options())
+              : input.new_empty({0})};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu_double_backward(
@@ -315,7 +348,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu_double_back
     const std::optional<at::Tensor>& grad_grad_bias, const at::Tensor& grad_output,
     const at::Tensor& input, const at::Tensor& mean, const at::Tensor& var,
     const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias, bool training,
-    double eps, double negative_slope, std::array<bool, 3> output_mask) {
+    double eps, double negative_slope, std::array<bool, 3> output_mask, bool instance) {
   constexpr const char* op = "fastgan::batch_norm_leaky_relu_double_backward";
   const at::Tensor w = weight.value_or(at::Tensor()), b = bias.value_or(at::Tensor());
   check_cpu(op, input);
@@ -323,15 +356,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu_double_back
   const at::Tensor ggw_in = grad_grad_weight.value_or(at::Tensor());
   const at::Tensor ggb_in = grad_grad_bias.value_or(at::Tensor());
   check_double_backward_inputs(op, ggi_in, ggw_in, ggb_in, grad_output, input, mean, var, w, b,
-                               eps);
-  const SavedOperands saved(grad_output, input, mean, var, w, b, eps);
+                               eps, instance);
+  const SavedOperands saved(grad_output, input, mean, var, w, b, eps, instance);
   const ChannelLayout& layout = saved.layout;
   const at::Tensor &x = saved.x, &go = saved.go;
   const ChannelParams& ch = saved.ch;
-  const int64_t C = layout.channels;
-  const double count = static_cast<double>(layout.per_channel());
+  const int64_t C = layout.statistics();
+  const double count = static_cast<double>(layout.per_statistic());
   const at::Tensor ggi = ggi_in.defined() ? to_layout(ggi_in, layout) : at::zeros_like(x);
-  const auto ggw = channel_values(ggw_in, C, 0.0), ggb = channel_values(ggb_in, C, 0.0);
+  const auto ggw = per_statistic(channel_values(ggw_in, layout.channels, 0.0), layout);
+  const auto ggb = per_statistic(channel_values(ggb_in, layout.channels, 0.0), layout);
   // Only the outputs asked for are computed: R1 with a constant upstream gradient needs no
   // grad_grad_output, which saves a write of the input's size.
   at::Tensor grad_grad_output = output_mask[0] ? at::empty_like(x) : at::Tensor();
@@ -414,8 +448,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu_double_back
   });
   return {output_mask[0] ? grad_grad_output : input.new_empty({0}),
           output_mask[1] ? grad_input : input.new_empty({0}),
-          output_mask[2] && w.defined() ? channel_tensor(grad_weight, w.options())
-                                        : input.new_empty({0})};
+          output_mask[2] && w.defined()
+              ? channel_tensor(per_channel_sums(grad_weight, layout), w.options())
+              : input.new_empty({0})};
 }
 
 }  // namespace

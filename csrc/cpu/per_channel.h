@@ -572,7 +572,7 @@ inline bool walk_channels(const ChannelLayout& layout, int inputs, int64_t bytes
          input_bytes > kStorageOrderMaxBytes;
 }
 
-// For each channel c:
+// For each channel c (a layout without instance statistics):
 //   1. K sums over its elements of accumulate(Vec acc[K], const Vec in[I], const Vec coef[P]),
 //   2. finish(c, const double sums[K]) sets the channel's coefficients (coefficients[p][c],
 //      including those that the map reads); a finish returning false is given the channel's sums
@@ -583,10 +583,12 @@ inline bool walk_channels(const ChannelLayout& layout, int inputs, int64_t bytes
 // thread count.
 template <typename scalar_t, int K, int I, int P, int O, typename Accumulate, typename Finish,
           typename Map>
-void reduce_then_map(const ChannelLayout& layout, const std::array<const scalar_t*, I>& inputs,
-                     const std::array<opmath_t<scalar_t>*, P>& coefficients,
-                     const std::array<scalar_t*, O>& outputs, const Accumulate& accumulate,
-                     const Finish& finish, const Map& map) {
+void reduce_then_map_per_channel(const ChannelLayout& layout,
+                                 const std::array<const scalar_t*, I>& inputs,
+                                 const std::array<opmath_t<scalar_t>*, P>& coefficients,
+                                 const std::array<scalar_t*, O>& outputs,
+                                 const Accumulate& accumulate, const Finish& finish,
+                                 const Map& map) {
   const int64_t C = layout.channels;
   if constexpr (K > 0 && O > 0) {
     if (walk_channels(layout, I, sizeof(scalar_t))) {
@@ -637,6 +639,41 @@ void reduce_then_map(const ChannelLayout& layout, const std::array<const scalar_
     if (layout.per_channel() > 0) {
       map_in_storage_order<scalar_t, I, P, O>(layout, inputs, coefficients, outputs, map);
     }
+  }
+}
+
+// reduce_then_map_per_channel over the layout's statistics channels (ChannelLayout::statistics):
+// with instance statistics, `finish` and the coefficients see channel n * C + c of sample n.
+// Channels-first (N, C, S) is then (1, N * C, S) in the same memory; channels-last samples are
+// walked one after another, each a (1, S, C) tensor of its own.
+template <typename scalar_t, int K, int I, int P, int O, typename Accumulate, typename Finish,
+          typename Map>
+void reduce_then_map(const ChannelLayout& layout, const std::array<const scalar_t*, I>& inputs,
+                     const std::array<opmath_t<scalar_t>*, P>& coefficients,
+                     const std::array<scalar_t*, O>& outputs, const Accumulate& accumulate,
+                     const Finish& finish, const Map& map) {
+  if (!layout.instance) {
+    reduce_then_map_per_channel<scalar_t, K, I, P, O>(layout, inputs, coefficients, outputs,
+                                                      accumulate, finish, map);
+    return;
+  }
+  const int64_t N = layout.batch, C = layout.channels, S = layout.spatial;
+  if (!layout.stored_channels_last) {
+    const ChannelLayout merged{1, N * C, S, false, S == 1};
+    reduce_then_map_per_channel<scalar_t, K, I, P, O>(merged, inputs, coefficients, outputs,
+                                                      accumulate, finish, map);
+    return;
+  }
+  const ChannelLayout sample{1, C, S, true, true};
+  auto shifted = [](auto pointers, int64_t by) {
+    for (auto& pointer : pointers) pointer += by;
+    return pointers;
+  };
+  for (int64_t n = 0; n < N; ++n) {
+    reduce_then_map_per_channel<scalar_t, K, I, P, O>(
+        sample, shifted(inputs, n * S * C), shifted(coefficients, n * C),
+        shifted(outputs, n * S * C), accumulate,
+        [&](int64_t c, const double* sums) { return finish(n * C + c, sums); }, map);
   }
 }
 

@@ -687,12 +687,16 @@ void map_per_channel(const Op& op, const Pointers<const scalar_t*, Op::I>& in,
 // ------------------------------------------------------------------------------------------------
 // Host: the ops
 
-void check_cuda(const char* op, const at::Tensor& input) {
+// Instance statistics are the CPU kernels' (fastgan.ops.instance_norm_leaky_relu views
+// channels-first CUDA input as one sample of N * C channels, and runs channels-last input per
+// sample).
+void check_cuda(const char* op, const at::Tensor& input, bool instance) {
   const auto dtype = input.scalar_type();
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf ||
                   dtype == at::kBFloat16,
               op, ": the CUDA kernels support float32, float64, float16 and bfloat16 input, got ",
               dtype);
+  TORCH_CHECK(!instance, op, ": instance=True is implemented on the CPU only");
 }
 
 // Checked once here so that grid dimensions (channels on gridDim.x) cannot overflow.
@@ -728,13 +732,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu(
     const at::Tensor& input, const std::optional<at::Tensor>& running_mean,
     const std::optional<at::Tensor>& running_var, const std::optional<at::Tensor>& weight,
     const std::optional<at::Tensor>& bias, bool training, double momentum, double eps,
-    double negative_slope) {
+    double negative_slope, bool instance) {
   constexpr const char* op = "fastgan::batch_norm_leaky_relu";
   const at::Tensor w = weight.value_or(at::Tensor()), b = bias.value_or(at::Tensor());
   const at::Tensor m = running_mean.value_or(at::Tensor()), v = running_var.value_or(at::Tensor());
-  check_cuda(op, input);
+  check_cuda(op, input, instance);
   const auto opmath = at::toOpMathType(input.scalar_type());
-  check_forward_inputs(op, input, m, v, w, b, training, momentum, eps);
+  check_forward_inputs(op, input, m, v, w, b, training, momentum, eps, instance);
   c10::cuda::CUDAGuard guard(input.device());
   const ChannelLayout layout = choose_layout(input);
   check_channels(op, layout);
@@ -808,12 +812,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu_backward(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& mean,
     const at::Tensor& var, const std::optional<at::Tensor>& weight,
     const std::optional<at::Tensor>& bias, bool training, double eps, double negative_slope,
-    std::array<bool, 3> output_mask) {
+    std::array<bool, 3> output_mask, bool instance) {
   constexpr const char* op = "fastgan::batch_norm_leaky_relu_backward";
   const at::Tensor w = weight.value_or(at::Tensor()), b = bias.value_or(at::Tensor());
-  check_cuda(op, input);
+  check_cuda(op, input, instance);
   const auto opmath = at::toOpMathType(input.scalar_type());
-  check_backward_inputs(op, grad_output, input, mean, var, w, b, eps);
+  check_backward_inputs(op, grad_output, input, mean, var, w, b, eps, instance);
   c10::cuda::CUDAGuard guard(input.device());
   // As on the CPU: grad_weight / grad_bias only exist for a defined weight / bias, and outputs not
   // asked for are returned empty.
@@ -869,16 +873,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_leaky_relu_double_back
     const std::optional<at::Tensor>& grad_grad_bias, const at::Tensor& grad_output,
     const at::Tensor& input, const at::Tensor& mean, const at::Tensor& var,
     const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias, bool training,
-    double eps, double negative_slope, std::array<bool, 3> output_mask) {
+    double eps, double negative_slope, std::array<bool, 3> output_mask, bool instance) {
   constexpr const char* op = "fastgan::batch_norm_leaky_relu_double_backward";
   const at::Tensor w = weight.value_or(at::Tensor()), b = bias.value_or(at::Tensor());
-  check_cuda(op, input);
+  check_cuda(op, input, instance);
   const auto opmath = at::toOpMathType(input.scalar_type());
   const at::Tensor ggi_in = grad_grad_input.value_or(at::Tensor());
   const at::Tensor ggw_in = grad_grad_weight.value_or(at::Tensor());
   const at::Tensor ggb_in = grad_grad_bias.value_or(at::Tensor());
   check_double_backward_inputs(op, ggi_in, ggw_in, ggb_in, grad_output, input, mean, var, w, b,
-                               eps);
+                               eps, instance);
   c10::cuda::CUDAGuard guard(input.device());
   // As on the CPU: grad_weight only exists for a defined weight; outputs not asked for are empty.
   const bool want_grad_output = output_mask[0], want_input = output_mask[1];

@@ -72,14 +72,16 @@ def _register():
 
     @torch.library.register_fake(lib + "batch_norm_leaky_relu")
     def _(input, running_mean, running_var, weight, bias, training, momentum, eps,
-          negative_slope):
-        stats_shape = (input.shape[1],) if training else (0,)
+          negative_slope, instance=False):
+        statistics = input.shape[0] * input.shape[1] if instance else input.shape[1]
+        stats_shape = (statistics,) if training else (0,)
         dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
         return (_empty_like_kernel_output(input), input.new_empty(stats_shape, dtype=dtype),
                 input.new_empty(stats_shape, dtype=dtype))
 
     @torch.library.register_fake(lib + "batch_norm_leaky_relu_backward")
-    def _(grad_output, input, mean, var, weight, bias, training, eps, negative_slope, output_mask):
+    def _(grad_output, input, mean, var, weight, bias, training, eps, negative_slope, output_mask,
+          instance=False):
         return (_empty_or(output_mask[0], lambda: _empty_like_kernel_output(input), input),
                 _empty_or(output_mask[1] and weight is not None,
                           lambda: torch.empty_like(weight), input),
@@ -88,7 +90,7 @@ def _register():
 
     @torch.library.register_fake(lib + "batch_norm_leaky_relu_double_backward")
     def _(grad_grad_input, grad_grad_weight, grad_grad_bias, grad_output, input, mean, var, weight,
-          bias, training, eps, negative_slope, output_mask):
+          bias, training, eps, negative_slope, output_mask, instance=False):
         return (_empty_or(output_mask[0], lambda: _empty_like_kernel_output(input), input),
                 _empty_or(output_mask[1], lambda: _empty_like_kernel_output(input), input),
                 _empty_or(output_mask[2] and weight is not None,

@@ -3,12 +3,14 @@ fastgan's BatchNorm+LeakyReLU kernels (torch.ops.fastgan.batch_norm_leaky_relu*,
 kernels and first- and second-order autograd).
 
 Instance normalization of (N, C, *) is batch normalization of each sample's C channels alone,
-which is how torch computes it too (batch_norm over N * C channels). Here:
-- channels-first input is viewed, without a copy, as one sample of N * C channels: one kernel
-  call reads it twice (statistics; normalize and activate) and writes the output once;
-- channels-last input (2d and 3d) runs one call per sample, each sample's (H * W, C) rows being
-  one channels-last sample already, and the outputs are concatenated (batch 1, CycleGAN's
-  default, needs no concatenation);
+which is how torch computes it too (batch_norm over N * C channels). One kernel call reads the
+input twice (statistics; normalize and activate) and writes the output once:
+- on the CPU, the kernels' `instance` mode keeps statistics per sample and channel, for
+  channels-first and channels-last input alike;
+- on CUDA, channels-first input is viewed, without a copy, as one sample of N * C channels, and
+  channels-last input (2d and 3d) runs one call per sample, each sample's (H * W, C) rows being
+  one channels-last sample already, the outputs then concatenated (batch 1, CycleGAN's default,
+  needs no concatenation);
 - without the input's statistics (use_input_stats=False) it is batch normalization with the
   running statistics, in one call.
 The running statistics are updated as torch does: by `momentum` towards the samples' average of
@@ -54,7 +56,12 @@ def instance_norm_leaky_relu(input, running_mean=None, running_var=None, weight=
     params_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
     weight, bias = _as_dtype(weight, params_dtype), _as_dtype(bias, params_dtype)
     batch, channels = input.shape[:2]
-    if _stored_channels_last(input):
+    if input.device.type == "cpu":
+        # The CPU kernels keep statistics per sample and channel themselves, in either layout.
+        output, means, variances = _ops.batch_norm_leaky_relu(
+            input, None, None, weight, bias, True, 0.0, float(eps), float(negative_slope),
+            instance=True)
+    elif _stored_channels_last(input):
         # split, not indexing: its backward concatenates the samples' gradients once (an
         # index's would write each into a zero tensor of the whole batch, in NCHW).
         samples = input.split(1) if batch > 1 else (input,)

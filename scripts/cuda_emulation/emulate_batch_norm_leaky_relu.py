@@ -100,7 +100,7 @@ class Checker:
         # Training updates copies of the running statistics, evaluation reads them.
         updated_mean, updated_var = running_mean.clone(), running_var.clone()
         out, batch_mean, batch_var = self.ops.forward(
-            x, updated_mean, updated_var, weight, bias, training, MOMENTUM, EPS, SLOPE)
+            x, updated_mean, updated_var, weight, bias, training, MOMENTUM, EPS, SLOPE, False)
         ref_out, ref_stats, ref_grads, ref_second = reference(
             x, running_mean, running_var, w if affine else torch.ones_like(w),
             b if affine else torch.zeros_like(b), training, go, ggi, ggw if affine else ggw * 0,
@@ -125,14 +125,14 @@ class Checker:
             mean, var = running_mean, running_var
 
         grads = self.ops.backward(go, x, mean, var, weight, bias, training, EPS, SLOPE,
-                                  [True, True, True])
+                                  [True, True, True], False)
         names = ["grad_input", "grad_weight", "grad_bias"]
         for name, actual, expected in zip(names, grads, ref_grads):
             if affine or name == "grad_input":
                 self.close(f"{what} {name}", actual, expected, tolerance)
         second = self.ops.double_backward(ggi, ggw if affine else None, ggb if affine else None,
                                           go, x, mean, var, weight, bias, training, EPS, SLOPE,
-                                          [True, True, True])
+                                          [True, True, True], False)
         names = ["grad_grad_output", "double backward grad_input", "double backward grad_weight"]
         for name, actual, expected in zip(names, second, ref_second):
             if affine or name != names[2]:
@@ -144,10 +144,11 @@ class Checker:
         w, b = torch.ones(3), torch.zeros(3)
         running_mean, running_var = torch.zeros(3), torch.ones(3)
         out, mean, var = self.ops.forward(x, running_mean, running_var, w, b, True, MOMENTUM, EPS,
-                                          SLOPE)
-        grads = self.ops.backward(x, x, mean, var, w, b, True, EPS, SLOPE, [True, True, True])
+                                          SLOPE, False)
+        grads = self.ops.backward(x, x, mean, var, w, b, True, EPS, SLOPE, [True, True, True],
+                                  False)
         second = self.ops.double_backward(x, w, b, x, x, mean, var, w, b, True, EPS, SLOPE,
-                                          [True, True, True])
+                                          [True, True, True], False)
         ok = (out.shape == x.shape and grads[0].shape == x.shape and
               all(t.shape == x.shape for t in second[:2]) and
               all(torch.equal(t, torch.zeros(3)) for t in (mean, var, grads[1], grads[2],
