@@ -228,16 +228,45 @@ void weight_taps(const at::Tensor& weight, int64_t K, const at::Tensor& taps) {
 
 // U of every phase and entry: (kProducts, C_in, C_out) GEMM operands (Transposed: U^T,
 // (kProducts, C_out, C_in), for the input gradient's products), the filter transform times the
-// weight's taps, both GEMM operands read in order.
+// weight's taps, both GEMM operands read in order. With a panel width (gemm.h), each product's
+// operand is stored packed, as the products read it: the taps are packed, and the filter
+// transform, a linear combination of the taps, keeps their layout. The products then read U
+// once, in order, rather than packing it anew in every call.
 template <typename S, typename scalar_t, bool Transposed>
-at::Tensor transformed_weight(const at::Tensor& weight) {
+at::Tensor transformed_weight(const at::Tensor& weight, int64_t width) {
+  constexpr int64_t kTaps = S::kKernel * S::kKernel;
   const int64_t C_in = weight.size(0), C_out = weight.size(1), pairs = C_in * C_out;
   const at::TensorOptions options = weight.options();
-  const at::Tensor taps = scratch(Scratch::kWeightTaps, {S::kKernel * S::kKernel, pairs}, options);
-  weight_taps<scalar_t, Transposed>(weight, S::kKernel, taps);
-  at::Tensor u = scratch(Scratch::kWeight, {S::kProducts, pairs}, options);
+  if (width == 0) {
+    const at::Tensor taps = scratch(Scratch::kWeightTaps, {kTaps, pairs}, options);
+    weight_taps<scalar_t, Transposed>(weight, S::kKernel, taps);
+    at::Tensor u = scratch(Scratch::kWeight, {S::kProducts, pairs}, options);
+    matrix_product(u, filter_transform<S>(options), taps);
+    return Transposed ? u.view({S::kProducts, C_out, C_in})
+                      : u.view({S::kProducts, C_in, C_out});
+  }
+  const int64_t size = Transposed ? packed_size(C_out, C_in, width)
+                                  : packed_size(C_in, C_out, width);
+  const at::Tensor taps = scratch(Scratch::kWeightTaps, {kTaps, size}, options);
+  const at::Tensor by_tap = weight.permute({2, 3, 0, 1}).reshape({kTaps, C_in, C_out});
+  float* packed = taps.mutable_data_ptr<float>();
+  parallel_tasks(kTaps, pairs, [&](int64_t tap) {
+    const at::Tensor matrix = by_tap.select(0, tap);
+    pack_b(Transposed ? matrix.t() : matrix, packed + tap * size);
+  });
+  at::Tensor u = scratch(Scratch::kWeight, {S::kProducts, size}, options);
   matrix_product(u, filter_transform<S>(options), taps);
-  return Transposed ? u.view({S::kProducts, C_out, C_in}) : u.view({S::kProducts, C_in, C_out});
+  return u;
+}
+
+// out = a @ U for U as transformed_weight built it with `width`.
+void multiply_by_u(const at::Tensor& out, const at::Tensor& a, const at::Tensor& u,
+                   int64_t width) {
+  if (width > 0) {
+    matrix_product_packed(out, a, u);
+  } else {
+    matrix_product(out, a, u);
+  }
 }
 
 // grad_weight = G^T dU G for the weight's taps: the adjoint of transformed_weight, a
@@ -436,7 +465,8 @@ void forward(const Geometry& g, const Dense& x, const at::Tensor& weight, const 
   const int64_t in_image = g.in_h * g.in_w * C_in, out_image = g.out_h * g.out_w * C_out;
   const auto blocks = tiling.blocks(C_in, C_out, g.batch);
   const at::TensorOptions options = out.options();
-  const at::Tensor u = transformed_weight<S, scalar_t, false>(weight);
+  const int64_t width = panel_width(out.scalar_type());
+  const at::Tensor u = transformed_weight<S, scalar_t, false>(weight, width);
   const at::Tensor x_buffer =
       scratch(Scratch::kInputRows, {x.channels_last ? 0 : blocks.images * in_image}, options);
   const at::Tensor out_buffer = scratch(
@@ -454,7 +484,7 @@ void forward(const Geometry& g, const Dense& x, const at::Tensor& weight, const 
       auto [m, m_operand] =
           block_operand<S, scalar_t>(Scratch::kProducts, end - tile, C_out, options);
       transform_inputs(tiling, tile, end, x_rows, v_operand);
-      matrix_product(m, v, u);
+      multiply_by_u(m, v, u, width);
       transform_outputs(tiling, tile, end, m_operand,
                         bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr, activation,
                         negative_slope, out_rows);
@@ -479,7 +509,9 @@ void backward(const Geometry& g, const Dense& grad_output, const Dense* result, 
   const Vec<scalar_t> slope(negative_slope);
   const bool g_in_place = grad_output.channels_last && result == nullptr;
   const bool grad_input_channels_last = want_input && stored_channels_last(grad_input);
-  const at::Tensor u_t = want_input ? transformed_weight<S, scalar_t, true>(weight) : at::Tensor();
+  const int64_t width = panel_width(grad_output.tensor.scalar_type());
+  const at::Tensor u_t =
+      want_input ? transformed_weight<S, scalar_t, true>(weight, width) : at::Tensor();
   // Written by the first block's products, then accumulated: no zero fill of up to 50 MiB (the
   // path's batch is never empty).
   at::Tensor du =
@@ -528,7 +560,7 @@ void backward(const Geometry& g, const Dense& grad_output, const Dense* result, 
         accumulate = true;
       }
       if (want_input) {  // dV, in V's place
-        matrix_product(v, dm, u_t);
+        multiply_by_u(v, dm, u_t, width);
         add_input_gradients(tiling, v_operand, tile, end, grad_input_rows);
       }
     });

@@ -142,12 +142,21 @@ void tile_product(int64_t depth, const float* a, int64_t a_row, int64_t a_step,
   }
 }
 
+// B as block_product reads it: a matrix that it packs a depth block at a time, or (`packed` not
+// null) panels packed beforehand over the whole depth (see pack_b).
+struct RightOperand {
+  Matrix matrix;
+  const float* packed;
+};
+
 // C[rows, cols] = or += A[rows, depth] @ B[depth, cols] on this thread.
-void block_product(const Matrix& a, const Matrix& b, float* c, int64_t ldc, int64_t rows,
+void block_product(const Matrix& a, const RightOperand& b, float* c, int64_t ldc, int64_t rows,
                    int64_t cols, int64_t depth, bool accumulate) {
   thread_local std::vector<float> panel_buffer, edge_buffer;
   const int64_t panel_cols = (cols + kTileCols - 1) / kTileCols * kTileCols;
-  float* panels = aligned(panel_buffer, std::min(depth, kGemmDepthBlock) * panel_cols);
+  float* buffer = b.packed != nullptr
+                      ? nullptr
+                      : aligned(panel_buffer, std::min(depth, kGemmDepthBlock) * panel_cols);
   float* edge = aligned(edge_buffer, kGemmDepthBlock * kTileRows);
   if (depth == 0 && !accumulate) {
     for (int64_t i = 0; i < rows; ++i) std::fill(c + i * ldc, c + i * ldc + cols, 0.f);
@@ -155,7 +164,15 @@ void block_product(const Matrix& a, const Matrix& b, float* c, int64_t ldc, int6
   for (int64_t p0 = 0; p0 < depth; p0 += kGemmDepthBlock) {
     const int64_t block_depth = std::min(kGemmDepthBlock, depth - p0);
     const bool add = accumulate || p0 > 0;
-    pack_panels({b.at(p0, 0), b.row_stride, b.col_stride}, block_depth, cols, panels);
+    const float* panels = buffer;
+    int64_t panel_stride = block_depth * kTileCols;
+    if (b.packed != nullptr) {
+      panels = b.packed + p0 * kTileCols;
+      panel_stride = depth * kTileCols;
+    } else {
+      const Matrix& m = b.matrix;
+      pack_panels({m.at(p0, 0), m.row_stride, m.col_stride}, block_depth, cols, buffer);
+    }
     // The last rows, fewer than a tile: copied out once per depth block, zeros below them.
     const int64_t whole_rows = rows / kTileRows * kTileRows;
     const int last_rows = static_cast<int>(rows - whole_rows);
@@ -165,7 +182,7 @@ void block_product(const Matrix& a, const Matrix& b, float* c, int64_t ldc, int6
       }
     }
     for (int64_t j0 = 0; j0 < cols; j0 += kTileCols) {
-      const float* panel = panels + j0 * block_depth;
+      const float* panel = panels + j0 / kTileCols * panel_stride;
       const int width = static_cast<int>(std::min<int64_t>(kTileCols, cols - j0));
       for (int64_t i0 = 0; i0 < whole_rows; i0 += kTileRows) {
         tile_product(block_depth, a.at(i0, p0), a.row_stride, a.col_stride, panel,
@@ -179,14 +196,10 @@ void block_product(const Matrix& a, const Matrix& b, float* c, int64_t ldc, int6
   }
 }
 
-// Runs the product by fastgan's kernel; false (nothing done) where ATen's suits it better.
-bool own_matmul(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
-                bool accumulate) {
-  if (!own_gemm().load(std::memory_order_relaxed) || out.scalar_type() != at::kFloat ||
-      a.scalar_type() != at::kFloat || b.scalar_type() != at::kFloat || !out.device().is_cpu() ||
-      out.stride(-1) != 1) {
-    return false;
-  }
+// out = or += a @ B by fastgan's kernel, B given by `b` or, when `packed` is not null, packed
+// (pack_b) with `cols` columns. `may_decline`: false (nothing done) where ATen's suits it better.
+bool products(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
+              const float* packed, bool accumulate, bool may_decline) {
   const bool batched = out.dim() == 3;
   const int64_t batch = batched ? out.size(0) : 1;
   const int64_t rows = out.size(-2), cols = out.size(-1), depth = a.size(-1);
@@ -194,9 +207,11 @@ bool own_matmul(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
   const int threads = at::in_parallel_region() ? 1 : at::get_num_threads();
   // Tasks: column blocks of each product, and row blocks where there are too few of those to
   // share among the threads. B's panels are packed once per task, so rows stay in one block
-  // where they can (their packing costs 1 / rows of the multiply-adds).
+  // where they can (their packing costs 1 / rows of the multiply-adds). Column blocks are whole
+  // panels.
   const int64_t col_blocks = (cols + kGemmColumnBlock - 1) / kGemmColumnBlock;
-  const int64_t col_block = (cols + col_blocks - 1) / col_blocks;
+  const int64_t col_block =
+      ((cols + col_blocks - 1) / col_blocks + kTileCols - 1) / kTileCols * kTileCols;
   const int64_t wanted = 4 * static_cast<int64_t>(threads);
   int64_t row_blocks = 1;
   if (batch * col_blocks < wanted) {
@@ -205,23 +220,29 @@ bool own_matmul(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
   }
   const int64_t tasks = batch * col_blocks * row_blocks;
   // A deep product of small matrices: ATen's splits the depth among the threads.
-  if (tasks < threads) return false;
+  if (may_decline && tasks < threads) return false;
   const int64_t rows_per_block = (rows + row_blocks - 1) / row_blocks;
   const int64_t row_block = (rows_per_block + kTileRows - 1) / kTileRows * kTileRows;
+  const int64_t panel_stride = depth * kTileCols;
+  const int64_t packed_batch = (cols + kTileCols - 1) / kTileCols * panel_stride;
   const float* a_data = a.const_data_ptr<float>();
-  const float* b_data = b.const_data_ptr<float>();
+  const float* b_data = packed != nullptr ? nullptr : b.const_data_ptr<float>();
   float* out_data = out.mutable_data_ptr<float>();
-  const int64_t a_batch = batched ? a.stride(0) : 0, b_batch = batched ? b.stride(0) : 0;
-  const int64_t out_batch = batched ? out.stride(0) : 0, ldc = out.stride(-2);
+  const int64_t a_batch = batched ? a.stride(0) : 0, out_batch = batched ? out.stride(0) : 0;
+  const int64_t b_batch = batched && packed == nullptr ? b.stride(0) : 0, ldc = out.stride(-2);
   parallel_tasks(tasks, row_block * col_block * depth, [&](int64_t task) {
     const int64_t product = task / (col_blocks * row_blocks);
     const int64_t i0 = task / col_blocks % row_blocks * row_block;
     const int64_t j0 = task % col_blocks * col_block;
-    if (i0 >= rows) return;
+    if (i0 >= rows || j0 >= cols) return;
     const Matrix a_rows{a_data + product * a_batch + i0 * a.stride(-2), a.stride(-2),
                         a.stride(-1)};
-    const Matrix b_cols{b_data + product * b_batch + j0 * b.stride(-1), b.stride(-2),
-                        b.stride(-1)};
+    const RightOperand b_cols =
+        packed != nullptr
+            ? RightOperand{{}, packed + product * packed_batch + j0 / kTileCols * panel_stride}
+            : RightOperand{{b_data + product * b_batch + j0 * b.stride(-1), b.stride(-2),
+                            b.stride(-1)},
+                           nullptr};
     block_product(a_rows, b_cols, out_data + product * out_batch + i0 * ldc + j0, ldc,
                   std::min(row_block, rows - i0), std::min(col_block, cols - j0), depth,
                   accumulate);
@@ -229,13 +250,63 @@ bool own_matmul(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
   return true;
 }
 
+// Runs the product by fastgan's kernel; false (nothing done) where ATen's suits it better.
+bool own_matmul(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
+                bool accumulate) {
+  if (!own_gemm().load(std::memory_order_relaxed) || out.scalar_type() != at::kFloat ||
+      a.scalar_type() != at::kFloat || b.scalar_type() != at::kFloat || !out.device().is_cpu() ||
+      out.stride(-1) != 1) {
+    return false;
+  }
+  return products(out, a, b, nullptr, accumulate, /*may_decline=*/true);
+}
+
+constexpr int64_t kPanelWidth = kTileCols;
+
 #else
 
 bool own_matmul(const at::Tensor&, const at::Tensor&, const at::Tensor&, bool) { return false; }
 
+constexpr int64_t kPanelWidth = 0;
+
 #endif
 
 }  // namespace
+
+int64_t panel_width(at::ScalarType dtype) {
+  return dtype == at::kFloat && own_gemm().load(std::memory_order_relaxed) ? kPanelWidth : 0;
+}
+
+int64_t packed_size(int64_t depth, int64_t cols, int64_t width) {
+  return (cols + width - 1) / width * depth * width;
+}
+
+void pack_b(const at::Tensor& b, float* panels) {
+#ifdef FASTGAN_OWN_GEMM
+  TORCH_CHECK(b.dim() == 2 && b.scalar_type() == at::kFloat, "pack_b: b must be a 2-D float32 "
+              "matrix, got ", b.sizes(), " ", b.scalar_type());
+  pack_panels({b.const_data_ptr<float>(), b.stride(0), b.stride(1)}, b.size(0), b.size(1),
+              panels);
+#else
+  TORCH_CHECK(false, "pack_b: this build has no fastgan matrix kernel (", b.sizes(), ")");
+#endif
+}
+
+void matrix_product_packed(const at::Tensor& out, const at::Tensor& a, const at::Tensor& panels) {
+  TORCH_CHECK(out.dim() == a.dim() && (out.dim() == 2 || out.dim() == 3) &&
+                  out.size(-2) == a.size(-2) && (out.dim() == 2 || out.size(0) == a.size(0)),
+              "matrix_product_packed: sizes ", out.sizes(), " = ", a.sizes(), " @ packed B");
+  const int64_t batch = out.dim() == 3 ? out.size(0) : 1;
+  TORCH_CHECK(kPanelWidth > 0 && out.scalar_type() == at::kFloat &&
+                  a.scalar_type() == at::kFloat && panels.scalar_type() == at::kFloat &&
+                  out.stride(-1) == 1 && panels.is_contiguous() &&
+                  panels.numel() == batch * packed_size(a.size(-1), out.size(-1), kPanelWidth),
+              "matrix_product_packed: float32 operands, out with contiguous rows and ", batch,
+              " packed B of ", a.size(-1), " x ", out.size(-1), " expected");
+#ifdef FASTGAN_OWN_GEMM
+  products(out, a, at::Tensor(), panels.const_data_ptr<float>(), false, /*may_decline=*/false);
+#endif
+}
 
 void matrix_product(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
                 bool accumulate) {

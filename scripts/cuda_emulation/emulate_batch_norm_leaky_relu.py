@@ -171,9 +171,13 @@ def run_tests(ops, pytest_args):
     """The BN tests on `pytest_args` with the CPU kernels of fastgan's three BN ops replaced by
     `ops`. The CPU kernels reject float16: a float16 forward shows that the emulation took their
     place."""
-    kernels = {"batch_norm_leaky_relu": ops.forward,
-               "batch_norm_leaky_relu_backward": ops.backward,
-               "batch_norm_leaky_relu_double_backward": ops.double_backward}
+    # The dispatcher calls a Python kernel without the arguments left at their schema defaults
+    # (`instance`, the last).
+    def with_defaults(kernel):
+        return lambda *args, instance=False: kernel(*args, instance)
+    kernels = {"batch_norm_leaky_relu": with_defaults(ops.forward),
+               "batch_norm_leaky_relu_backward": with_defaults(ops.backward),
+               "batch_norm_leaky_relu_double_backward": with_defaults(ops.double_backward)}
     return emulation.run_tests(kernels, lambda: torch.ops.fastgan.batch_norm_leaky_relu(
         torch.ones(2, 3, 4, dtype=torch.half), None, None, None, None, True, MOMENTUM, EPS,
         SLOPE), pytest_args)
