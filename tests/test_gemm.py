@@ -57,6 +57,19 @@ def test_product_is_exact_up_to_rounding(rows, depth, cols, transposed_a, transp
 
 
 @needs_kernels
+@pytest.mark.parametrize("rows", range(1, 25))
+def test_every_count_of_last_rows(rows):
+    """Rows past the last whole tile take a tile of exactly their count (1 to 11 on AVX-512, 1
+    to 5 on AVX2), reading A in place."""
+    generator = torch.Generator().manual_seed(rows)
+    a = _operand((rows, 19), True, generator)
+    b = _operand((19, 40), False, generator)
+    out = torch.full((rows, 40), float("nan"))
+    _matmul(out, a, b)
+    _check_within_rounding(out, a, b)
+
+
+@needs_kernels
 @pytest.mark.parametrize("rows,depth,cols", [(13, 17, 33), (64, 300, 40), (3, 5, 600)])
 def test_batched_product_accumulates_into_rows_of_a_wider_tensor(rows, depth, cols):
     """out a column slice of a wider tensor (rows `cols + 5` apart), accumulated into; the

@@ -103,24 +103,24 @@ void pack_panels(const Matrix& b, int64_t depth, int64_t cols, float* panels) {
   }
 }
 
-// The first `rows` x `cols` of C (row stride ldc) = or += kTileRows rows of A (a_row apart, the
-// depth a_step apart) @ one panel of B.
+// The first `cols` columns of Rows rows of C (row stride ldc) = or += Rows rows of A (a_row apart,
+// the depth a_step apart) @ one panel of B.
+template <int Rows>
 void tile_product(int64_t depth, const float* a, int64_t a_row, int64_t a_step,
-                  const float* panel, float* c, int64_t ldc, bool accumulate, int rows,
-                  int cols) {
-  Register left[kTileRows], right[kTileRows];
-  for (int i = 0; i < kTileRows; ++i) left[i] = right[i] = zero();
+                  const float* panel, float* c, int64_t ldc, bool accumulate, int cols) {
+  Register left[Rows], right[Rows];
+  for (int i = 0; i < Rows; ++i) left[i] = right[i] = zero();
   for (int64_t k = 0; k < depth; ++k, a += a_step, panel += kTileCols) {
     const Register b_left = load(panel), b_right = load(panel + kLanes);
 #pragma GCC unroll 16
-    for (int i = 0; i < kTileRows; ++i) {
+    for (int i = 0; i < Rows; ++i) {
       const Register value = broadcast(a[i * a_row]);
       left[i] = fmadd(value, b_left, left[i]);
       right[i] = fmadd(value, b_right, right[i]);
     }
   }
-  if (rows == kTileRows && cols == kTileCols) {
-    for (int i = 0; i < kTileRows; ++i) {
+  if (cols == kTileCols) {
+    for (int i = 0; i < Rows; ++i) {
       float* row = c + i * ldc;
       if (accumulate) {
         left[i] = add(left[i], load(row));
@@ -131,15 +131,29 @@ void tile_product(int64_t depth, const float* a, int64_t a_row, int64_t a_step,
     }
     return;
   }
-  alignas(64) float tile[kTileRows][kTileCols];
-  for (int i = 0; i < kTileRows; ++i) {
+  alignas(64) float tile[Rows][kTileCols];
+  for (int i = 0; i < Rows; ++i) {
     store(tile[i], left[i]);
     store(tile[i] + kLanes, right[i]);
   }
-  for (int i = 0; i < rows; ++i) {
+  for (int i = 0; i < Rows; ++i) {
     float* row = c + i * ldc;
     for (int j = 0; j < cols; ++j) row[j] = accumulate ? row[j] + tile[i][j] : tile[i][j];
   }
+}
+
+// tile_product for the last `rows` (< kTileRows) rows of A: a tile of exactly that many, so that
+// no multiply-add is spent on rows past A's end (a third of a 12-row tile's for 64 rows).
+template <int Rows = kTileRows - 1>
+void edge_product(int rows, int64_t depth, const float* a, int64_t a_row, int64_t a_step,
+                  const float* panel, float* c, int64_t ldc, bool accumulate, int cols) {
+  if constexpr (Rows > 1) {
+    if (rows < Rows) {
+      edge_product<Rows - 1>(rows, depth, a, a_row, a_step, panel, c, ldc, accumulate, cols);
+      return;
+    }
+  }
+  tile_product<Rows>(depth, a, a_row, a_step, panel, c, ldc, accumulate, cols);
 }
 
 // B as block_product reads it: a matrix that it packs a depth block at a time, or (`packed` not
@@ -152,12 +166,11 @@ struct RightOperand {
 // C[rows, cols] = or += A[rows, depth] @ B[depth, cols] on this thread.
 void block_product(const Matrix& a, const RightOperand& b, float* c, int64_t ldc, int64_t rows,
                    int64_t cols, int64_t depth, bool accumulate) {
-  thread_local std::vector<float> panel_buffer, edge_buffer;
+  thread_local std::vector<float> panel_buffer;
   const int64_t panel_cols = (cols + kTileCols - 1) / kTileCols * kTileCols;
   float* buffer = b.packed != nullptr
                       ? nullptr
                       : aligned(panel_buffer, std::min(depth, kGemmDepthBlock) * panel_cols);
-  float* edge = aligned(edge_buffer, kGemmDepthBlock * kTileRows);
   if (depth == 0 && !accumulate) {
     for (int64_t i = 0; i < rows; ++i) std::fill(c + i * ldc, c + i * ldc + cols, 0.f);
   }
@@ -173,24 +186,18 @@ void block_product(const Matrix& a, const RightOperand& b, float* c, int64_t ldc
       const Matrix& m = b.matrix;
       pack_panels({m.at(p0, 0), m.row_stride, m.col_stride}, block_depth, cols, buffer);
     }
-    // The last rows, fewer than a tile: copied out once per depth block, zeros below them.
     const int64_t whole_rows = rows / kTileRows * kTileRows;
     const int last_rows = static_cast<int>(rows - whole_rows);
-    for (int64_t k = 0; k < block_depth && last_rows > 0; ++k) {
-      for (int i = 0; i < kTileRows; ++i) {
-        edge[k * kTileRows + i] = i < last_rows ? *a.at(whole_rows + i, p0 + k) : 0.f;
-      }
-    }
     for (int64_t j0 = 0; j0 < cols; j0 += kTileCols) {
       const float* panel = panels + j0 / kTileCols * panel_stride;
       const int width = static_cast<int>(std::min<int64_t>(kTileCols, cols - j0));
       for (int64_t i0 = 0; i0 < whole_rows; i0 += kTileRows) {
-        tile_product(block_depth, a.at(i0, p0), a.row_stride, a.col_stride, panel,
-                     c + i0 * ldc + j0, ldc, add, kTileRows, width);
+        tile_product<kTileRows>(block_depth, a.at(i0, p0), a.row_stride, a.col_stride, panel,
+                                c + i0 * ldc + j0, ldc, add, width);
       }
       if (last_rows > 0) {
-        tile_product(block_depth, edge, 1, kTileRows, panel, c + whole_rows * ldc + j0, ldc, add,
-                     last_rows, width);
+        edge_product(last_rows, block_depth, a.at(whole_rows, p0), a.row_stride, a.col_stride,
+                     panel, c + whole_rows * ldc + j0, ldc, add, width);
       }
     }
   }
