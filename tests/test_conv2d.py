@@ -151,12 +151,13 @@ def test_rule_takes_winograd_3x3_where_it_pays(input_shape, padding, allow_winog
 @pytest.mark.skipif(fastgan._backend.extension is None, reason="fastgan's kernels are not built")
 @pytest.mark.parametrize("input_shape, weight_shape, stride, padding", [
     ((64, 128, 16, 16), (256, 128, 4, 4), 2, 1), ((1, 64, 34, 34), (72, 64, 3, 3), 1, 0),
-    ((1, 64, 32, 32), (72, 64, 3, 3), 1, 1)], ids=["4x4-stride-2", "3x3-unpadded", "3x3-padded"])
+    ((1, 64, 32, 32), (72, 64, 3, 3), 1, 1), ((3, 64, 34, 36), (72, 64, 3, 3), 2, 1)],
+    ids=["4x4-stride-2", "3x3-unpadded", "3x3-padded", "3x3-stride-2"])
 def test_winograd_path_in_every_part(input_shape, weight_shape, stride, padding):
-    """On a stride-2 4x4 layer, or a 3x3 stride-1 one without padding (a ResNet generator's,
-    after its reflection padding) or with, with enough channels and tiles, fastgan's kernels take
-    their Winograd path (the only path with batched GEMMs) in each of the three parts, with
-    torch's results."""
+    """On a stride-2 4x4 layer, a 3x3 stride-1 one without padding (a ResNet generator's,
+    after its reflection padding) or with, or a 3x3 stride-2 one (its downsampling), with enough
+    channels and tiles, fastgan's kernels take their Winograd path (the only path with batched
+    GEMMs) in each of the three parts, with torch's results."""
     x, w, _ = _leaves("cpu", input_shape, weight_shape, "channels_last", bias=False)
     geometry = ([stride, stride], [padding, padding], [1, 1], 1)
     g = torch.randn(input_shape[0], weight_shape[0],

@@ -43,6 +43,9 @@ CASES = {
     "winograd_3x3": (64, 72, 3, 1, 1, 0, 1, 1, (17, 18)),
     "winograd_3x3_padding_0": (64, 72, 3, 1, 0, 0, 1, 1, (17, 18)),
     "winograd_3x3_padding_2": (72, 64, 3, 1, 2, 0, 1, 1, (19, 20)),
+    # 3 x 3, stride 2, output padding 1 (a ResNet generator's upsampling): the stride-2 scheme's
+    # 4 x 4 kernel with a zero last row and column.
+    "winograd_3x3_stride_2": (64, 72, 3, 2, 1, 1, 1, 1, (17, 18)),
 }
 
 # Few channels: the numerical Jacobians cost one evaluation per input and parameter element.
@@ -210,7 +213,8 @@ def test_gradcheck_and_gradgradcheck(device, activation, case_name, layout):
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("activation", [None, "tanh"])
-@pytest.mark.parametrize("case_name", ["winograd", "winograd_3x3_padding_0"])
+@pytest.mark.parametrize("case_name", ["winograd", "winograd_3x3_padding_0",
+                                       "winograd_3x3_stride_2"])
 def test_winograd_gradcheck_and_gradgradcheck(layout, activation, case_name):
     """The CPU's Winograd path to second order (fast_mode: its Jacobians are too large to build
     entry by entry)."""
@@ -239,9 +243,11 @@ WIDE_WINOGRAD_3X3 = (256, 256, *CASES["winograd_3x3"][2:8], (32, 32))
     (CASES["winograd"], 3, True), (CASES["winograd"], 1, False), (WIDE_WINOGRAD, 4, False),
     (WIDE_WINOGRAD, 16, True), (CASES["winograd_3x3"], 3, True),
     (CASES["winograd_3x3"], 2, False), (CASES["winograd_3x3_padding_2"], 3, True),
-    (WIDE_WINOGRAD_3X3, 1, True)],
+    (WIDE_WINOGRAD_3X3, 1, True), (CASES["winograd_3x3_stride_2"], 3, True),
+    (CASES["winograd_3x3_stride_2"], 1, False)],
     ids=["75-tiles", "25-tiles", "wide-64-tiles", "wide-256-tiles", "3x3-75-tiles",
-         "3x3-50-tiles", "3x3-padding-2", "3x3-wide-64-tiles"])
+         "3x3-50-tiles", "3x3-padding-2", "3x3-wide-64-tiles", "3x3-stride-2-75-tiles",
+         "3x3-stride-2-25-tiles"])
 def test_winograd_path_is_taken_where_it_pays(case, batch, expected):
     """The Winograd path is the only one that runs batched GEMMs (seen as ATen's with the gemm
     switch on "torch"): taken for enough tiles (3 images of 17 x 18: 75 tiles), not for fewer (1

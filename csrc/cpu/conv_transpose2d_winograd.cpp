@@ -1,7 +1,9 @@
 // The Winograd paths of the CPU transposed convolution, for padding 1, no output padding, dilation
 // or groups, with enough channels and tiles (see winograd()), in two schemes:
 // - stride 2 and a 4 x 4 kernel (the output is twice the input's size): the DCGAN generator's
-//   layers, and through fastgan.ops.conv2d the discriminator's (their transposes);
+//   layers, and through fastgan.ops.conv2d the discriminator's (their transposes); also a 3 x 3
+//   kernel with output padding 1, which is the 4 x 4 kernel whose last row and column are zero
+//   (a ResNet generator's upsampling layers, and its downsampling convolutions' transposes);
 // - stride 1 and a 3 x 3 kernel (the output has the input's size): through fastgan.ops.conv2d, the
 //   3 x 3 convolutions of a ResNet generator's residual blocks.
 // With stride S, output phase (a, b) (the pixels (S i + a, S j + b); one phase for stride 1) is a
@@ -167,25 +169,28 @@ struct Operand {
   }
 };
 
-// (kProducts, K^2): row (phase a, b, entry xi, nu) holds U's coefficients of the weight's taps
-// (kh, kw): G[xi][t] * G[nu][u] for the phase's taps kh = tap(a, t), kw = tap(b, u), else 0.
+// (kProducts, kernel^2): row (phase a, b, entry xi, nu) holds U's coefficients of the weight's
+// taps (kh, kw): G[xi][t] * G[nu][u] for the phase's taps kh = tap(a, t), kw = tap(b, u), else 0.
+// A kernel smaller than the scheme's has zeros past its last row and column: their taps are left
+// out.
 template <typename S>
-at::Tensor filter_transform(const at::TensorOptions& options) {
-  constexpr int kTaps = S::kKernel * S::kKernel;
-  std::vector<double> table(S::kProducts * kTaps, 0.0);
+at::Tensor filter_transform(const at::TensorOptions& options, int64_t kernel) {
+  const int64_t taps = kernel * kernel;
+  std::vector<double> table(S::kProducts * taps, 0.0);
   for (int phase = 0; phase < S::kPhases; ++phase) {
     const int a = phase / S::kStride, b = phase % S::kStride;
     for (int e = 0; e < S::kEntries; ++e) {
       for (int t = 0; t < S::kTaps; ++t) {
         for (int u = 0; u < S::kTaps; ++u) {
-          table[(phase * S::kEntries + e) * kTaps + S::tap(a, t) * S::kKernel + S::tap(b, u)] =
+          if (S::tap(a, t) >= kernel || S::tap(b, u) >= kernel) continue;
+          table[(phase * S::kEntries + e) * taps + S::tap(a, t) * kernel + S::tap(b, u)] =
               S::kFilter[e / S::kSpan][t] * S::kFilter[e % S::kSpan][u];
         }
       }
     }
   }
   return at::tensor(table, options.dtype(at::kDouble))
-      .view({S::kProducts, kTaps})
+      .view({S::kProducts, taps})
       .to(options.dtype());
 }
 
@@ -234,14 +239,14 @@ void weight_taps(const at::Tensor& weight, int64_t K, const at::Tensor& taps) {
 // once, in order, rather than packing it anew in every call.
 template <typename S, typename scalar_t, bool Transposed>
 at::Tensor transformed_weight(const at::Tensor& weight, int64_t width) {
-  constexpr int64_t kTaps = S::kKernel * S::kKernel;
   const int64_t C_in = weight.size(0), C_out = weight.size(1), pairs = C_in * C_out;
+  const int64_t kernel = weight.size(2), kTaps = kernel * kernel;
   const at::TensorOptions options = weight.options();
   if (width == 0) {
     const at::Tensor taps = scratch(Scratch::kWeightTaps, {kTaps, pairs}, options);
-    weight_taps<scalar_t, Transposed>(weight, S::kKernel, taps);
+    weight_taps<scalar_t, Transposed>(weight, kernel, taps);
     at::Tensor u = scratch(Scratch::kWeight, {S::kProducts, pairs}, options);
-    matrix_product(u, filter_transform<S>(options), taps);
+    matrix_product(u, filter_transform<S>(options, kernel), taps);
     return Transposed ? u.view({S::kProducts, C_out, C_in})
                       : u.view({S::kProducts, C_in, C_out});
   }
@@ -255,7 +260,7 @@ at::Tensor transformed_weight(const at::Tensor& weight, int64_t width) {
     pack_b(Transposed ? matrix.t() : matrix, packed + tap * size);
   });
   at::Tensor u = scratch(Scratch::kWeight, {S::kProducts, size}, options);
-  matrix_product(u, filter_transform<S>(options), taps);
+  matrix_product(u, filter_transform<S>(options, kernel), taps);
   return u;
 }
 
@@ -272,13 +277,14 @@ void multiply_by_u(const at::Tensor& out, const at::Tensor& a, const at::Tensor&
 // grad_weight = G^T dU G for the weight's taps: the adjoint of transformed_weight, a
 // (K^2, C_in * C_out) product reading dU in order, transposed to (C_in, C_out, K, K).
 template <typename S, typename scalar_t>
-at::Tensor weight_gradient(const at::Tensor& transformed_gradient, int64_t C_in, int64_t C_out) {
-  constexpr int kTaps = S::kKernel * S::kKernel;
+at::Tensor weight_gradient(const at::Tensor& transformed_gradient, int64_t C_in, int64_t C_out,
+                           int64_t kernel) {
+  const int64_t kTaps = kernel * kernel;
   const at::TensorOptions options = transformed_gradient.options();
   at::Tensor taps = scratch(Scratch::kWeightTaps, {kTaps, C_in * C_out}, options);
-  matrix_product(taps, filter_transform<S>(options).t(),
+  matrix_product(taps, filter_transform<S>(options, kernel).t(),
                  transformed_gradient.view({S::kProducts, C_in * C_out}));
-  const at::Tensor grad = at::empty({C_in, C_out, S::kKernel, S::kKernel}, options);
+  const at::Tensor grad = at::empty({C_in, C_out, kernel, kernel}, options);
   transpose_matrix(taps.const_data_ptr<scalar_t>(), grad.mutable_data_ptr<scalar_t>(), kTaps,
                    C_in * C_out);
   return grad;
@@ -569,7 +575,7 @@ void backward(const Geometry& g, const Dense& grad_output, const Dense* result, 
                      g.in_h * g.in_w, C_in);
     }
   }
-  if (want_weight) *grad_weight = weight_gradient<S, scalar_t>(du, C_in, C_out);
+  if (want_weight) *grad_weight = weight_gradient<S, scalar_t>(du, C_in, C_out, g.kernel_h);
   if (grad_bias != nullptr) {
     for (int64_t i = 0; i < g.batch * C_out; ++i) (*grad_bias)[i % C_out] += image_sums[i];
   }
@@ -589,13 +595,15 @@ void with_scheme(const Geometry& g, const Fn& fn) {
 // Whether g is one of the schemes' geometries: stride S, a K x K kernel, no output padding,
 // dilation or groups, and padding 1 (stride 2) or up to 2 (stride 1: 2 maps a padded input to
 // the size before padding, as a 3x3 nn.Conv2d after nn.ReflectionPad2d(1); fastgan.ops.conv2d
-// runs such a convolution so).
+// runs such a convolution so). At stride 2 also a 3 x 3 kernel whose output padding 1 gives the
+// 4 x 4 kernel's output size.
 template <typename S>
 bool fits(const Geometry& g) {
   const bool padding = g.padding_h == g.padding_w &&
                        (g.padding_h == 1 || (S::kStride == 1 && g.padding_h <= 2));
-  return padding && g.stride_h == S::kStride && g.stride_w == S::kStride &&
-         g.kernel_h == S::kKernel && g.kernel_w == S::kKernel &&
+  const bool kernel = g.kernel_h == g.kernel_w &&
+                      (g.kernel_h == S::kKernel || (S::kStride == 2 && g.kernel_h == 3));
+  return padding && kernel && g.stride_h == S::kStride && g.stride_w == S::kStride &&
          g.out_h == (g.in_h - 1) * S::kStride - 2 * g.padding_h + S::kKernel &&
          g.out_w == (g.in_w - 1) * S::kStride - 2 * g.padding_w + S::kKernel &&
          g.dilation_h == 1 && g.dilation_w == 1 && g.groups == 1;
