@@ -29,8 +29,10 @@ from fastgan.backends import cpu as switches
 logger = logging.getLogger("fastgan.dispatch")
 
 PARTS = ("forward", "input_grad", "weight_grad")
-# 3: the key names the gemm switch; choices timed with the earlier products are stale.
-FORMAT = 3
+# 3: the key names the gemm switch; choices timed with the earlier products are stale. 4: the
+# Winograd paths read U packed and take 3x3 stride-2 layers, the products' last rows a tile of
+# their own: choices timed with the earlier kernels are stale.
+FORMAT = 4
 # fastgan's kernels must beat torch's by this factor to be chosen: within it the two are level on
 # a busy machine, and torch's result is the one a user compares against.
 MARGIN = 0.97
