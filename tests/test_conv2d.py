@@ -133,14 +133,14 @@ def test_rule_chooses_the_engine():
 @pytest.mark.parametrize("input_shape, padding, allow_winograd, expected", [
     ((1, 64, 66, 66), 0, True, ("fastgan", "fastgan", "fastgan")),
     ((1, 64, 64, 64), 1, True, ("fastgan", "fastgan", "fastgan")),
-    ((1, 64, 32, 32), 1, True, ("torch", "torch", "fastgan")),
+    ((1, 64, 32, 32), 1, True, ("fastgan", "fastgan", "fastgan")),
     ((1, 64, 16, 16), 1, True, ("torch", "torch", "torch")),
     ((1, 64, 66, 66), 0, False, ("torch", "torch", "torch"))],
     ids=["256-tiles-unpadded", "256-tiles", "64-tiles", "16-tiles", "winograd-off"])
 def test_rule_takes_winograd_3x3_where_it_pays(input_shape, padding, allow_winograd, expected):
     """Without the benchmark, 3x3 stride-1 convolutions of 64 channels run by fastgan's Winograd
-    path in every part from 256 output tiles (64 x 64 pixels), in the weight gradient alone from
-    64 (32 x 32), and by torch's below or with allow_winograd off."""
+    path in every part from 64 output tiles (32 x 32 pixels), and by torch's below or with
+    allow_winograd off."""
     geometry = ([1, 1], [padding, padding], [1, 1], 1)
     with fastgan.backends.cpu.flags(allow_winograd=allow_winograd):
         engines = conv2d_module._rule(torch.empty(input_shape), torch.empty(64, 64, 3, 3),

@@ -20,10 +20,8 @@ CONV2D_FEW_INPUT_CHANNELS = 4
 
 # conv2d: 3x3 stride-1 convolutions (padding 0 or 1) with at least this many channels on each
 # side take the kernels' Winograd path, F(4x4, 3x3), where fastgan.backends.cpu.allow_winograd
-# is on: the weight gradient from this many 4x4 output tiles in the batch (1.3-2x oneDNN's: a
-# ResNet generator's 256-channel residual blocks at 32 x 32 pixels and up)...
+# is on, in every part from this many 4x4 output tiles in the batch: 1.3-1.9x oneDNN's speed at
+# 64 tiles (a ResNet generator's residual blocks at 32 x 32 pixels, 64-256 channels), about
+# half of it at 16.
 CONV2D_WINOGRAD_CHANNELS = 64
-CONV2D_WINOGRAD_WEIGHT_GRAD_TILES = 64
-# ...the forward and input gradient from this many (1.5x and more at 64 x 64 pixels; within
-# noise of oneDNN at 32 x 32 in a whole CycleGAN iteration).
-CONV2D_WINOGRAD_TILES = 256
+CONV2D_WINOGRAD_TILES = 64

@@ -81,11 +81,10 @@ def _rule(input, weight, geometry):
     few_channels = weight.shape[1] <= _tuning.CONV2D_FEW_INPUT_CHANNELS
     tiles = _winograd_tiles(input, weight, geometry)
     winograd = tiles >= _tuning.CONV2D_WINOGRAD_TILES
-    winograd_weight = tiles >= _tuning.CONV2D_WINOGRAD_WEIGHT_GRAD_TILES
     engine = {True: "fastgan", False: "torch"}
     return _dispatch.Engines(engine[small_map or winograd],
                              engine[small_map or few_channels or winograd],
-                             engine[small_map or winograd_weight])
+                             engine[small_map or winograd])
 
 
 def _winograd_tiles(input, weight, geometry):
