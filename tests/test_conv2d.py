@@ -20,6 +20,9 @@ GEOMETRIES = [  # (input shape, weight shape, stride, padding, dilation, groups)
     ((1, 3, 6, 5), (5, 3, 2, 3), (2, 1), (0, 1), 1, 1),
     ((4, 6, 4, 4), (1, 6, 4, 4), 1, 0, 1, 1),
     ((0, 4, 6, 6), (3, 4, 3, 3), 2, 1, 1, 1),
+    # 3x3, stride 1, no padding: fastgan's kernels run it as the transposed convolution of the
+    # turned kernel, the bias in its epilogue.
+    ((2, 4, 7, 6), (5, 4, 3, 3), 1, 0, 1, 1),
 ]
 
 

@@ -156,8 +156,10 @@ def _forward(input, weight, bias, geometry, own):
         return F.conv2d(input, weight, bias, *geometry)
     stride, padding, dilation, groups = geometry
     if _unpadded_3x3(weight, geometry):
-        out = _ops.conv_transpose2d(input, _turned(weight), None, stride, _TURNED_PADDING,
+        # The bias goes into the kernel's epilogue rather than a pass of its own.
+        out = _ops.conv_transpose2d(input, _turned(weight), bias, stride, _TURNED_PADDING,
                                     [0, 0], groups, dilation, "none", 0.0)
+        bias = None
     else:
         shape_of_out = _empty_in_layout_of(input, (input.shape[0], weight.shape[0],
                                                    *_out_size(input, weight, geometry)))
