@@ -153,6 +153,26 @@ def test_matches_torch_on_larger_maps(shape, layout):
         assert_close(actual, expected)
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_results_do_not_depend_on_the_thread_count(layout):
+    """Channels-last samples are walked one per thread when the threads divide the batch, or
+    each by all threads otherwise: the same sums in the same order, so the same bits."""
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            x, weight, bias, _, _ = _operands((6, 40, 9, 11), torch.float32, "cpu", layout, True,
+                                              False)
+            out = in_lrelu(x, None, None, weight, bias)
+            results.append([out, *first_and_second_order_grads(out, [x, weight, bias], seed=3)])
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        for actual, expected in zip(other, results[0], strict=True):
+            assert torch.equal(actual, expected)
+
+
 # The CPU kernels' instance mode, on the registered ops (CUDA input runs per sample instead).
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "non_contiguous"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])

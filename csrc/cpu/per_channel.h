@@ -669,12 +669,23 @@ void reduce_then_map(const ChannelLayout& layout, const std::array<const scalar_
     for (auto& pointer : pointers) pointer += by;
     return pointers;
   };
-  for (int64_t n = 0; n < N; ++n) {
+  auto run_sample = [&](int64_t n) {
     reduce_then_map_per_channel<scalar_t, K, I, P, O>(
         sample, shifted(inputs, n * S * C), shifted(coefficients, n * C),
         shifted(outputs, n * S * C), accumulate,
         [&](int64_t c, const double* sums) { return finish(n * C + c, sums); }, map);
+  };
+  // As many samples per thread: each thread walks whole samples (its passes run serially inside
+  // the parallel region), rather than every sample's passes being shared out, two parallel regions
+  // per sample. The summation order is the same either way.
+  const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
+  if (threads > 1 && N % threads == 0) {
+    at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t n = begin; n < end; ++n) run_sample(n);
+    });
+    return;
   }
+  for (int64_t n = 0; n < N; ++n) run_sample(n);
 }
 
 }  // namespace cpu
