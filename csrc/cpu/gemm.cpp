@@ -143,7 +143,8 @@ void tile_product(int64_t depth, const float* a, int64_t a_row, int64_t a_step,
 }
 
 // tile_product for the last `rows` (< kTileRows) rows of A: a tile of exactly that many, so that
-// no multiply-add is spent on rows past A's end (a third of a 12-row tile's for 64 rows).
+// no multiply-add is spent on rows past A's end (64 rows: a sixth 12-row tile of which 8 rows
+// were padding, a ninth of the products' work).
 template <int Rows = kTileRows - 1>
 void edge_product(int rows, int64_t depth, const float* a, int64_t a_row, int64_t a_step,
                   const float* panel, float* c, int64_t ldc, bool accumulate, int cols) {
@@ -204,7 +205,7 @@ void block_product(const Matrix& a, const RightOperand& b, float* c, int64_t ldc
 }
 
 // out = or += a @ B by fastgan's kernel, B given by `b` or, when `packed` is not null, packed
-// (pack_b) with `cols` columns. `may_decline`: false (nothing done) where ATen's suits it better.
+// (pack_b) with out's columns. `may_decline`: false (nothing done) where ATen's suits it better.
 bool products(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
               const float* packed, bool accumulate, bool may_decline) {
   const bool batched = out.dim() == 3;

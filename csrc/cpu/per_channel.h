@@ -645,7 +645,7 @@ void reduce_then_map_per_channel(const ChannelLayout& layout,
 // reduce_then_map_per_channel over the layout's statistics channels (ChannelLayout::statistics):
 // with instance statistics, `finish` and the coefficients see channel n * C + c of sample n.
 // Channels-first (N, C, S) is then (1, N * C, S) in the same memory; channels-last samples are
-// walked one after another, each a (1, S, C) tensor of its own.
+// each a (1, S, C) tensor of their own.
 template <typename scalar_t, int K, int I, int P, int O, typename Accumulate, typename Finish,
           typename Map>
 void reduce_then_map(const ChannelLayout& layout, const std::array<const scalar_t*, I>& inputs,
@@ -675,9 +675,9 @@ void reduce_then_map(const ChannelLayout& layout, const std::array<const scalar_
         shifted(outputs, n * S * C), accumulate,
         [&](int64_t c, const double* sums) { return finish(n * C + c, sums); }, map);
   };
-  // As many samples per thread: each thread walks whole samples (its passes run serially inside
-  // the parallel region), rather than every sample's passes being shared out, two parallel regions
-  // per sample. The summation order is the same either way.
+  // When the threads divide the batch, each thread walks whole samples (their passes run serially
+  // inside the parallel region); otherwise the samples go one after another, each sample's two
+  // passes shared out among the threads. The summation order is the same either way.
   const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
   if (threads > 1 && N % threads == 0) {
     at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
