@@ -240,10 +240,10 @@ void weight_taps(const at::Tensor& weight, int64_t K, const at::Tensor& taps) {
 template <typename S, typename scalar_t, bool Transposed>
 at::Tensor transformed_weight(const at::Tensor& weight, int64_t width) {
   const int64_t C_in = weight.size(0), C_out = weight.size(1), pairs = C_in * C_out;
-  const int64_t kernel = weight.size(2), kTaps = kernel * kernel;
+  const int64_t kernel = weight.size(2), tap_count = kernel * kernel;
   const at::TensorOptions options = weight.options();
   if (width == 0) {
-    const at::Tensor taps = scratch(Scratch::kWeightTaps, {kTaps, pairs}, options);
+    const at::Tensor taps = scratch(Scratch::kWeightTaps, {tap_count, pairs}, options);
     weight_taps<scalar_t, Transposed>(weight, kernel, taps);
     at::Tensor u = scratch(Scratch::kWeight, {S::kProducts, pairs}, options);
     matrix_product(u, filter_transform<S>(options, kernel), taps);
@@ -252,10 +252,10 @@ at::Tensor transformed_weight(const at::Tensor& weight, int64_t width) {
   }
   const int64_t size = Transposed ? packed_size(C_out, C_in, width)
                                   : packed_size(C_in, C_out, width);
-  const at::Tensor taps = scratch(Scratch::kWeightTaps, {kTaps, size}, options);
-  const at::Tensor by_tap = weight.permute({2, 3, 0, 1}).reshape({kTaps, C_in, C_out});
+  const at::Tensor taps = scratch(Scratch::kWeightTaps, {tap_count, size}, options);
+  const at::Tensor by_tap = weight.permute({2, 3, 0, 1}).reshape({tap_count, C_in, C_out});
   float* packed = taps.mutable_data_ptr<float>();
-  parallel_tasks(kTaps, pairs, [&](int64_t tap) {
+  parallel_tasks(tap_count, pairs, [&](int64_t tap) {
     const at::Tensor matrix = by_tap.select(0, tap);
     pack_b(Transposed ? matrix.t() : matrix, packed + tap * size);
   });
@@ -279,13 +279,13 @@ void multiply_by_u(const at::Tensor& out, const at::Tensor& a, const at::Tensor&
 template <typename S, typename scalar_t>
 at::Tensor weight_gradient(const at::Tensor& transformed_gradient, int64_t C_in, int64_t C_out,
                            int64_t kernel) {
-  const int64_t kTaps = kernel * kernel;
+  const int64_t tap_count = kernel * kernel;
   const at::TensorOptions options = transformed_gradient.options();
-  at::Tensor taps = scratch(Scratch::kWeightTaps, {kTaps, C_in * C_out}, options);
+  at::Tensor taps = scratch(Scratch::kWeightTaps, {tap_count, C_in * C_out}, options);
   matrix_product(taps, filter_transform<S>(options, kernel).t(),
                  transformed_gradient.view({S::kProducts, C_in * C_out}));
   const at::Tensor grad = at::empty({C_in, C_out, kernel, kernel}, options);
-  transpose_matrix(taps.const_data_ptr<scalar_t>(), grad.mutable_data_ptr<scalar_t>(), kTaps,
+  transpose_matrix(taps.const_data_ptr<scalar_t>(), grad.mutable_data_ptr<scalar_t>(), tap_count,
                    C_in * C_out);
   return grad;
 }
