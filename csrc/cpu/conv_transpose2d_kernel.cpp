@@ -2,8 +2,9 @@
 // activation's part of the double backward. The paths, tried in this order:
 // - a 1x1 input with no padding or dilation: one GEMM (conv_transpose2d_single_pixel.cpp);
 // - NCHW operands with few output channels: the planar orientation (conv_transpose2d_planar.cpp);
-// - stride 2 with a 4x4 kernel and padding 1, or stride 1 with a 3x3 kernel and padding 0 - 2,
-//   with enough channels and tiles: Winograd's minimal filtering (conv_transpose2d_winograd.cpp);
+// - stride 2 with a 4x4 kernel and padding 1 (or a 3x3 one with output padding 1), or stride 1
+//   with a 3x3 kernel and padding 0 - 2, with enough channels and tiles: Winograd's minimal
+//   filtering (conv_transpose2d_winograd.cpp);
 // - every other shape: sub-pixel GEMMs over the input's pixels (conv_transpose2d_gemm.cpp).
 // Results take the input's layout.
 #include <torch/library.h>

@@ -554,7 +554,11 @@ void backward(const Geometry& g, const Dense& grad_output, const Dense* result, 
     scalar_t* grad_input_rows = !want_input ? nullptr
         : grad_input_channels_last ? grad_input_data + first * in_image
                                    : grad_input_buffer.mutable_data_ptr<scalar_t>();
-    if (want_input) std::fill_n(grad_input_rows, images * in_image, scalar_t(0));
+    if (want_input) {  // the overlap-add's start, an image per task
+      parallel_tasks(images, in_image, [&](int64_t i) {
+        std::fill_n(grad_input_rows + i * in_image, in_image, scalar_t(0));
+      });
+    }
     blocks.each(images * tiling.per_image, [&](int64_t tile, int64_t end) {
       const auto [dm, dm_operand] =
           block_operand<S, scalar_t>(Scratch::kProducts, end - tile, C_out, options);

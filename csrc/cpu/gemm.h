@@ -19,6 +19,7 @@ void matrix_product(const at::Tensor& out, const at::Tensor& a, const at::Tensor
 // B operands stored ahead of the products as the kernel reads them ("packed"): ceil(N / width)
 // panels one after another, each the K rows of `width` of B's columns (zeros past column N). A
 // B used often, or built by the caller anyway, is so packed once rather than per product.
+
 // The panels' width of fastgan's kernel for products of `dtype` operands; 0 where they run ATen's
 // (float64, the DEFAULT build, the switch below off), which reads B unpacked.
 int64_t panel_width(at::ScalarType dtype);

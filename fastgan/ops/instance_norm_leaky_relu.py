@@ -3,8 +3,8 @@ fastgan's BatchNorm+LeakyReLU kernels (torch.ops.fastgan.batch_norm_leaky_relu*,
 kernels and first- and second-order autograd).
 
 Instance normalization of (N, C, *) is batch normalization of each sample's C channels alone,
-which is how torch computes it too (batch_norm over N * C channels). One kernel call reads the
-input twice (statistics; normalize and activate) and writes the output once:
+which is how torch computes it too (batch_norm over N * C channels). Each kernel call reads its
+input twice (statistics; normalize and activate) and writes its output once:
 - on the CPU, the kernels' `instance` mode keeps statistics per sample and channel, for
   channels-first and channels-last input alike;
 - on CUDA, channels-first input is viewed, without a copy, as one sample of N * C channels, and
