@@ -20,9 +20,9 @@ CONV2D_FEW_INPUT_CHANNELS = 4
 
 # conv2d: 3x3 stride-1 convolutions (padding 0 or 1) with at least this many channels on each
 # side take the kernels' Winograd path, F(4x4, 3x3), where fastgan.backends.cpu.allow_winograd
-# is on, in every part from this many 4x4 output tiles in the batch: 1.0-1.7x oneDNN's speed per
-# part at 64 tiles (a ResNet generator's 256-channel residual blocks at 32 x 32 pixels), 1.4-2.1x
-# at 256 (`python benchmarks/run.py --only cyclegan`, its convolution table); slower than
-# oneDNN at 16.
+# is on, in every part from this many 4x4 output tiles in the batch: 1.0-1.7x oneDNN's speed
+# per part at 64 tiles (a ResNet generator's 256-channel residual blocks at 32 x 32 pixels),
+# 1.4-2.1x at 256 (`python benchmarks/run.py --only cyclegan`, its convolution table); slower
+# than oneDNN at 16.
 CONV2D_WINOGRAD_CHANNELS = 64
 CONV2D_WINOGRAD_TILES = 64
