@@ -115,6 +115,34 @@ def test_the_result_does_not_depend_on_the_thread_count():
 
 
 @needs_kernels
+@pytest.mark.parametrize("batch,rows,depth,cols", [(None, 64, 8192, 100), (2, 30, 3000, 40),
+                                                   (None, 5, 2100, 3), (None, 64, 40000, 48)])
+def test_a_deep_product_of_small_matrices_is_cut_in_depth(batch, rows, depth, cols):
+    """Few blocks of C and a deep product (a 1x1 input's gradient): the depth is cut into
+    chunks summed in order, the same sums for any thread count; accumulation included."""
+    generator = torch.Generator().manual_seed(depth)
+    leading = () if batch is None else (batch,)
+    a = _operand((*leading, rows, depth), False, generator)
+    b = _operand((*leading, depth, cols), True, generator)
+    start = torch.randn(*leading, rows, cols, generator=generator)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            out = start.clone()
+            _matmul(out, a, b, accumulate=True)
+            results.append(out)
+    finally:
+        torch.set_num_threads(threads)
+    _check_within_rounding(results[0], a, b, start=start)
+    assert torch.equal(results[0], results[1]) and torch.equal(results[0], results[2])
+    out = torch.full_like(start, float("nan"))
+    _matmul(out, a, b)
+    _check_within_rounding(out, a, b)
+
+
+@needs_kernels
 @pytest.mark.parametrize("gemm", ["fastgan", "torch"])
 def test_both_settings_and_double_compute_the_product(gemm):
     generator = torch.Generator().manual_seed(4)

@@ -204,6 +204,49 @@ void block_product(const Matrix& a, const RightOperand& b, float* c, int64_t ldc
   }
 }
 
+// The chunks a product's depth is cut into (1: none). Products with few blocks of C, and so few
+// tasks, are cut where they are deep. The cut depends on the shape alone, so that every entry is
+// the same sum whatever the thread count.
+int64_t depth_chunks(int64_t blocks_of_c, int64_t depth) {
+  if (blocks_of_c >= kGemmFewBlocks) return 1;
+  return std::clamp<int64_t>(depth / kGemmDepthChunk, 1, kGemmMostDepthChunks);
+}
+
+// out = or += a @ b, each product's depth cut into `chunks`: every chunk's product goes into a
+// buffer of its own, in parallel, then the buffers are added up in chunk order.
+void chunked_products(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
+                      int64_t chunks, bool accumulate) {
+  const bool batched = out.dim() == 3;
+  const int64_t batch = batched ? out.size(0) : 1;
+  const int64_t rows = out.size(-2), cols = out.size(-1), depth = a.size(-1);
+  const int64_t chunk_depth = (depth + chunks - 1) / chunks, area = rows * cols;
+  std::vector<float> partials(batch * chunks * area);
+  const float* a_data = a.const_data_ptr<float>();
+  const float* b_data = b.const_data_ptr<float>();
+  const int64_t a_batch = batched ? a.stride(0) : 0, b_batch = batched ? b.stride(0) : 0;
+  parallel_tasks(batch * chunks, area * chunk_depth, [&](int64_t task) {
+    const int64_t product = task / chunks, p0 = task % chunks * chunk_depth;
+    const Matrix a_chunk{a_data + product * a_batch + p0 * a.stride(-1), a.stride(-2),
+                         a.stride(-1)};
+    const Matrix b_chunk{b_data + product * b_batch + p0 * b.stride(-2), b.stride(-2),
+                         b.stride(-1)};
+    block_product(a_chunk, {b_chunk, nullptr}, partials.data() + task * area, cols, rows, cols,
+                  std::max<int64_t>(0, std::min(chunk_depth, depth - p0)), false);
+  });
+  float* out_data = out.mutable_data_ptr<float>();
+  const int64_t out_batch = batched ? out.stride(0) : 0, ldc = out.stride(-2);
+  parallel_tasks(batch * rows, cols * chunks, [&](int64_t task) {
+    const int64_t product = task / rows, row = task % rows;
+    float* c = out_data + product * out_batch + row * ldc;
+    const float* first = partials.data() + product * chunks * area + row * cols;
+    for (int64_t j = 0; j < cols; ++j) {
+      float sum = accumulate ? c[j] + first[j] : first[j];
+      for (int64_t chunk = 1; chunk < chunks; ++chunk) sum += first[chunk * area + j];
+      c[j] = sum;
+    }
+  });
+}
+
 // out = or += a @ B by fastgan's kernel, B given by `b` or, when `packed` is not null, packed
 // (pack_b) with out's columns. `may_decline`: false (nothing done) where ATen's suits it better.
 bool products(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
@@ -227,6 +270,14 @@ bool products(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
     row_blocks = std::min(most, (wanted + batch * col_blocks - 1) / (batch * col_blocks));
   }
   const int64_t tasks = batch * col_blocks * row_blocks;
+  if (packed == nullptr) {
+    const int64_t chunks = depth_chunks(
+        batch * col_blocks * std::max<int64_t>(1, rows / (4 * kTileRows)), depth);
+    if (chunks > 1) {
+      chunked_products(out, a, b, chunks, accumulate);
+      return true;
+    }
+  }
   // A deep product of small matrices: ATen's splits the depth among the threads.
   if (may_decline && tasks < threads) return false;
   const int64_t rows_per_block = (rows + row_blocks - 1) / row_blocks;

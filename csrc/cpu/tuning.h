@@ -74,6 +74,14 @@ constexpr int64_t kGemmDepthBlock = 256;
 //   python benchmarks/run.py --only convt   (the product table)
 constexpr int64_t kGemmColumnBlock = 512;
 
+// A deep product with fewer blocks of C than this (a 1x1 input's gradient: 64 x 100 over a depth
+// of 8192) has its depth cut into chunks of kGemmDepthChunk, at most kGemmMostDepthChunks of them,
+// so that the threads have tasks.
+//   python benchmarks/run.py --only convt   (the first generator layer)
+constexpr int64_t kGemmFewBlocks = 4;
+constexpr int64_t kGemmDepthChunk = 1024;
+constexpr int64_t kGemmMostDepthChunks = 8;
+
 // ------------------------------------------------------------------------------------------------
 // Per-channel passes (per_channel.h: the BatchNorm + LeakyReLU kernels)
 
