@@ -23,6 +23,10 @@ GEOMETRIES = [  # (input shape, weight shape, stride, padding, dilation, groups)
     # 3x3, stride 1, no padding: fastgan's kernels run it as the transposed convolution of the
     # turned kernel, the bias in its epilogue.
     ((2, 4, 7, 6), (5, 4, 3, 3), 1, 0, 1, 1),
+    # Fewer output than input channels, stride 1, no padding (a generator's 7x7 output layer):
+    # turned too, whatever the kernel's size.
+    ((2, 6, 9, 8), (3, 6, 5, 4), 1, 0, 1, 1),
+    ((1, 8, 9, 9), (2, 8, 7, 7), 1, 0, 1, 1),
 ]
 
 

@@ -25,7 +25,7 @@ namespace conv_transpose2d_detail {
 namespace {
 
 // Two ways to spread the work over threads. Images of kImagePixels or more (each one a GEMM of
-// useful size) run one image per task, every step of an image on one thread (single-threaded GEMMs
+// useful size), enough of them, run one image per task, every step of an image on one thread (single-threaded GEMMs
 // inside at::parallel_for): one parallel region for the whole op, and an image's Z or G_col stays
 // in cache. Smaller images run in blocks of images (of about kBlockEntries entries of Z or G_col),
 // one block after another, each step on all threads (the GEMMs through at::mm's own threading), so
@@ -38,7 +38,11 @@ struct Plan {
 Plan plan_work(const Geometry& g) {
   const int64_t pixels = g.in_h * g.in_w;
   const int64_t per_image = std::max<int64_t>(1, pixels * g.taps() * g.out_channels);
-  return {pixels >= kImagePixels,
+  // Images one per task only where they share out evenly among the threads: a batch of one
+  // (CycleGAN's) would otherwise run on one thread.
+  const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
+  const bool even = g.batch % threads == 0 || g.batch >= 4 * threads;
+  return {pixels >= kImagePixels && even,
           std::clamp<int64_t>(kBlockEntries / per_image, 1, std::max<int64_t>(1, g.batch))};
 }
 

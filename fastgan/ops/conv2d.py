@@ -129,35 +129,46 @@ def _stride_1_3x3(weight, geometry):
             and list(dilation) == [1, 1] and groups == 1)
 
 
-def _unpadded_3x3(weight, geometry):
-    """Whether the convolution is 3x3, stride 1, without padding (its input padded beforehand,
-    as by a ResNet generator's nn.ReflectionPad2d(1)). fastgan's kernels then run it as the
-    transposed convolution of the turned kernel (_turned) with padding 2, which maps input's
-    size to the output's: the Winograd path's tiles then cover the output rather than the
-    larger input (64 rather than 81 of them at 32 x 32 pixels)."""
-    return _stride_1_3x3(weight, geometry) and list(geometry[1]) == [0, 0]
+def _as_turned(weight, geometry):
+    """Whether fastgan's kernels run the convolution as the transposed convolution of the turned
+    kernel (_turned), with _turned_padding, which maps input's size to the output's. Only for
+    stride 1 without padding (the input padded beforehand, as by a ResNet generator's
+    nn.ReflectionPad2d), no dilation and no groups; there it pays
+    - for 3x3 kernels: the Winograd path's tiles then cover the output rather than the larger
+      input (64 rather than 81 of them at 32 x 32 pixels);
+    - for fewer output than input channels (a generator's 7x7 output layer, 64 -> 3): every part
+      then works on operands of C_out values per tap, rather than C_in, an operand 20x smaller
+      for RGB images."""
+    stride, padding, dilation, groups = geometry
+    if not (list(stride) == [1, 1] and list(padding) == [0, 0] and list(dilation) == [1, 1]
+            and groups == 1):
+        return False
+    return tuple(weight.shape[2:]) == (3, 3) or weight.shape[0] < weight.shape[1]
 
 
-_TURNED_PADDING = [2, 2]  # of the transposed convolution that computes an _unpadded_3x3 one
+def _turned_padding(weight):
+    """The padding of the transposed convolution that computes an _as_turned one."""
+    return [weight.shape[2] - 1, weight.shape[3] - 1]
 
 
 def _turned(weight):
-    """The weight (C_in, C_out, 3, 3) of the transposed convolution that computes the convolution
-    by `weight` (C_out, C_in, 3, 3): its kernel turned by half a turn. A transposed view of the
-    turned copy, which the kernels read as it is stored (a transposing copy would cost more)."""
+    """The weight (C_in, C_out, kH, kW) of the transposed convolution that computes the
+    convolution by `weight` (C_out, C_in, kH, kW): its kernel turned by half a turn. A transposed
+    view of the turned copy, which the kernels read as it is stored (a transposing copy would cost
+    more)."""
     return weight.flip((2, 3)).transpose(0, 1)
 
 
 def _forward(input, weight, bias, geometry, own):
     """F.conv2d(input, weight, bias, *geometry), by fastgan's kernels when `own`: as the input
-    gradient of the transposed convolution whose output has input's shape (or, _unpadded_3x3,
-    as a transposed convolution of input)."""
+    gradient of the transposed convolution whose output has input's shape (or, _as_turned, as a
+    transposed convolution of input)."""
     if not own:
         return F.conv2d(input, weight, bias, *geometry)
     stride, padding, dilation, groups = geometry
-    if _unpadded_3x3(weight, geometry):
+    if _as_turned(weight, geometry):
         # The bias goes into the kernel's epilogue rather than a pass of its own.
-        out = _ops.conv_transpose2d(input, _turned(weight), bias, stride, _TURNED_PADDING,
+        out = _ops.conv_transpose2d(input, _turned(weight), bias, stride, _turned_padding(weight),
                                     [0, 0], groups, dilation, "none", 0.0)
         bias = None
     else:
@@ -190,10 +201,10 @@ def _input_grad(grad_output, input, weight, geometry, own):
     if not own:
         return _convolution_backward(grad_output, input, weight, None, stride, padding, dilation,
                                      False, [0, 0], groups, [True, False, False])[0]
-    if _unpadded_3x3(weight, geometry):
+    if _as_turned(weight, geometry):
         return _ops.conv_transpose2d_backward(
-            grad_output, input, _turned(weight), None, stride, _TURNED_PADDING, [0, 0], groups,
-            dilation, "none", 0.0, [True, False, False])[0]
+            grad_output, input, _turned(weight), None, stride, _turned_padding(weight), [0, 0],
+            groups, dilation, "none", 0.0, [True, False, False])[0]
     return _ops.conv_transpose2d(grad_output, weight, None, stride, padding,
                                  _output_padding(input, grad_output, weight, geometry), groups,
                                  dilation, "none", 0.0)
@@ -210,10 +221,11 @@ def _weight_grad(grad_output, input, weight, geometry, own):
             weight = weight.contiguous()
         return _convolution_backward(grad_output, input, weight, None, stride, padding, dilation,
                                      False, [0, 0], groups, [False, True, False])[1]
-    if _unpadded_3x3(weight, geometry):  # the turned kernel's gradient, turned back
+    if _as_turned(weight, geometry):  # the turned kernel's gradient, turned back
         return _ops.conv_transpose2d_backward(
-            grad_output, input, weight.transpose(0, 1), None, stride, _TURNED_PADDING, [0, 0],
-            groups, dilation, "none", 0.0, [False, True, False])[1].transpose(0, 1).flip((2, 3))
+            grad_output, input, weight.transpose(0, 1), None, stride, _turned_padding(weight),
+            [0, 0], groups, dilation, "none", 0.0,
+            [False, True, False])[1].transpose(0, 1).flip((2, 3))
     return _ops.conv_transpose2d_backward(
         input, grad_output, weight, None, stride, padding,
         _output_padding(input, grad_output, weight, geometry), groups, dilation, "none", 0.0,
