@@ -129,7 +129,7 @@ def _stride_1_3x3(weight, geometry):
             and list(dilation) == [1, 1] and groups == 1)
 
 
-def _as_turned(weight, geometry):
+def _as_turned(input, weight, geometry):
     """Whether fastgan's kernels run the convolution as the transposed convolution of the turned
     kernel (_turned), with _turned_padding, which maps input's size to the output's. Only for
     stride 1 without padding (the input padded beforehand, as by a ResNet generator's
@@ -138,12 +138,15 @@ def _as_turned(weight, geometry):
       input (64 rather than 81 of them at 32 x 32 pixels);
     - for fewer output than input channels (a generator's 7x7 output layer, 64 -> 3): every part
       then works on operands of C_out values per tap, rather than C_in, an operand 20x smaller
-      for RGB images."""
+      for RGB images. Not where the output is one pixel (a DCGAN discriminator's last layer),
+      whose input gradient is then the transposed convolution of a single pixel, one GEMM."""
     stride, padding, dilation, groups = geometry
     if not (list(stride) == [1, 1] and list(padding) == [0, 0] and list(dilation) == [1, 1]
             and groups == 1):
         return False
-    return tuple(weight.shape[2:]) == (3, 3) or weight.shape[0] < weight.shape[1]
+    one_pixel = tuple(input.shape[2:]) == tuple(weight.shape[2:])
+    return tuple(weight.shape[2:]) == (3, 3) or (weight.shape[0] < weight.shape[1]
+                                                 and not one_pixel)
 
 
 def _turned_padding(weight):
@@ -166,7 +169,7 @@ def _forward(input, weight, bias, geometry, own):
     if not own:
         return F.conv2d(input, weight, bias, *geometry)
     stride, padding, dilation, groups = geometry
-    if _as_turned(weight, geometry):
+    if _as_turned(input, weight, geometry):
         # The bias goes into the kernel's epilogue rather than a pass of its own.
         out = _ops.conv_transpose2d(input, _turned(weight), bias, stride, _turned_padding(weight),
                                     [0, 0], groups, dilation, "none", 0.0)
@@ -201,7 +204,7 @@ def _input_grad(grad_output, input, weight, geometry, own):
     if not own:
         return _convolution_backward(grad_output, input, weight, None, stride, padding, dilation,
                                      False, [0, 0], groups, [True, False, False])[0]
-    if _as_turned(weight, geometry):
+    if _as_turned(input, weight, geometry):
         return _ops.conv_transpose2d_backward(
             grad_output, input, _turned(weight), None, stride, _turned_padding(weight), [0, 0],
             groups, dilation, "none", 0.0, [True, False, False])[0]
@@ -221,7 +224,7 @@ def _weight_grad(grad_output, input, weight, geometry, own):
             weight = weight.contiguous()
         return _convolution_backward(grad_output, input, weight, None, stride, padding, dilation,
                                      False, [0, 0], groups, [False, True, False])[1]
-    if _as_turned(weight, geometry):  # the turned kernel's gradient, turned back
+    if _as_turned(input, weight, geometry):  # the turned kernel's gradient, turned back
         return _ops.conv_transpose2d_backward(
             grad_output, input, weight.transpose(0, 1), None, stride, _turned_padding(weight),
             [0, 0], groups, dilation, "none", 0.0,
