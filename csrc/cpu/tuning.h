@@ -17,16 +17,18 @@ namespace cpu {
 //   python benchmarks/run.py --only convt
 constexpr int64_t kImagePixels = 256;
 
-// Entries of Z or G_col per block of small images, and of Winograd's V, M or dM (16 MiB of
-// float32): blocks of 32 images rather than 8 give the backward's GEMMs rows enough to run faster.
-//   python benchmarks/run.py --only convt
-constexpr int64_t kBlockEntries = 1 << 22;
+// Entries of Z or G_col per block of small images, and at most of Winograd's V, M or dM (8 MiB
+// of float32): blocks of 16 images rather than 8 give the backward's GEMMs rows enough to run
+// faster, while 32 (16 MiB) put a DCGAN-64 training step's peak memory above PyTorch's own (the
+// blocks are scratch that oneDNN's direct convolutions do not need).
+//   python benchmarks/run.py --only convt memory
+constexpr int64_t kBlockEntries = 1 << 21;
 
 // The Winograd path's blocks shrink to as many entries as U has, down to this many (4 MiB of
 // float32): a block's V and M then stay in L3 between the transforms and the GEMMs, while a
-// large U (512 x 256 channels: 13 M entries) is still read once per 4 M entries of operands.
-// Against 4 M entries for every layer, the 128 -> 64 generator layer and the 64 -> 128
-// discriminator layer gain most.
+// large U (512 x 256 channels: 3.3 M entries) is still read once per 2 M entries of operands.
+// Against blocks of kBlockEntries for every layer, the 128 -> 64 generator layer and the
+// 64 -> 128 discriminator layer gain most.
 //   python benchmarks/run.py --only convt r1   ("fastgan's kernels alone"; the r1 conv table)
 constexpr int64_t kWinogradLeastBlockEntries = 1 << 20;
 
