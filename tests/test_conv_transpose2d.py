@@ -511,3 +511,25 @@ def test_third_order_raises():
     (gg,) = torch.autograd.grad(g.square().sum(), x, create_graph=True)
     with pytest.raises(NotImplementedError, match="third-order"):
         torch.autograd.grad(gg.sum(), x)
+
+
+@pytest.mark.skipif(fastgan._backend.extension is None, reason="fastgan's kernels are not built")
+def test_winograd_forward_in_blocks_per_thread_equals_one_thread():
+    """A channels-last batch with enough tiles for two blocks per thread runs each block through
+    all of Winograd's steps on one thread; on one thread the steps are shared out in turn. The
+    tiles' arithmetic is the same: bitwise equal results, close to float64."""
+    generator = torch.Generator().manual_seed(7)
+    x = torch.randn(96, 64, 8, 8, generator=generator).to(memory_format=torch.channels_last)
+    weight = torch.randn(64, 64, 4, 4, generator=generator) * 0.05
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            results.append(torch.ops.fastgan.conv_transpose2d(
+                x, weight, None, [2, 2], [1, 1], [0, 0], 1, [1, 1], "none", 0.0))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(results[0], results[1]) and torch.equal(results[0], results[2])
+    exact = F.conv_transpose2d(x.double(), weight.double(), stride=2, padding=1)
+    assert (results[0].double() - exact).abs().max() <= 1e-5 * exact.abs().max()

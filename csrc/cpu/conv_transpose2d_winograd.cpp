@@ -478,13 +478,15 @@ void forward(const Geometry& g, const Dense& x, const at::Tensor& weight, const 
   const at::Tensor out_buffer = scratch(
       Scratch::kOutputRows, {out_channels_last ? 0 : blocks.images * out_image}, options);
   scalar_t* out_data = out.mutable_data_ptr<scalar_t>();
-  for (int64_t first = 0; first < g.batch; first += blocks.images) {
-    const int64_t images = std::min(g.batch - first, blocks.images);
+  // Channels-last operands are read and written in place: the whole batch is one group.
+  const int64_t group = x.channels_last && out_channels_last ? g.batch : blocks.images;
+  for (int64_t first = 0; first < g.batch; first += group) {
+    const int64_t images = std::min(g.batch - first, group);
     const scalar_t* x_rows =
         rows_of(x, first, first + images, x_buffer.mutable_data_ptr<scalar_t>());
     scalar_t* out_rows = out_channels_last ? out_data + first * out_image
                                            : out_buffer.mutable_data_ptr<scalar_t>();
-    blocks.each(images * tiling.per_image, [&](int64_t tile, int64_t end) {
+    const auto run_block = [&](int64_t tile, int64_t end) {
       const auto [v, v_operand] =
           block_operand<S, scalar_t>(Scratch::kTiles, end - tile, C_in, options);
       auto [m, m_operand] =
@@ -494,7 +496,27 @@ void forward(const Geometry& g, const Dense& x, const at::Tensor& weight, const 
       transform_outputs(tiling, tile, end, m_operand,
                         bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr, activation,
                         negative_slope, out_rows);
-    });
+    };
+    const int64_t count = images * tiling.per_image;
+    const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
+    // With blocks enough for every thread to take two, each thread runs whole blocks (of half
+    // the size, for the same scratch in all): the three steps then hand no data between threads.
+    // Handed between them, as each step shared out among the threads does, the forward ran
+    // about 1.5x slower for much of the time on the machine measured (benchmarks/README.md).
+    const int64_t local_tiles = blocks.tiles / std::max<int64_t>(threads, 1);
+    if (threads > 1 && local_tiles >= kWinogradLeastThreadBlockTiles &&
+        count >= 2 * threads * local_tiles) {
+      const int64_t count_blocks = (count + local_tiles - 1) / local_tiles;
+      const int64_t size = (count + count_blocks - 1) / count_blocks;
+      at::parallel_for(0, count_blocks, 1, [&](int64_t begin, int64_t end) {
+        const ScratchScope scratch_scope;  // frees a worker thread's blocks when it is done
+        for (int64_t block = begin; block < end; ++block) {
+          run_block(block * size, std::min(count, (block + 1) * size));
+        }
+      });
+    } else {
+      blocks.each(count, run_block);
+    }
     if (!out_channels_last) {
       rows_to_planes(out_rows, out_data + first * out_image, images, g.out_h * g.out_w, C_out);
     }

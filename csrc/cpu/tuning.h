@@ -32,6 +32,13 @@ constexpr int64_t kBlockEntries = 1 << 21;
 //   python benchmarks/run.py --only convt r1   ("fastgan's kernels alone"; the r1 conv table)
 constexpr int64_t kWinogradLeastBlockEntries = 1 << 20;
 
+// The Winograd forward runs whole blocks of tiles on one thread each (per-thread blocks of half
+// the size) where every thread gets two blocks of at least this many tiles (GEMM rows): the
+// 128 -> 64 generator layer at batch 64 in channels-last, blocks of 40 tiles, ran 9 ms in every
+// state of the machine against 9 or 14 ms with each step shared out among the threads.
+//   python benchmarks/run.py --only convt
+constexpr int64_t kWinogradLeastThreadBlockTiles = 16;
+
 // The stride-1 (3x3) Winograd path's blocks are smaller: its transforms of wide images are
 // memory-bound. With 64 - 128 channels, blocks of 256 K - 512 K entries run up to 1.5 times
 // faster than of 1 M or more, and fewer leave the GEMMs too few rows; with 256 channels (a
