@@ -277,8 +277,8 @@ void planar_backward(const Geometry& g, const at::Tensor& grad_output, const at:
                      const at::Tensor& grad_weight_rows, std::vector<double>* grad_bias);
 
 // Stride 2, a 4 x 4 kernel and padding 1 (or a 3 x 3 one with output padding 1), or stride 1, a
-// 3 x 3 kernel and padding 0 - 2 (conv_transpose2d_winograd.cpp). The backward writes grad_input (when defined), grad_weight
-// (when given; (C_in, C_out, K, K)) and the bias sums.
+// 3 x 3 kernel and padding 0 - 2 (conv_transpose2d_winograd.cpp). The backward writes grad_input
+// (when defined), grad_weight (when given; (C_in, C_out, K, K)) and the bias sums.
 bool winograd(const Geometry& g);
 void winograd_forward(const Geometry& g, const Dense& x, const at::Tensor& weight,
                       const at::Tensor& bias, Activation activation, double negative_slope,

@@ -138,9 +138,13 @@ struct Tiling {
     // each, of equal size (a last block of a few tiles would run its GEMMs on too few rows).
     template <typename Fn>
     void each(int64_t count, const Fn& fn) const {
-      const int64_t blocks = (count + tiles - 1) / tiles;
-      const int64_t size = (count + blocks - 1) / blocks;
+      const int64_t size = equal_size(count, tiles);
       for (int64_t first = 0; first < count; first += size) fn(first, std::min(count, first + size));
+    }
+    // The size of the equal blocks of at most `most` tiles that cover `count` tiles.
+    static int64_t equal_size(int64_t count, int64_t most) {
+      const int64_t blocks = (count + most - 1) / most;
+      return (count + blocks - 1) / blocks;
     }
   };
   Blocks blocks(int64_t C_in, int64_t C_out, int64_t batch) const {
@@ -503,12 +507,11 @@ void forward(const Geometry& g, const Dense& x, const at::Tensor& weight, const 
     // the size, for the same scratch in all): the three steps then hand no data between threads.
     // Handed between them, as each step shared out among the threads does, the forward ran
     // about 1.5x slower for much of the time on the machine measured (benchmarks/README.md).
-    const int64_t local_tiles = blocks.tiles / std::max<int64_t>(threads, 1);
+    const int64_t local_tiles = blocks.tiles / threads;
     if (threads > 1 && local_tiles >= kWinogradLeastThreadBlockTiles &&
         count >= 2 * threads * local_tiles) {
-      const int64_t count_blocks = (count + local_tiles - 1) / local_tiles;
-      const int64_t size = (count + count_blocks - 1) / count_blocks;
-      at::parallel_for(0, count_blocks, 1, [&](int64_t begin, int64_t end) {
+      const int64_t size = Tiling<S>::Blocks::equal_size(count, local_tiles);
+      at::parallel_for(0, (count + size - 1) / size, 1, [&](int64_t begin, int64_t end) {
         const ScratchScope scratch_scope;  // frees a worker thread's blocks when it is done
         for (int64_t block = begin; block < end; ++block) {
           run_block(block * size, std::min(count, (block + 1) * size));

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "parallel.h"
@@ -220,7 +221,8 @@ void chunked_products(const at::Tensor& out, const at::Tensor& a, const at::Tens
   const int64_t batch = batched ? out.size(0) : 1;
   const int64_t rows = out.size(-2), cols = out.size(-1), depth = a.size(-1);
   const int64_t chunk_depth = (depth + chunks - 1) / chunks, area = rows * cols;
-  std::vector<float> partials(batch * chunks * area);
+  // Every entry is written by its chunk's product (accumulate off): no zero fill.
+  const std::unique_ptr<float[]> partials(new float[batch * chunks * area]);
   const float* a_data = a.const_data_ptr<float>();
   const float* b_data = b.const_data_ptr<float>();
   const int64_t a_batch = batched ? a.stride(0) : 0, b_batch = batched ? b.stride(0) : 0;
@@ -230,15 +232,15 @@ void chunked_products(const at::Tensor& out, const at::Tensor& a, const at::Tens
                          a.stride(-1)};
     const Matrix b_chunk{b_data + product * b_batch + p0 * b.stride(-2), b.stride(-2),
                          b.stride(-1)};
-    block_product(a_chunk, {b_chunk, nullptr}, partials.data() + task * area, cols, rows, cols,
-                  std::max<int64_t>(0, std::min(chunk_depth, depth - p0)), false);
+    block_product(a_chunk, {b_chunk, nullptr}, partials.get() + task * area, cols, rows, cols,
+                  std::min(chunk_depth, depth - p0), false);
   });
   float* out_data = out.mutable_data_ptr<float>();
   const int64_t out_batch = batched ? out.stride(0) : 0, ldc = out.stride(-2);
   parallel_tasks(batch * rows, cols * chunks, [&](int64_t task) {
     const int64_t product = task / rows, row = task % rows;
     float* c = out_data + product * out_batch + row * ldc;
-    const float* first = partials.data() + product * chunks * area + row * cols;
+    const float* first = partials.get() + product * chunks * area + row * cols;
     for (int64_t j = 0; j < cols; ++j) {
       float sum = accumulate ? c[j] + first[j] : first[j];
       for (int64_t chunk = 1; chunk < chunks; ++chunk) sum += first[chunk * area + j];

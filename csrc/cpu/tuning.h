@@ -35,8 +35,9 @@ constexpr int64_t kWinogradLeastBlockEntries = 1 << 20;
 // The Winograd forward runs whole blocks of tiles on one thread each (per-thread blocks of half
 // the size) where every thread gets two blocks of at least this many tiles (GEMM rows): the
 // 128 -> 64 generator layer at batch 64 in channels-last, blocks of 40 tiles, ran 9 ms in every
-// state of the machine against 9 or 14 ms with each step shared out among the threads.
-//   python benchmarks/run.py --only convt
+// state of the machine against 9 or 14 ms with each step shared out among the threads (timed
+// side by side in one loop).
+//   python benchmarks/run.py --only r1   (its conv table's input gradients: channels-last)
 constexpr int64_t kWinogradLeastThreadBlockTiles = 16;
 
 // The stride-1 (3x3) Winograd path's blocks are smaller: its transforms of wide images are
