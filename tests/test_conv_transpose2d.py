@@ -514,22 +514,39 @@ def test_third_order_raises():
 
 
 @pytest.mark.skipif(fastgan._backend.extension is None, reason="fastgan's kernels are not built")
-def test_winograd_forward_in_blocks_per_thread_equals_one_thread():
-    """A channels-last batch with enough tiles for two blocks per thread runs each block through
-    all of Winograd's steps on one thread; on one thread the steps are shared out in turn. The
-    tiles' arithmetic is the same: bitwise equal results, close to float64."""
+@pytest.mark.parametrize("batch, size, channels_last", [
+    (96, 8, True),    # shares out among 2 and 3 threads: each thread runs whole images
+    (8, 8, False),    # NCHW, by image on 2 threads (buffered per thread), steps shared on 3
+    (7, 32, True),    # shares out among neither: whole blocks of tiles per thread on 2 and 3
+])
+def test_winograd_per_thread_work_equals_one_thread(batch, size, channels_last):
+    """Where the work allows, each thread runs whole images or whole blocks of tiles through all
+    of Winograd's steps; on one thread the steps run in turn. The tiles' arithmetic is the same:
+    bitwise equal outputs and input gradients. The weight gradient sums each thread's images
+    apart, then adds the sums: close to float64 in every case."""
     generator = torch.Generator().manual_seed(7)
-    x = torch.randn(96, 64, 8, 8, generator=generator).to(memory_format=torch.channels_last)
+    x = torch.randn(batch, 64, size, size, generator=generator)
+    grad_output = torch.randn(batch, 64, 2 * size, 2 * size, generator=generator)
+    if channels_last:
+        x, grad_output = (t.to(memory_format=torch.channels_last) for t in (x, grad_output))
     weight = torch.randn(64, 64, 4, 4, generator=generator) * 0.05
+    geometry = ([2, 2], [1, 1], [0, 0], 1, [1, 1], "none", 0.0)
     threads = torch.get_num_threads()
     results = []
     try:
         for count in (1, 2, 3):
             torch.set_num_threads(count)
-            results.append(torch.ops.fastgan.conv_transpose2d(
-                x, weight, None, [2, 2], [1, 1], [0, 0], 1, [1, 1], "none", 0.0))
+            out = torch.ops.fastgan.conv_transpose2d(x, weight, None, *geometry)
+            grad_input, grad_weight, _ = torch.ops.fastgan.conv_transpose2d_backward(
+                grad_output, x, weight, None, *geometry, [True, True, False])
+            results.append((out, grad_input, grad_weight))
     finally:
         torch.set_num_threads(threads)
-    assert torch.equal(results[0], results[1]) and torch.equal(results[0], results[2])
-    exact = F.conv_transpose2d(x.double(), weight.double(), stride=2, padding=1)
-    assert (results[0].double() - exact).abs().max() <= 1e-5 * exact.abs().max()
+    for out, grad_input, _ in results[1:]:
+        assert torch.equal(out, results[0][0]) and torch.equal(grad_input, results[0][1])
+    x64, weight64 = (t.double().requires_grad_() for t in (x, weight))
+    exact = F.conv_transpose2d(x64, weight64, stride=2, padding=1)
+    exact_grads = torch.autograd.grad(exact, (x64, weight64), grad_output.double())
+    for out, grad_input, grad_weight in results:
+        for value, reference in zip((out, grad_input, grad_weight), (exact, *exact_grads)):
+            assert (value.double() - reference).abs().max() <= 1e-5 * reference.abs().max()

@@ -88,6 +88,12 @@ void transpose_matrix(const scalar_t* src, scalar_t* dst, int64_t rows, int64_t 
   });
 }
 
+// Whether a batch shares out evenly enough among `threads` threads for each to take whole images
+// (a batch of one, CycleGAN's, would run on one thread of two).
+inline bool images_share_out(int64_t batch, int64_t threads) {
+  return batch % threads == 0 || batch >= 4 * threads;
+}
+
 // Image n of `t` as dense rows (h, w) of C values: in place when t is stored channels-last, else
 // transposed into `buffer`.
 template <typename scalar_t>

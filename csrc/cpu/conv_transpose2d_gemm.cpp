@@ -38,11 +38,8 @@ struct Plan {
 Plan plan_work(const Geometry& g) {
   const int64_t pixels = g.in_h * g.in_w;
   const int64_t per_image = std::max<int64_t>(1, pixels * g.taps() * g.out_channels);
-  // Images one per task only where they share out evenly among the threads: a batch of one
-  // (CycleGAN's) would otherwise run on one thread.
   const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
-  const bool even = g.batch % threads == 0 || g.batch >= 4 * threads;
-  return {pixels >= kImagePixels && even,
+  return {pixels >= kImagePixels && images_share_out(g.batch, threads),
           std::clamp<int64_t>(kBlockEntries / per_image, 1, std::max<int64_t>(1, g.batch))};
 }
 

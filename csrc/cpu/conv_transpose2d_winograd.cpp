@@ -141,7 +141,7 @@ struct Tiling {
       const int64_t size = equal_size(count, tiles);
       for (int64_t first = 0; first < count; first += size) fn(first, std::min(count, first + size));
     }
-    // The size of the equal blocks of at most `most` tiles that cover `count` tiles.
+    // The size of the equal parts of at most `most` (tiles, or images) that cover `count`.
     static int64_t equal_size(int64_t count, int64_t most) {
       const int64_t blocks = (count + most - 1) / most;
       return (count + blocks - 1) / blocks;
@@ -466,26 +466,62 @@ void rows_to_planes(const scalar_t* rows, scalar_t* planes, int64_t images, int6
   });
 }
 
+// How a call's tiles spread over the threads. Each step shared out among the threads hands every
+// block's V and M (or dM) from one thread to another between the steps; on the machine measured,
+// such a forward ran about 1.5x slower for much of the time (benchmarks/README.md). Where the work
+// allows, each thread instead runs whole images, or whole blocks of tiles, through every step, at
+// half the block size (for two threads: the same scratch in all).
+template <typename S>
+struct Spread {
+  int64_t threads;
+  typename Tiling<S>::Blocks shared, local;
+  bool local_blocks;  // the per-thread blocks have rows enough for the GEMMs
+  bool by_image;      // and the batch shares out evenly among the threads
+
+  Spread(const Tiling<S>& tiling, int64_t C_in, int64_t C_out, int64_t batch)
+      : threads(at::in_parallel_region() ? 1 : at::get_num_threads()),
+        shared(tiling.blocks(C_in, C_out, batch)) {
+    const int64_t tiles = std::max<int64_t>(shared.tiles / threads, 1);
+    const int64_t images = std::clamp<int64_t>(tiles / tiling.per_image, 1, shared.images);
+    local = {images, std::min(tiles, images * tiling.per_image)};
+    local_blocks = threads > 1 && local.tiles >= kWinogradLeastThreadBlockTiles;
+    by_image = local_blocks && images_share_out(batch, threads);
+  }
+  // fn(first, end) for the images [first, end) of each thread, all threads side by side; the
+  // calling thread's images come first. Each thread's scratch is its own, freed when it is done.
+  template <typename Fn>
+  void each_thread(int64_t batch, const Fn& fn) const {
+    at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+      const ScratchScope scratch_scope;
+      fn(begin, end);
+    });
+  }
+};
+
 template <typename S, typename scalar_t>
 void forward(const Geometry& g, const Dense& x, const at::Tensor& weight, const at::Tensor& bias,
              Activation activation, scalar_t negative_slope, const at::Tensor& out,
              bool out_channels_last) {
+  using Blocks = typename Tiling<S>::Blocks;
   const Tiling<S> tiling(g);
   const int64_t C_in = g.in_channels, C_out = g.out_channels;
   const int64_t in_image = g.in_h * g.in_w * C_in, out_image = g.out_h * g.out_w * C_out;
-  const auto blocks = tiling.blocks(C_in, C_out, g.batch);
+  const Spread<S> spread(tiling, C_in, C_out, g.batch);
   const at::TensorOptions options = out.options();
   const int64_t width = panel_width(out.scalar_type());
   const at::Tensor u = transformed_weight<S, scalar_t, false>(weight, width);
-  const at::Tensor x_buffer =
-      scratch(Scratch::kInputRows, {x.channels_last ? 0 : blocks.images * in_image}, options);
-  const at::Tensor out_buffer = scratch(
-      Scratch::kOutputRows, {out_channels_last ? 0 : blocks.images * out_image}, options);
   scalar_t* out_data = out.mutable_data_ptr<scalar_t>();
-  // Channels-last operands are read and written in place: the whole batch is one group.
-  const int64_t group = x.channels_last && out_channels_last ? g.batch : blocks.images;
-  for (int64_t first = 0; first < g.batch; first += group) {
-    const int64_t images = std::min(g.batch - first, group);
+  // Channels-last operands are read and written in place: their images need not go in groups.
+  const bool in_place = x.channels_last && out_channels_last;
+
+  // Images [first, first + images) through every step, their tiles in `blocks`: whole blocks to
+  // each thread (blocks_per_thread), else one after another with each step shared out.
+  const auto run_images = [&](int64_t first, int64_t images, const Blocks& blocks,
+                              bool blocks_per_thread) {
+    const at::Tensor x_buffer =
+        scratch(Scratch::kInputRows, {x.channels_last ? 0 : images * in_image}, options);
+    const at::Tensor out_buffer =
+        scratch(Scratch::kOutputRows, {out_channels_last ? 0 : images * out_image}, options);
     const scalar_t* x_rows =
         rows_of(x, first, first + images, x_buffer.mutable_data_ptr<scalar_t>());
     scalar_t* out_rows = out_channels_last ? out_data + first * out_image
@@ -502,17 +538,9 @@ void forward(const Geometry& g, const Dense& x, const at::Tensor& weight, const 
                         negative_slope, out_rows);
     };
     const int64_t count = images * tiling.per_image;
-    const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
-    // With blocks enough for every thread to take two, each thread runs whole blocks (of half
-    // the size, for the same scratch in all): the three steps then hand no data between threads.
-    // Handed between them, as each step shared out among the threads does, the forward ran
-    // about 1.5x slower for much of the time on the machine measured (benchmarks/README.md).
-    const int64_t local_tiles = blocks.tiles / threads;
-    if (threads > 1 && local_tiles >= kWinogradLeastThreadBlockTiles &&
-        count >= 2 * threads * local_tiles) {
-      const int64_t size = Tiling<S>::Blocks::equal_size(count, local_tiles);
-      at::parallel_for(0, (count + size - 1) / size, 1, [&](int64_t begin, int64_t end) {
-        const ScratchScope scratch_scope;  // frees a worker thread's blocks when it is done
+    if (blocks_per_thread) {
+      const int64_t size = Blocks::equal_size(count, blocks.tiles);
+      spread.each_thread((count + size - 1) / size, [&](int64_t begin, int64_t end) {
         for (int64_t block = begin; block < end; ++block) {
           run_block(block * size, std::min(count, (block + 1) * size));
         }
@@ -523,6 +551,25 @@ void forward(const Geometry& g, const Dense& x, const at::Tensor& weight, const 
     if (!out_channels_last) {
       rows_to_planes(out_rows, out_data + first * out_image, images, g.out_h * g.out_w, C_out);
     }
+  };
+
+  if (spread.by_image) {
+    spread.each_thread(g.batch, [&](int64_t begin, int64_t end) {
+      const int64_t group =
+          in_place ? end - begin : Blocks::equal_size(end - begin, spread.local.images);
+      for (int64_t first = begin; first < end; first += group) {
+        run_images(first, std::min(end - first, group), spread.local, false);
+      }
+    });
+    return;
+  }
+  const int64_t group = in_place ? g.batch : Blocks::equal_size(g.batch, spread.shared.images);
+  for (int64_t first = 0; first < g.batch; first += group) {
+    const int64_t images = std::min(g.batch - first, group);
+    // Whole blocks to each thread where every thread gets two.
+    const bool blocks_per_thread = spread.local_blocks &&
+                                   images * tiling.per_image >= 2 * spread.threads * spread.local.tiles;
+    run_images(first, images, blocks_per_thread ? spread.local : spread.shared, blocks_per_thread);
   }
 }
 
@@ -531,11 +578,17 @@ void backward(const Geometry& g, const Dense& grad_output, const Dense* result, 
               const at::Tensor& weight, Activation activation, scalar_t negative_slope,
               const at::Tensor& grad_input, at::Tensor* grad_weight,
               std::vector<double>* grad_bias) {
+  using Blocks = typename Tiling<S>::Blocks;
   const Tiling<S> tiling(g);
   const int64_t C_in = g.in_channels, C_out = g.out_channels;
   const int64_t in_image = g.in_h * g.in_w * C_in, out_image = g.out_h * g.out_w * C_out;
   const bool want_input = grad_input.defined(), want_weight = grad_weight != nullptr;
-  const auto blocks = tiling.blocks(C_in, C_out, g.batch);
+  const int64_t du_entries = S::kProducts * C_in * C_out;
+  const Spread<S> spread(tiling, C_in, C_out, g.batch);
+  // By image, each thread sums its own images' dU, added up at the end in thread order: that
+  // costs a dU per thread, kept to one block's scratch.
+  const bool by_image = spread.by_image &&
+                        (!want_weight || (spread.threads - 1) * du_entries <= kBlockEntries);
   const at::TensorOptions options = grad_output.tensor.options();
   const Vec<scalar_t> slope(negative_slope);
   const bool g_in_place = grad_output.channels_last && result == nullptr;
@@ -543,25 +596,26 @@ void backward(const Geometry& g, const Dense& grad_output, const Dense* result, 
   const int64_t width = panel_width(grad_output.tensor.scalar_type());
   const at::Tensor u_t =
       want_input ? transformed_weight<S, scalar_t, true>(weight, width) : at::Tensor();
-  // Written by the first block's products, then accumulated: no zero fill of up to 50 MiB (the
-  // path's batch is never empty).
-  at::Tensor du =
-      scratch(Scratch::kWeightGradient, {want_weight ? S::kProducts : 0, C_in, C_out}, options);
-  const at::Tensor g_buffer =
-      scratch(Scratch::kOutputRows, {g_in_place ? 0 : blocks.images * out_image}, options);
-  const at::Tensor result_buffer = scratch(
-      Scratch::kResultRows, {result != nullptr ? blocks.images * out_image : 0}, options);
-  const at::Tensor x_buffer = scratch(
-      Scratch::kInputRows, {want_weight && !x.channels_last ? blocks.images * in_image : 0},
-      options);
-  const at::Tensor grad_input_buffer = scratch(
-      Scratch::kInputGradientRows,
-      {want_input && !grad_input_channels_last ? blocks.images * in_image : 0}, options);
+  const int64_t partials = by_image ? spread.threads : 1;
+  const at::Tensor du = scratch(
+      Scratch::kWeightGradient, {want_weight ? partials : 0, S::kProducts, C_in, C_out}, options);
   std::vector<double> image_sums(grad_bias != nullptr ? g.batch * C_out : 0);
   scalar_t* grad_input_data = want_input ? grad_input.mutable_data_ptr<scalar_t>() : nullptr;
-  bool accumulate = false;
-  for (int64_t first = 0; first < g.batch; first += blocks.images) {
-    const int64_t images = std::min(g.batch - first, blocks.images);
+
+  // Images [first, first + images) through every step, their tiles in `blocks`, their dU summed
+  // into `du_sum`: written by its first block's products, then accumulated (no zero fill of up to
+  // 50 MiB), `accumulate` saying which.
+  const auto run_images = [&](int64_t first, int64_t images, const Blocks& blocks,
+                              const at::Tensor& du_sum, bool& accumulate) {
+    const at::Tensor g_buffer =
+        scratch(Scratch::kOutputRows, {g_in_place ? 0 : images * out_image}, options);
+    const at::Tensor result_buffer =
+        scratch(Scratch::kResultRows, {result != nullptr ? images * out_image : 0}, options);
+    const at::Tensor x_buffer = scratch(
+        Scratch::kInputRows, {want_weight && !x.channels_last ? images * in_image : 0}, options);
+    const at::Tensor grad_input_buffer = scratch(
+        Scratch::kInputGradientRows,
+        {want_input && !grad_input_channels_last ? images * in_image : 0}, options);
     parallel_tasks(images, out_image, [&](int64_t i) {
       image_gradient(grad_output, result, activation, slope, first + i,
                      g_in_place ? nullptr : g_buffer.mutable_data_ptr<scalar_t>() + i * out_image,
@@ -569,7 +623,7 @@ void backward(const Geometry& g, const Dense& grad_output, const Dense* result, 
                                        : nullptr,
                      grad_bias != nullptr ? image_sums.data() + (first + i) * C_out : nullptr);
     });
-    if (!want_input && !want_weight) continue;
+    if (!want_input && !want_weight) return;
     const scalar_t* g_rows = g_in_place
         ? grad_output.tensor.const_data_ptr<scalar_t>() + first * out_image
         : g_buffer.const_data_ptr<scalar_t>();
@@ -591,7 +645,7 @@ void backward(const Geometry& g, const Dense& grad_output, const Dense* result, 
       transform_output_gradients(tiling, tile, end, g_rows, dm_operand);
       if (want_weight) {
         transform_inputs(tiling, tile, end, x_rows, v_operand);
-        matrix_product(du, v.transpose(1, 2), dm, accumulate);
+        matrix_product(du_sum, v.transpose(1, 2), dm, accumulate);
         accumulate = true;
       }
       if (want_input) {  // dV, in V's place
@@ -603,8 +657,32 @@ void backward(const Geometry& g, const Dense& grad_output, const Dense* result, 
       rows_to_planes(grad_input_rows, grad_input_data + first * in_image, images,
                      g.in_h * g.in_w, C_in);
     }
+  };
+
+  const at::Tensor du_total = want_weight ? du.select(0, 0) : at::Tensor();
+  if (by_image) {
+    std::vector<char> summed(spread.threads, 0);  // which partials hold a sum
+    spread.each_thread(g.batch, [&](int64_t begin, int64_t end) {
+      const int64_t thread = at::get_thread_num();
+      const at::Tensor du_sum = want_weight ? du.select(0, thread) : at::Tensor();
+      const int64_t group = Blocks::equal_size(end - begin, spread.local.images);
+      bool accumulate = false;
+      for (int64_t first = begin; first < end; first += group) {
+        run_images(first, std::min(end - first, group), spread.local, du_sum, accumulate);
+      }
+      summed[thread] = accumulate;
+    });
+    for (int64_t thread = 1; thread < partials; ++thread) {
+      if (summed[thread]) du_total.add_(du.select(0, thread));
+    }
+  } else {
+    const int64_t group = Blocks::equal_size(g.batch, spread.shared.images);
+    bool accumulate = false;
+    for (int64_t first = 0; first < g.batch; first += group) {
+      run_images(first, std::min(g.batch - first, group), spread.shared, du_total, accumulate);
+    }
   }
-  if (want_weight) *grad_weight = weight_gradient<S, scalar_t>(du, C_in, C_out, g.kernel_h);
+  if (want_weight) *grad_weight = weight_gradient<S, scalar_t>(du_total, C_in, C_out, g.kernel_h);
   if (grad_bias != nullptr) {
     for (int64_t i = 0; i < g.batch * C_out; ++i) (*grad_bias)[i % C_out] += image_sums[i];
   }

@@ -32,12 +32,12 @@ constexpr int64_t kBlockEntries = 1 << 21;
 //   python benchmarks/run.py --only convt r1   ("fastgan's kernels alone"; the r1 conv table)
 constexpr int64_t kWinogradLeastBlockEntries = 1 << 20;
 
-// The Winograd forward runs whole blocks of tiles on one thread each (per-thread blocks of half
-// the size) where every thread gets two blocks of at least this many tiles (GEMM rows): the
-// 128 -> 64 generator layer at batch 64 in channels-last, blocks of 40 tiles, ran 9 ms in every
-// state of the machine against 9 or 14 ms with each step shared out among the threads (timed
-// side by side in one loop).
-//   python benchmarks/run.py --only r1   (its conv table's input gradients: channels-last)
+// The Winograd path runs whole images, or whole blocks of tiles, on one thread each (per-thread
+// blocks of half the size) where each thread's blocks have at least this many tiles (GEMM rows):
+// the 128 -> 64 generator layer at batch 64, blocks of 32 - 40 tiles, ran 9 ms forward and 17 ms
+// backward in every state of the machine against 9 - 16 and 17 - 26 ms with each step shared out
+// among the threads (timed side by side in one loop).
+//   python benchmarks/run.py --only convt r1   ("fastgan's kernels alone"; the r1 conv table)
 constexpr int64_t kWinogradLeastThreadBlockTiles = 16;
 
 // The stride-1 (3x3) Winograd path's blocks are smaller: its transforms of wide images are
