@@ -518,6 +518,7 @@ def test_third_order_raises():
     (96, 8, True),    # shares out among 2 and 3 threads: each thread runs whole images
     (8, 8, False),    # NCHW, by image on 2 threads (buffered per thread), steps shared on 3
     (7, 32, True),    # shares out among neither: whole blocks of tiles per thread on 2 and 3
+    (1, 32, False),   # one NCHW image: whole blocks of its tiles per thread
 ])
 def test_winograd_per_thread_work_equals_one_thread(batch, size, channels_last):
     """Where the work allows, each thread runs whole images or whole blocks of tiles through all

@@ -538,8 +538,9 @@ void forward(const Geometry& g, const Dense& x, const at::Tensor& weight, const 
                         negative_slope, out_rows);
     };
     const int64_t count = images * tiling.per_image;
-    if (blocks_per_thread) {
-      const int64_t size = Blocks::equal_size(count, blocks.tiles);
+    if (blocks_per_thread) {  // as many equal blocks to every thread
+      const int64_t per_thread = (count + spread.threads - 1) / spread.threads;
+      const int64_t size = Blocks::equal_size(per_thread, blocks.tiles);
       spread.each_thread((count + size - 1) / size, [&](int64_t begin, int64_t end) {
         for (int64_t block = begin; block < end; ++block) {
           run_block(block * size, std::min(count, (block + 1) * size));
@@ -566,9 +567,10 @@ void forward(const Geometry& g, const Dense& x, const at::Tensor& weight, const 
   const int64_t group = in_place ? g.batch : Blocks::equal_size(g.batch, spread.shared.images);
   for (int64_t first = 0; first < g.batch; first += group) {
     const int64_t images = std::min(g.batch - first, group);
-    // Whole blocks to each thread where every thread gets two.
-    const bool blocks_per_thread = spread.local_blocks &&
-                                   images * tiling.per_image >= 2 * spread.threads * spread.local.tiles;
+    // Whole blocks to each thread where each thread's share has rows enough for the GEMMs.
+    const bool blocks_per_thread =
+        spread.local_blocks &&
+        images * tiling.per_image >= spread.threads * kWinogradLeastThreadBlockTiles;
     run_images(first, images, blocks_per_thread ? spread.local : spread.shared, blocks_per_thread);
   }
 }
