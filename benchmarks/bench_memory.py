@@ -2,18 +2,21 @@
 writes the models (tests/pytorch_examples_dcgan.py), and of CycleGAN iterations at 128x128:
 unconverted (PyTorch eager) against passed through `fastgan.nn.convert`.
 
-Each runs in a fresh process; the number is its peak resident memory (VmHWM: ru_maxrss would
+Each runs in a fresh process, three times, eager and converted taking turns: glibc's malloc
+returns large freed blocks to the system as they come, so one process's peak moves by tens of
+MiB from run to run; the figure is the median. A run's number is its peak resident memory (VmHWM: ru_maxrss would
 start from the peak of the process that started it, which Linux carries across exec) minus its
 resident memory once the models, optimizers and data exist, so it counts what the steps
 allocate: activations, gradients, optimizer state and allocator slack. A first converted process
 fills the dispatch's cache file beforehand, as a machine's first training run does once (its
 timing allocates one layer's operands at a time).
 
-    python benchmarks/bench_memory.py [--batch-size 64] [--steps 3] [--threads 2]
+    python benchmarks/bench_memory.py [--batch-size 64] [--steps 3] [--threads 2] [--repeats 3]
 """
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 
@@ -94,30 +97,25 @@ step = training_step(*networks, 128, torch.device("cpu"), torch.float32)
 
 
 def measure(backend, batch_size, steps, threads, models=_DCGAN):
+    """A fresh process's numbers: resident memory before the steps and its peak, in bytes."""
     environment = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
                    "OMP_NUM_THREADS": str(threads)}
     environment.pop("FASTGAN_BACKEND", None)
-
-    def child(steps):
-        result = subprocess.run([sys.executable, "-c", _CHILD.format(models=models),
-                                 str(batch_size), str(steps),
-                                 "1" if backend == "fastgan" else "0"], env=environment,
-                                cwd=ROOT, check=True, capture_output=True, text=True)
-        return json.loads(result.stdout.strip().splitlines()[-1])
-    if backend == "fastgan":
-        child(1)  # fills the dispatch's cache file
-    numbers = child(steps)
+    result = subprocess.run([sys.executable, "-c", _CHILD.format(models=models),
+                             str(batch_size), str(steps), "1" if backend == "fastgan" else "0"],
+                            env=environment, cwd=ROOT, check=True, capture_output=True, text=True)
+    numbers = json.loads(result.stdout.strip().splitlines()[-1])
     if backend == "fastgan" and not numbers["extension"]:
         raise RuntimeError("the converted run did not use fastgan's kernels")
     return numbers
 
 
 def run(device="cpu", dtype=torch.float32, min_run_time=None, batch_size=64, steps=3,
-        threads=None):
-    """SuiteResult; figures: "eager_mib" and "fastgan_mib" (peak - before), and the same for
-    the CycleGAN iteration ("cyclegan_eager_mib", "cyclegan_fastgan_mib"). The child processes
-    measure the CPU's resident memory in float32, whatever `device` and `dtype` say; nothing is
-    timed (`min_run_time` is unused)."""
+        threads=None, repeats=3):
+    """SuiteResult; figures: "eager_mib" and "fastgan_mib" (peak - before, the median of
+    `repeats` processes), and the same for the CycleGAN iteration ("cyclegan_eager_mib",
+    "cyclegan_fastgan_mib"). The child processes measure the CPU's resident memory in float32,
+    whatever `device` and `dtype` say; nothing is timed (`min_run_time` is unused)."""
     title = (f"### Peak memory of pytorch/examples DCGAN-64 training steps (D with R1, then G), "
              f"batch {batch_size}, {steps} steps, CPU float32\n\n")
     if torch.device(device).type != "cpu" or dtype != torch.float32:
@@ -127,15 +125,22 @@ def run(device="cpu", dtype=torch.float32, min_run_time=None, batch_size=64, ste
     figures = {}
 
     def rows(models, prefix):
+        measure("fastgan", batch_size, 1, threads, models)  # fills the dispatch's cache file
+        runs = {"eager": [], "fastgan": []}
+        for _ in range(repeats):
+            for backend, numbers in runs.items():
+                numbers.append(measure(backend, batch_size, steps, threads, models))
         measured = []
-        for backend in ("eager", "fastgan"):
-            numbers = measure(backend, batch_size, steps, threads, models)
-            grown = (numbers["peak"] - numbers["baseline"]) / mib
-            figures[f"{prefix}{backend}_mib"] = grown
-            measured.append([backend, f"{numbers['baseline'] / mib:.0f}",
-                             f"{numbers['peak'] / mib:.0f}", f"{grown:.0f}"])
+        for backend, numbers in runs.items():
+            baseline = statistics.median(n["baseline"] for n in numbers) / mib
+            peak = statistics.median(n["peak"] for n in numbers) / mib
+            grown = sorted((n["peak"] - n["baseline"]) / mib for n in numbers)
+            figures[f"{prefix}{backend}_mib"] = statistics.median(grown)
+            measured.append([backend, f"{baseline:.0f}", f"{peak:.0f}",
+                             f"{statistics.median(grown):.0f} ({grown[0]:.0f} - {grown[-1]:.0f})"])
         return measured
-    header = ["backend", "resident before the steps (MiB)", "peak (MiB)", "peak - before (MiB)"]
+    header = ["backend", "resident before the steps (MiB)", "peak (MiB)",
+              f"peak - before (MiB): median ({repeats} processes' range)"]
     markdown = (title + table(header, rows(_DCGAN, "")) + f"\n\n#### The same for {steps} "
                 "CycleGAN iterations (128x128, 6 residual blocks, batch 1; torch.nn models "
                 "against converted)\n\n" + table(header, rows(_CYCLEGAN, "cyclegan_")))
@@ -147,9 +152,10 @@ def main():
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     print(run(batch_size=args.batch_size, steps=args.steps,
-              threads=args.threads).markdown)
+              threads=args.threads, repeats=args.repeats).markdown)
 
 
 if __name__ == "__main__":
