@@ -191,11 +191,13 @@ def summary_rows(figures):
                          ", ".join(_times(row[key]) for row in cyclegan["rows"]), "", ""])
     memory = figures.get("memory")
     if memory:
-        rows.append(["peak memory a DCGAN-64 step adds (D with R1, then G)",
+        rows.append(["peak memory a DCGAN-64 step adds (D with R1, then G; medians of three "
+                     "processes)",
                      f"{memory['fastgan_mib']:.0f} MiB against eager's "
                      f"{memory['eager_mib']:.0f} MiB", "", ""])
     if memory and "cyclegan_fastgan_mib" in memory:
-        rows.append(["peak memory a CycleGAN iteration adds (128x128, 6 blocks), converted",
+        rows.append(["peak memory a CycleGAN iteration adds (128x128, 6 blocks; medians of three "
+                     "processes), converted",
                      f"{memory['cyclegan_fastgan_mib']:.0f} MiB against eager's "
                      f"{memory['cyclegan_eager_mib']:.0f} MiB", "", ""])
     return rows
