@@ -99,6 +99,47 @@ class _WeightGradients(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+class _FastganOps(TorchDispatchMode):
+    """The names of fastgan's ops called, in order."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.namespace == "fastgan":
+            self.names.append(func._schema.name)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.skipif(fastgan._backend.extension is None, reason="fastgan's kernels are not built")
+@pytest.mark.parametrize("input_shape, weight_shape, turned", [
+    ((2, 4, 7, 6), (5, 4, 3, 3), True),       # 3x3, stride 1, unpadded
+    ((2, 6, 9, 8), (3, 6, 5, 4), True),       # fewer output than input channels
+    ((1, 16, 14, 14), (3, 16, 7, 7), True),   # a generator's 7x7 output layer
+    ((4, 6, 4, 4), (1, 6, 4, 4), False),      # one output pixel (a DCGAN discriminator's last)
+    ((2, 4, 9, 8), (6, 4, 5, 5), False),      # more output channels, 5x5
+])
+def test_turned_form_runs_where_it_pays(input_shape, weight_shape, turned):
+    """By fastgan's kernels, a convolution in the turned form runs forward as a transposed
+    convolution and its input gradient as that one's input gradient; any other the other way
+    round. Both give torch's values."""
+    x = make_input(input_shape, torch.float64, "cpu")
+    w = make_input(weight_shape, torch.float64, "cpu", seed=1)
+    upstream = make_input((input_shape[0], weight_shape[0],
+                           input_shape[2] - weight_shape[2] + 1,
+                           input_shape[3] - weight_shape[3] + 1), torch.float64, "cpu", seed=2)
+    x.requires_grad_()
+    with fastgan.backends.cpu.flags(benchmark=False, engine="fastgan"), _FastganOps() as calls:
+        out = fastgan.ops.conv2d(x, w)
+        (grad_x,) = torch.autograd.grad(out, x, upstream)
+    forward, backward = "fastgan::conv_transpose2d", "fastgan::conv_transpose2d_backward"
+    assert calls.names == ([forward, backward] if turned else [backward, forward])
+    expected = F.conv2d(x, w)
+    assert_close(out, expected)
+    assert_close(grad_x, torch.autograd.grad(expected, x, upstream)[0])
+
+
 @pytest.mark.parametrize("weight_shape", [(4, 3, 4, 4), (8, 128, 4, 4)])
 def test_input_gradient_alone_skips_the_weight_gradient(weight_shape, engine):
     """autograd.grad w.r.t. the input (R1's first step) computes no weight gradient, though the
