@@ -487,11 +487,13 @@ struct Spread {
     local_blocks = threads > 1 && local.tiles >= kWinogradLeastThreadBlockTiles;
     by_image = local_blocks && images_share_out(batch, threads);
   }
-  // fn(first, end) for the images [first, end) of each thread, all threads side by side; the
-  // calling thread's images come first. Each thread's scratch is its own, freed when it is done.
+  // fn(begin, end) for each thread's share [begin, end) of `count` items (images or blocks), all
+  // threads side by side, the calling thread's share first. Each thread's scratch is its own,
+  // freed when it is done.
   template <typename Fn>
-  void each_thread(int64_t batch, const Fn& fn) const {
-    at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+  void each_thread(int64_t count, const Fn& fn) const {
+    at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) {
+      const BelowAutograd below_autograd;
       const ScratchScope scratch_scope;
       fn(begin, end);
     });
