@@ -2,12 +2,13 @@
 writes the models (tests/pytorch_examples_dcgan.py), and of CycleGAN iterations at 128x128:
 unconverted (PyTorch eager) against passed through `fastgan.nn.convert`.
 
-Each runs in a fresh process, three times, eager and converted taking turns: glibc's malloc
-returns large freed blocks to the system as they come, so one process's peak moves by tens of
-MiB from run to run; the figure is the median. A run's number is its peak resident memory (VmHWM: ru_maxrss would
-start from the peak of the process that started it, which Linux carries across exec) minus its
-resident memory once the models, optimizers and data exist, so it counts what the steps
-allocate: activations, gradients, optimizer state and allocator slack. A first converted process
+Each runs in fresh processes, three by default (--repeats), eager and converted taking turns:
+glibc's malloc returns large freed blocks to the system as they come, so one process's peak
+moves by tens of MiB from run to run; the figure is the median. A process's number is its peak
+resident memory (VmHWM: ru_maxrss would start from the peak of the process that started it,
+which Linux carries across exec) minus its resident memory once the models, optimizers and data
+exist, so it counts what the steps allocate: activations, gradients, optimizer state and
+allocator slack. A first converted process
 fills the dispatch's cache file beforehand, as a machine's first training run does once (its
 timing allocates one layer's operands at a time).
 
@@ -113,7 +114,7 @@ def measure(backend, batch_size, steps, threads, models=_DCGAN):
 def run(device="cpu", dtype=torch.float32, min_run_time=None, batch_size=64, steps=3,
         threads=None, repeats=3):
     """SuiteResult; figures: "eager_mib" and "fastgan_mib" (peak - before, the median of
-    `repeats` processes), and the same for the CycleGAN iteration ("cyclegan_eager_mib",
+    `repeats` processes; "processes" says how many), and the same for the CycleGAN iteration ("cyclegan_eager_mib",
     "cyclegan_fastgan_mib"). The child processes measure the CPU's resident memory in float32,
     whatever `device` and `dtype` say; nothing is timed (`min_run_time` is unused)."""
     title = (f"### Peak memory of pytorch/examples DCGAN-64 training steps (D with R1, then G), "
@@ -122,7 +123,7 @@ def run(device="cpu", dtype=torch.float32, min_run_time=None, batch_size=64, ste
         return SuiteResult(title + "Measured for the CPU in float32 only.")
     threads = threads or torch.get_num_threads()
     mib = 2 ** 20
-    figures = {}
+    figures = {"processes": repeats}
 
     def rows(models, prefix):
         measure("fastgan", batch_size, 1, threads, models)  # fills the dispatch's cache file
@@ -135,9 +136,9 @@ def run(device="cpu", dtype=torch.float32, min_run_time=None, batch_size=64, ste
             baseline = statistics.median(n["baseline"] for n in numbers) / mib
             peak = statistics.median(n["peak"] for n in numbers) / mib
             grown = sorted((n["peak"] - n["baseline"]) / mib for n in numbers)
-            figures[f"{prefix}{backend}_mib"] = statistics.median(grown)
+            median = figures[f"{prefix}{backend}_mib"] = statistics.median(grown)
             measured.append([backend, f"{baseline:.0f}", f"{peak:.0f}",
-                             f"{statistics.median(grown):.0f} ({grown[0]:.0f} - {grown[-1]:.0f})"])
+                             f"{median:.0f} ({grown[0]:.0f} - {grown[-1]:.0f})"])
         return measured
     header = ["backend", "resident before the steps (MiB)", "peak (MiB)",
               f"peak - before (MiB): median ({repeats} processes' range)"]

@@ -190,14 +190,15 @@ def summary_rows(figures):
             rows.append([f"CycleGAN training iteration at {cases}, {what}",
                          ", ".join(_times(row[key]) for row in cyclegan["rows"]), "", ""])
     memory = figures.get("memory")
+    count = memory.get("processes", 1) if memory else 1
+    processes = "one process" if count == 1 else f"medians of {count} processes"
     if memory:
-        rows.append(["peak memory a DCGAN-64 step adds (D with R1, then G; medians of three "
-                     "processes)",
+        rows.append([f"peak memory a DCGAN-64 step adds (D with R1, then G; {processes})",
                      f"{memory['fastgan_mib']:.0f} MiB against eager's "
                      f"{memory['eager_mib']:.0f} MiB", "", ""])
     if memory and "cyclegan_fastgan_mib" in memory:
-        rows.append(["peak memory a CycleGAN iteration adds (128x128, 6 blocks; medians of three "
-                     "processes), converted",
+        rows.append([f"peak memory a CycleGAN iteration adds (128x128, 6 blocks; {processes}), "
+                     "converted",
                      f"{memory['cyclegan_fastgan_mib']:.0f} MiB against eager's "
                      f"{memory['cyclegan_eager_mib']:.0f} MiB", "", ""])
     return rows

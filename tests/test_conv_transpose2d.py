@@ -517,12 +517,13 @@ def test_third_order_raises():
 @pytest.mark.parametrize("batch, size, channels_last", [
     (96, 8, True),    # shares out among 2 and 3 threads: each thread runs whole images
     (8, 8, False),    # NCHW, by image on 2 threads (buffered per thread), steps shared on 3
-    (7, 32, True),    # shares out among neither: whole blocks of tiles per thread on 2 and 3
-    (1, 32, False),   # one NCHW image: whole blocks of its tiles per thread
+    (7, 32, True),    # shares out among neither: forward in whole blocks of tiles per thread
+    (1, 32, False),   # one NCHW image: forward in whole blocks of its tiles per thread
 ])
 def test_winograd_per_thread_work_equals_one_thread(batch, size, channels_last):
-    """Where the work allows, each thread runs whole images or whole blocks of tiles through all
-    of Winograd's steps; on one thread the steps run in turn. The tiles' arithmetic is the same:
+    """Where the work allows, each thread runs whole images (forward and backward) or whole
+    blocks of tiles (forward) through all of Winograd's steps; on one thread the steps run in
+    turn. The tiles' arithmetic is the same:
     bitwise equal outputs and input gradients. The weight gradient sums each thread's images
     apart, then adds the sums: close to float64 in every case."""
     generator = torch.Generator().manual_seed(7)

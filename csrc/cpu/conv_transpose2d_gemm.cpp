@@ -25,11 +25,12 @@ namespace conv_transpose2d_detail {
 namespace {
 
 // Two ways to spread the work over threads. Images of kImagePixels or more (each one a GEMM of
-// useful size), enough of them, run one image per task, every step of an image on one thread
-// (single-threaded GEMMs inside at::parallel_for): one parallel region for the whole op, and an image's Z or G_col stays
-// in cache. Smaller images run in blocks of images (of about kBlockEntries entries of Z or G_col),
-// one block after another, each step on all threads (the GEMMs through at::mm's own threading), so
-// that the GEMMs have many rows (grad_weight accumulates over them).
+// useful size), where they share out evenly, run one image per task, every step of an image on
+// one thread (single-threaded GEMMs inside at::parallel_for): one parallel region for the whole
+// op, and an image's Z or G_col stays in cache. Smaller images run in blocks of images (of about
+// kBlockEntries entries of Z or G_col), one block after another, each step on all threads (the
+// GEMMs through at::mm's own threading), so that the GEMMs have many rows (grad_weight
+// accumulates over them).
 struct Plan {
   bool by_image;
   int64_t images_per_block;
