@@ -173,29 +173,97 @@ struct Operand {
   }
 };
 
-// (kProducts, kernel^2): row (phase a, b, entry xi, nu) holds U's coefficients of the weight's
-// taps (kh, kw): G[xi][t] * G[nu][u] for the phase's taps kh = tap(a, t), kw = tap(b, u), else 0.
-// A kernel smaller than the scheme's has zeros past its last row and column: their taps are left
-// out.
-template <typename S>
-at::Tensor filter_transform(const at::TensorOptions& options, int64_t kernel) {
-  const int64_t taps = kernel * kernel;
-  std::vector<double> table(S::kProducts * taps, 0.0);
-  for (int phase = 0; phase < S::kPhases; ++phase) {
-    const int a = phase / S::kStride, b = phase % S::kStride;
-    for (int e = 0; e < S::kEntries; ++e) {
+// fn(column, count) for every vector of `size` columns (`count` of them: fewer in the last), in
+// parallel, each vector's work `work` times its columns'.
+template <typename scalar_t, typename Fn>
+void each_column_vector(int64_t size, int64_t work, const Fn& fn) {
+  constexpr int64_t kLanes = Vec<scalar_t>::size();
+  parallel_tasks((size + kLanes - 1) / kLanes, work * kLanes, [&](int64_t vector) {
+    const int64_t column = vector * kLanes;
+    fn(column, std::min<int64_t>(kLanes, size - column));
+  });
+}
+
+// U's coefficient of tap (t, v) of a phase in its entry e: G[xi][t] * G[nu][v], rounded once.
+template <typename S, typename scalar_t>
+constexpr scalar_t filter_coefficient(int e, int t, int v) {
+  return static_cast<scalar_t>(S::kFilter[e / S::kSpan][t] * S::kFilter[e % S::kSpan][v]);
+}
+
+// The filter transform U = G g G^T of every phase, over `size` columns: row (phase a, b, entry
+// xi, nu) of `u` from the rows of `taps` (K^2 of them, tap (kh, kw) at row kh * kernel + kw) of
+// the phase's taps kh = tap(a, t), kw = tap(b, v); a kernel smaller than the scheme's has zeros
+// past its last row and column. Each vector of columns is transformed in registers, reading the
+// taps and writing U once: as a (kProducts, K^2) matrix product, its depth of 9 or 16 ran the
+// multiply-adds at a fraction of their rate, and building U took longer than the products with
+// it (256 channels at batch 1). Each entry is the same sum as that product's, in the taps' order.
+template <typename S, typename scalar_t>
+void transform_filters(const scalar_t* taps, int64_t kernel, int64_t size, scalar_t* u) {
+  using Vector = Vec<scalar_t>;
+  each_column_vector<scalar_t>(size, S::kProducts, [&](int64_t column, int64_t count) {
+#pragma GCC unroll 4
+    for (int phase = 0; phase < S::kPhases; ++phase) {
+      const int a = phase / S::kStride, b = phase % S::kStride;
+      Vector g[S::kTaps][S::kTaps];
+#pragma GCC unroll 8
       for (int t = 0; t < S::kTaps; ++t) {
-        for (int u = 0; u < S::kTaps; ++u) {
-          if (S::tap(a, t) >= kernel || S::tap(b, u) >= kernel) continue;
-          table[(phase * S::kEntries + e) * taps + S::tap(a, t) * kernel + S::tap(b, u)] =
-              S::kFilter[e / S::kSpan][t] * S::kFilter[e % S::kSpan][u];
+#pragma GCC unroll 8
+        for (int v = 0; v < S::kTaps; ++v) {
+          const int kh = S::tap(a, t), kw = S::tap(b, v);
+          g[t][v] = kh < kernel && kw < kernel
+                        ? Vector::loadu(taps + (kh * kernel + kw) * size + column, count)
+                        : Vector(0);
+        }
+      }
+#pragma GCC unroll 128
+      for (int e = 0; e < S::kEntries; ++e) {
+        Vector sum(0);
+        // Taps in the order of their rows: kh = tap(a, t) falls as t rises.
+#pragma GCC unroll 8
+        for (int t = S::kTaps - 1; t >= 0; --t) {
+#pragma GCC unroll 8
+          for (int v = S::kTaps - 1; v >= 0; --v) {
+            const scalar_t c = filter_coefficient<S, scalar_t>(e, t, v);
+            if (c != 0) sum = at::vec::fmadd(g[t][v], Vector(c), sum);
+          }
+        }
+        sum.store(u + (phase * S::kEntries + e) * size + column, count);
+      }
+    }
+  });
+}
+
+// The adjoint: the taps' rows (K^2 of `size` values) from U's gradient dU (kProducts rows),
+// grad_g = G^T dU G per phase, in the same way (every tap of the kernel is one phase's), each
+// tap the sum over the phase's entries in order.
+template <typename S, typename scalar_t>
+void transform_filter_gradients(const scalar_t* du, int64_t kernel, int64_t size,
+                                scalar_t* taps) {
+  using Vector = Vec<scalar_t>;
+  each_column_vector<scalar_t>(size, S::kProducts, [&](int64_t column, int64_t count) {
+#pragma GCC unroll 4
+    for (int phase = 0; phase < S::kPhases; ++phase) {
+      const int a = phase / S::kStride, b = phase % S::kStride;
+      const scalar_t* entries = du + phase * S::kEntries * size + column;
+#pragma GCC unroll 8
+      for (int t = 0; t < S::kTaps; ++t) {
+#pragma GCC unroll 8
+        for (int v = 0; v < S::kTaps; ++v) {
+          const int kh = S::tap(a, t), kw = S::tap(b, v);
+          if (kh >= kernel || kw >= kernel) continue;
+          Vector sum(0);
+#pragma GCC unroll 128
+          for (int e = 0; e < S::kEntries; ++e) {
+            const scalar_t c = filter_coefficient<S, scalar_t>(e, t, v);
+            if (c != 0) {
+              sum = at::vec::fmadd(Vector::loadu(entries + e * size, count), Vector(c), sum);
+            }
+          }
+          sum.store(taps + (kh * kernel + kw) * size + column, count);
         }
       }
     }
-  }
-  return at::tensor(table, options.dtype(at::kDouble))
-      .view({S::kProducts, taps})
-      .to(options.dtype());
+  });
 }
 
 // The weight's taps as (K^2, C_in, C_out) rows, or (K^2, C_out, C_in) when Transposed. A weight
@@ -236,8 +304,8 @@ void weight_taps(const at::Tensor& weight, int64_t K, const at::Tensor& taps) {
 }
 
 // U of every phase and entry: (kProducts, C_in, C_out) GEMM operands (Transposed: U^T,
-// (kProducts, C_out, C_in), for the input gradient's products), the filter transform times the
-// weight's taps, both GEMM operands read in order. With a panel width (gemm.h), each product's
+// (kProducts, C_out, C_in), for the input gradient's products), the filter transform of the
+// weight's taps (transform_filters). With a panel width (gemm.h), each product's
 // operand is stored packed, as the products read it: the taps are packed, and the filter
 // transform, a linear combination of the taps, keeps their layout. The products then read U
 // once, in order, rather than packing it anew in every call.
@@ -250,7 +318,8 @@ at::Tensor transformed_weight(const at::Tensor& weight, int64_t width) {
     const at::Tensor taps = scratch(Scratch::kWeightTaps, {tap_count, pairs}, options);
     weight_taps<scalar_t, Transposed>(weight, kernel, taps);
     at::Tensor u = scratch(Scratch::kWeight, {S::kProducts, pairs}, options);
-    matrix_product(u, filter_transform<S>(options, kernel), taps);
+    transform_filters<S>(taps.const_data_ptr<scalar_t>(), kernel, pairs,
+                         u.mutable_data_ptr<scalar_t>());
     return Transposed ? u.view({S::kProducts, C_out, C_in})
                       : u.view({S::kProducts, C_in, C_out});
   }
@@ -264,7 +333,7 @@ at::Tensor transformed_weight(const at::Tensor& weight, int64_t width) {
     pack_b(Transposed ? matrix.t() : matrix, packed + tap * size);
   });
   at::Tensor u = scratch(Scratch::kWeight, {S::kProducts, size}, options);
-  matrix_product(u, filter_transform<S>(options, kernel), taps);
+  transform_filters<S>(packed, kernel, size, u.mutable_data_ptr<float>());
   return u;
 }
 
@@ -278,16 +347,16 @@ void multiply_by_u(const at::Tensor& out, const at::Tensor& a, const at::Tensor&
   }
 }
 
-// grad_weight = G^T dU G for the weight's taps: the adjoint of transformed_weight, a
-// (K^2, C_in * C_out) product reading dU in order, transposed to (C_in, C_out, K, K).
+// grad_weight = G^T dU G for the weight's taps (transform_filter_gradients, the adjoint of
+// transformed_weight), transposed to (C_in, C_out, K, K).
 template <typename S, typename scalar_t>
 at::Tensor weight_gradient(const at::Tensor& transformed_gradient, int64_t C_in, int64_t C_out,
                            int64_t kernel) {
   const int64_t tap_count = kernel * kernel;
   const at::TensorOptions options = transformed_gradient.options();
   at::Tensor taps = scratch(Scratch::kWeightTaps, {tap_count, C_in * C_out}, options);
-  matrix_product(taps, filter_transform<S>(options, kernel).t(),
-                 transformed_gradient.view({S::kProducts, C_in * C_out}));
+  transform_filter_gradients<S>(transformed_gradient.contiguous().const_data_ptr<scalar_t>(),
+                                kernel, C_in * C_out, taps.mutable_data_ptr<scalar_t>());
   const at::Tensor grad = at::empty({C_in, C_out, kernel, kernel}, options);
   transpose_matrix(taps.const_data_ptr<scalar_t>(), grad.mutable_data_ptr<scalar_t>(), tap_count,
                    C_in * C_out);
